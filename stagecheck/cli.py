@@ -1,0 +1,38 @@
+"""The `stagecheck` command line. Each sub-command lives in the module that owns it; this file
+only dispatches (imports are lazy so `stagecheck --help` stays fast)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# sub-command -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("stagecheck.commands.validate", "run the staging validation flow"),
+    "check-syntax": ("stagecheck.commands.check_syntax", "syntax-check a repository (pre-commit / CI)"),
+    "sandbox": ("sandbox.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
+    "infra": ("sandbox.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
+    "notify-merge": ("stagecheck.commands.notify_merge", "emit a merge event that triggers a validation"),
+    "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
+}
+
+USAGE = "usage: stagecheck COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
+    f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"stagecheck: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
