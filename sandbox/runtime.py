@@ -1,0 +1,193 @@
+"""Containers on a Docker Engine through the docker SDK (host networking, one port per instance).
+
+Blocking SDK calls run on a small dedicated thread pool; each container gets one daemon thread
+that streams its demultiplexed stdout/stderr line by line and then reports its exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import docker
+import docker.errors
+
+LABEL_SANDBOX = "stagecheck.sandbox"
+LABEL_SERVICE = "stagecheck.service"
+LABEL_REVISION = "stagecheck.revision"
+
+Stream = Literal["stdout", "stderr"]
+LineSink = Callable[[Stream, str], None]  # called from the container's log thread
+ExitSink = Callable[[int], None]  # called on the event loop
+
+
+class ImagePullError(Exception):
+    pass
+
+
+class ContainerStartError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Launch:
+    image: str
+    name: str
+    env: dict[str, str]
+    labels: dict[str, str]
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    entrypoint: list[str] | None = None
+    command: list[str] | None = None
+
+
+@dataclass
+class ContainerInfo:
+    id: str
+    name: str
+    status: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def labels_for(instance_id: str, service: str, revision: str) -> dict[str, str]:
+    return {LABEL_SANDBOX: instance_id, LABEL_SERVICE: service, LABEL_REVISION: revision}
+
+
+def docker_client(base_url: str) -> docker.DockerClient:
+    return docker.DockerClient(base_url=base_url, timeout=30)
+
+
+def remove_labelled(base_url: str, instance_id: str) -> int:
+    """Blocking: force-remove every container of a sandbox instance (used by `down`, also when the server died)."""
+    client = docker_client(base_url)
+    try:
+        containers = client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={instance_id}"})
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        return len(containers)
+    finally:
+        client.close()
+
+
+class DockerRuntime:
+    def __init__(self, base_url: str, instance_id: str) -> None:
+        self.base_url = base_url
+        self.instance_id = instance_id
+        self._client = docker_client(base_url)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def ping(self) -> bool:
+        return bool(await self._call(self._client.ping))
+
+    async def pull(self, image: str) -> str:
+        """Pull `image` (tag or @sha256 digest) and return the local image id to run."""
+
+        def _pull() -> str:
+            try:
+                return str(self._client.images.pull(image).id)
+            except docker.errors.APIError as exc:
+                raise ImagePullError(str(exc.explanation or exc)) from None
+            except docker.errors.DockerException as exc:
+                raise ImagePullError(str(exc)) from None
+
+        return str(await self._call(_pull))
+
+    async def run(self, launch: Launch, on_line: LineSink, on_exit: ExitSink) -> str:
+        loop = asyncio.get_running_loop()
+
+        def _run() -> str:
+            try:
+                container = self._client.containers.run(
+                    launch.image,
+                    name=launch.name,
+                    detach=True,
+                    network_mode="host",
+                    environment=launch.env,
+                    labels=launch.labels,
+                    mem_limit=launch.memory_bytes,
+                    nano_cpus=int(launch.cpus * 1e9) if launch.cpus else None,
+                    entrypoint=launch.entrypoint,
+                    command=launch.command,
+                )
+            except docker.errors.DockerException as exc:
+                raise ContainerStartError(str(getattr(exc, "explanation", None) or exc)) from None
+            return str(container.id)
+
+        container_id = str(await self._call(_run))
+        threading.Thread(
+            target=self._follow, args=(container_id, on_line, on_exit, loop), daemon=True,
+            name=f"logs-{launch.name}",
+        ).start()
+        return container_id
+
+    def _follow(self, container_id: str, on_line: LineSink, on_exit: ExitSink, loop: asyncio.AbstractEventLoop) -> None:
+        api = docker.APIClient(base_url=self.base_url, timeout=None)
+        buffers: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
+        code = -1
+        try:
+            for out, err in api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True):
+                for stream, chunk in (("stdout", out), ("stderr", err)):
+                    if chunk:
+                        buffers[stream] = _emit_lines(buffers[stream] + chunk, stream, on_line)  # type: ignore[arg-type]
+            for stream, rest in buffers.items():
+                if rest:
+                    on_line(stream, rest.decode("utf-8", "replace"))
+            code = int(api.wait(container_id, timeout=30).get("StatusCode", -1))
+        except docker.errors.NotFound:
+            code = 137  # removed while running (killed)
+        except Exception:  # engine gone or stream broken: report as an unexpected exit
+            code = -1
+        finally:
+            api.close()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(on_exit, code)
+
+    async def remove(self, container_id: str) -> None:
+        def _remove() -> None:
+            try:
+                self._client.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+
+        await self._call(_remove)
+
+    async def containers(self) -> list[ContainerInfo]:
+        def _list() -> list[ContainerInfo]:
+            found = self._client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={self.instance_id}"})
+            return [ContainerInfo(c.id, c.name, c.status, dict(c.labels)) for c in found]
+
+        result: list[ContainerInfo] = await self._call(_list)
+        return result
+
+    async def remove_all(self) -> int:
+        count: int = await self._call(remove_labelled, self.base_url, self.instance_id)
+        return count
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+
+def _emit_lines(data: bytes, stream: Stream, on_line: LineSink) -> bytes:
+    *lines, rest = data.split(b"\n")
+    for line in lines:
+        on_line(stream, line.rstrip(b"\r").decode("utf-8", "replace"))
+    return rest

@@ -1,0 +1,443 @@
+"""One settings model for a validation target.
+
+Sources, lowest to highest precedence: built-in defaults < the TOML file (`stagecheck.toml`) <
+environment (`STAGECHECK_*`, nested with `__`, e.g. `STAGECHECK_PROBES__DEADLINE_S=90`) < explicit
+overrides (flow parameters / CLI flags). `--sandbox` fills the endpoints from the sandbox's
+`sandbox.json`; with no endpoints set the real Google Cloud defaults and ADC are used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+PROJECT_ID_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_REF_RE = re.compile(r"^(projects/[^/]+/secrets/)?[A-Za-z0-9_-]{1,255}:(latest|[0-9]+)$")
+MEMORY_RE = re.compile(r"^[0-9]+(Mi|Gi)$")
+RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message says what and where."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeMode(StrEnum):
+    REQUIRED = "required"  # gates the verdict
+    ADVISORY = "advisory"  # reported, never gating (e.g. a direct URL closed by ingress settings)
+    OFF = "off"
+
+
+class UrlKind(StrEnum):
+    TAGGED = "tagged"  # the new revision's tag URL, before it gets traffic
+    SERVICE = "service"  # the service's direct run.app URL
+    LB = "lb"  # the load balancer in front of the service
+
+
+class DegradedPolicy(StrEnum):
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class UrlCheck(Strict):
+    path: str = "/health"
+    mode: ProbeMode = ProbeMode.REQUIRED
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class HealthChecks(Strict):
+    tagged: UrlCheck = UrlCheck()
+    service: UrlCheck = UrlCheck()
+    lb: UrlCheck = UrlCheck(path="/api/health")
+    websocket_path: str | None = None
+
+    def for_kind(self, kind: UrlKind) -> UrlCheck:
+        return {UrlKind.TAGGED: self.tagged, UrlKind.SERVICE: self.service, UrlKind.LB: self.lb}[kind]
+
+
+class ProbePolicy(Strict):
+    deadline_s: float = Field(60.0, gt=0, description="give up on a URL after this long")
+    consecutive_successes: int = Field(3, ge=1, description="K healthy answers in a row pass the probe")
+    request_timeout_s: float = Field(5.0, gt=0)
+    retry_statuses: tuple[int, ...] = Field((503, 429), description="cold-start answers that are retried")
+    initial_backoff_s: float = Field(0.2, ge=0)
+    max_backoff_s: float = Field(3.0, gt=0)
+    jitter: float = Field(0.3, ge=0, le=1, description="fraction of the backoff randomised")
+    success_interval_s: float = Field(0.2, ge=0, description="pause between consecutive successful probes")
+    degraded: DegradedPolicy = DegradedPolicy.WARN
+
+
+class TrafficPlan(Strict):
+    steps: tuple[int, ...] = Field((100,), description="percent to the new revision per step; last is 100")
+    hold_s: float = Field(0.0, ge=0, description="wait (and watch) this long after each canary step")
+
+    @field_validator("steps")
+    @classmethod
+    def _valid_steps(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("needs at least one step")
+        if any(not 0 < s <= 100 for s in v):
+            raise ValueError("each step is a percent in 1..100")
+        if list(v) != sorted(set(v)):
+            raise ValueError("steps must strictly increase")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return v
+
+
+class LogRules(Strict):
+    settle_s: float = Field(3.0, ge=0, description="wait for log ingestion after the last probe")
+    severity_threshold: str = Field("ERROR", description="entries at or above this severity are gated")
+    max_new_signatures: int = Field(0, ge=0, description="new signatures at/above threshold tolerated")
+    tolerated_signatures: tuple[str, ...] = Field((), description="known signatures (substring or regex)")
+    max_5xx_rate: float = Field(0.0, ge=0, le=1, description="share of 5xx request logs tolerated (after cold start)")
+    max_entries: int = Field(5000, ge=1)
+
+    @field_validator("severity_threshold")
+    @classmethod
+    def _severity(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY"}:
+            raise ValueError(f"unknown severity {v!r}")
+        return v
+
+
+class SmokeCommand(Strict):
+    name: str
+    command: str
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class PriceTable(Strict):
+    """Cloud Run list prices (USD, tier 1, request-based billing); override for your region/contract."""
+
+    vcpu_second: float = 0.000024
+    gib_second: float = 0.0000025
+    per_million_requests: float = 0.40
+    idle_vcpu_second: float = 0.0000025  # min-instances idle rate
+    idle_gib_second: float = 0.0000025
+    assumed_requests_per_month: int = 1_000_000
+    assumed_request_s: float = 0.2
+
+
+class ServiceConfig(Strict):
+    name: str = Field(description="Cloud Run service name")
+    source_dir: Path = Path(".")
+    dockerfile: str = "Dockerfile"
+    image_name: str | None = Field(None, description="repository name in the registry (default: service name)")
+    port: int = Field(8080, ge=1, le=65535)
+    memory: str = "512Mi"
+    cpu: str = "1"
+    min_instances: int = Field(0, ge=0)
+    max_instances: int = Field(3, ge=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, description="ENV_NAME -> secret:version")
+    health: HealthChecks = HealthChecks()
+    lb_path_prefix: str | None = Field(None, description="path prefix of this service on the LB (default /<name>)")
+    smoke: tuple[SmokeCommand, ...] = ()
+    traffic: TrafficPlan | None = None
+    build_args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SERVICE_NAME_RE.match(v):
+            raise ValueError(
+                "Cloud Run service names use lowercase letters, digits and hyphens, start with a letter, "
+                "end with a letter or digit and are at most 49 characters"
+            )
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if not MEMORY_RE.match(v):
+            raise ValueError("memory is like '512Mi' or '2Gi'")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if key in RESERVED_ENV:
+                raise ValueError(f"{key} is reserved by Cloud Run")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, ref in v.items():
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if not SECRET_REF_RE.match(ref):
+                raise ValueError(f"secret reference for {key} must be 'name:version' (version a number or latest)")
+        return v
+
+    @model_validator(mode="after")
+    def _scaling(self) -> ServiceConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError("min_instances exceeds max_instances")
+        if set(self.env) & set(self.secrets):
+            raise ValueError(f"variables both plain and secret: {sorted(set(self.env) & set(self.secrets))}")
+        return self
+
+    @property
+    def repository(self) -> str:
+        return self.image_name or self.name
+
+    @property
+    def lb_prefix(self) -> str:
+        return (self.lb_path_prefix or f"/{self.name}").rstrip("/")
+
+
+class SyntaxSettings(Strict):
+    enabled: bool = True
+    target_version: str | None = Field(None, description="X.Y; default: the running interpreter's")
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("target_version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"3\.[0-9]{1,2}", v):
+            raise ValueError("target_version is like '3.11'")
+        return v
+
+    def version_tuple(self) -> tuple[int, int] | None:
+        if self.target_version is None:
+            return None
+        major, minor = self.target_version.split(".")
+        return int(major), int(minor)
+
+
+class Endpoints(Strict):
+    """Where the APIs are. All None: real Google Cloud with Application Default Credentials."""
+
+    run_api: str | None = None
+    logging_api: str | None = None
+    anonymous: bool = Field(False, description="anonymous credentials (the sandbox); never for real GCP")
+    console_base: str = "https://console.cloud.google.com"
+
+    @field_validator("run_api", "logging_api")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://", v):
+            raise ValueError("endpoint needs an http:// or https:// scheme")
+        return v.rstrip("/") if v else v
+
+
+class Settings(BaseSettings):
+    """A validation target: where to deploy, what to deploy, and how to judge it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAGECHECK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    project: str
+    region: str
+    registry: str = Field(description="image registry, e.g. REGION-docker.pkg.dev/PROJECT/REPO")
+    services: tuple[ServiceConfig, ...]
+    lb_url: str | None = Field(None, description="load balancer base URL; LB probes are skipped without it")
+    endpoints: Endpoints = Endpoints()
+    docker_host: str | None = Field(None, description="Docker Engine; default DOCKER_HOST / local socket")
+    probes: ProbePolicy = ProbePolicy()
+    traffic: TrafficPlan = TrafficPlan()
+    logs: LogRules = LogRules()
+    syntax: SyntaxSettings = SyntaxSettings()
+    price: PriceTable = PriceTable()
+    repo_root: Path = Path(".")
+    report_dir: Path = Path("reports")
+    deploy_timeout_s: float = Field(300.0, gt=0)
+    extra_tags: tuple[str, ...] = ()
+    git_sha: str | None = Field(None, description="commit to validate; default: HEAD of repo_root")
+    dry_run: bool = Field(False, description="validate config, syntax and build; deploy nothing")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not PROJECT_ID_RE.match(v):
+            raise ValueError(
+                "project IDs are 6-30 characters: lowercase letters, digits, hyphens; start with a letter"
+            )
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not REGION_RE.match(v):
+            raise ValueError("region is like 'europe-west1'")
+        return v
+
+    @field_validator("lb_url")
+    @classmethod
+    def _lb(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://", v):
+            raise ValueError("lb_url needs an http:// or https:// scheme")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _unique_services(self) -> Settings:
+        if not self.services:
+            raise ValueError("at least one [[services]] entry is needed")
+        names = [s.name for s in self.services]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate service names: {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # explicit values (file + overrides, merged by load_settings) win over env only where the
+        # caller says so: load_settings merges file < env < overrides itself.
+        return (init_settings,)
+
+    def service(self, name: str) -> ServiceConfig:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise ConfigError(f"no service {name!r} in the config (known: {', '.join(s.name for s in self.services)})")
+
+    def traffic_for(self, svc: ServiceConfig) -> TrafficPlan:
+        return svc.traffic or self.traffic
+
+    @property
+    def uses_gcp(self) -> bool:
+        return self.endpoints.run_api is None
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> dict[str, Any]:
+    """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces)."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG"}:
+            continue
+        path = key[len(prefix) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if value.startswith(("[", "{")):
+            try:
+                node[path[-1]] = json.loads(value)
+                continue
+            except json.JSONDecodeError:
+                pass
+        node[path[-1]] = value
+    return out
+
+
+def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
+    """Endpoints, project, region, registry and LB of a running sandbox (`stagecheck sandbox up`)."""
+    try:
+        info = json.loads(sandbox_json.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no sandbox running: {sandbox_json} not found (run `make up`)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{sandbox_json} is not valid JSON: {exc}") from None
+    try:
+        return {
+            "project": info["project"],
+            "region": info["region"],
+            "registry": info["registry"],
+            "lb_url": info["lb_url"],
+            "docker_host": info.get("docker_host"),
+            "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"], "anonymous": True},
+        }
+    except KeyError as exc:
+        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}") from None
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    sandbox_json: Path | None = None,
+) -> Settings:
+    """Build the Settings: TOML file < env < sandbox endpoints < explicit overrides.
+
+    Relative paths in the file (repo_root, source_dir, report_dir) are resolved against the file's folder.
+    Raises ConfigError with a readable message for every problem.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if config is not None:
+        source = str(config)
+        try:
+            data = tomllib.loads(config.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config}: {exc}") from None
+        data = _resolve_paths(data, config.resolve().parent)
+    if environ is not None:
+        data = deep_merge(data, env_overrides(environ))
+    if sandbox_json is not None:
+        data = deep_merge(data, sandbox_overrides(sandbox_json))
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("repo_root", "report_dir"):
+        if key in out:
+            out[key] = str((base / out[key]).resolve())
+    out.setdefault("repo_root", str(base))
+    out.setdefault("report_dir", str(base / "reports"))
+    services = []
+    for svc in out.get("services", []) or []:
+        if isinstance(svc, dict) and "source_dir" in svc:
+            svc = {**svc, "source_dir": str((base / svc["source_dir"]).resolve())}
+        services.append(svc)
+    if services:
+        out["services"] = services
+    return out
