@@ -57,9 +57,10 @@ class ImageInfo(BaseModel):
     digest: str | None = None  # sha256:...
     pinned: str | None = None  # repo@sha256:...
     image_id: str | None = None
-    size_bytes: int | None = None
+    local_size_bytes: int | None = None  # uncompressed, as built
+    size_bytes: int | None = None  # compressed, in the registry (what Cloud Run pulls)
     previous_reference: str | None = None
-    previous_size_bytes: int | None = None
+    previous_size_bytes: int | None = None  # compressed, of the image serving before
     tags: list[str] = Field(default_factory=list)
 
     @property

@@ -106,7 +106,7 @@ class TrafficPlan(Strict):
 
 
 class LogRules(Strict):
-    settle_s: float = Field(3.0, ge=0, description="wait for log ingestion after the last probe")
+    settle_s: float = Field(20.0, ge=0, description="max wait for log ingestion to reach the last probe")
     severity_threshold: str = Field("ERROR", description="entries at or above this severity are gated")
     max_new_signatures: int = Field(0, ge=0, description="new signatures at/above threshold tolerated")
     tolerated_signatures: tuple[str, ...] = Field((), description="known signatures (substring or regex)")

@@ -1,0 +1,354 @@
+"""The staging validation flow: source -> image -> revision -> traffic -> verdict, per service.
+
+The flow only orchestrates: each stage is a task in `tasks/`, the decisions live in `stagecheck/`
+(pure functions), and the outside world is reached through `stagecheck/clients/`. It stops at the
+first failed gate, rolls traffic back when it had moved, always reports, and ends Failed when a
+verdict fails (fail closed).
+
+Run: `python -m flows.validate --config stagecheck.toml [--sandbox]` or `stagecheck validate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, tags
+from prefect.runtime import flow_run
+
+from flows.params import ValidationRequest
+from stagecheck.cost import estimate_revision_cost
+from stagecheck.errors import StageError
+from stagecheck.gitinfo import resolve_sha
+from stagecheck.model import (
+    Criterion,
+    Evidence,
+    Rollback,
+    ServiceReport,
+    StageResult,
+    Status,
+    TrafficTarget,
+    Verdict,
+)
+from stagecheck.prober import ProbeTarget
+from stagecheck.progress import progress
+from stagecheck.report import render_run_markdown
+from stagecheck.settings import ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
+from stagecheck.traffic import describe, plan_steps, rollback_split
+from stagecheck.verdict import collect_criteria, decide, required_stages
+from tasks.build import build_image
+from tasks.common import Clients
+from tasks.deploy import deploy_revision
+from tasks.inspect import ServiceSnapshot, inspect_service
+from tasks.logs import analyse_logs
+from tasks.probe import probe_urls
+from tasks.push import push_image
+from tasks.report import publish_report
+from tasks.smoke import run_smoke
+from tasks.syntax import check_syntax
+from tasks.traffic import rollback_traffic, shift_traffic
+
+
+class ValidationFailed(Exception):
+    """Raised at the end of a run whose verdict is fail, so the flow run ends Failed."""
+
+
+def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
+    """Pure: the stages whose PASS/WARN the verdict needs (a probe kind turned off is not required)."""
+    stages = list(required_stages(dry_run=settings.dry_run))
+    if not settings.dry_run:
+        stages.insert(1, "inspect")
+    if svc.health.tagged.mode == ProbeMode.OFF:
+        stages = [s for s in stages if s != "probe-tagged"]
+    if svc.health.service.mode == ProbeMode.OFF and (svc.health.lb.mode == ProbeMode.OFF or not settings.lb_url):
+        stages = [s for s in stages if s != "probe-serving"]
+    return tuple(stages)
+
+
+def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | None) -> tuple[list[ProbeTarget], list[Criterion]]:
+    """Pure: probe targets for the direct service URL and the LB; a required URL nobody knows is a FAIL row."""
+    targets: list[ProbeTarget] = []
+    missing: list[Criterion] = []
+    lb_url = f"{settings.lb_url}{svc.lb_prefix}{svc.health.lb.path}" if settings.lb_url else None
+    direct = f"{service_url}{svc.health.service.path}" if service_url else None
+    for kind, url in ((UrlKind.SERVICE, direct), (UrlKind.LB, lb_url)):
+        check = svc.health.for_kind(kind)
+        if check.mode == ProbeMode.OFF:
+            continue
+        if url is None:
+            status = Status.FAIL if check.mode == ProbeMode.REQUIRED else Status.WARN
+            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=status,
+                                     expected=f"a {kind} URL to probe ({check.mode})",
+                                     observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
+                                     else "the service has no URL"))
+            continue
+        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode))
+    return targets, missing
+
+
+class ServiceValidation:
+    """One service's walk through the stages. Holds what the run learned; every decision it makes is
+    delegated to the pure functions, every action to a task."""
+
+    def __init__(self, settings: Settings, svc: ServiceConfig, clients: Clients, git_sha: str | StageError,
+                 traffic_plan: TrafficPlan) -> None:
+        self.settings, self.svc, self.clients = settings, svc, clients
+        self.git_error = git_sha if isinstance(git_sha, StageError) else None
+        self.git_sha = git_sha if isinstance(git_sha, str) else "0" * 40
+        self.traffic_plan = traffic_plan
+        self.stages: list[StageResult] = []
+        self.started_at = datetime.now(UTC)
+        self.snapshot: ServiceSnapshot | None = None
+        self.rollback = Rollback()
+        self.traffic_after: list[TrafficTarget] = []
+        self.urls: dict[str, str] = {}
+        self.last_probe_at: datetime | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"sc-{self.git_sha[:7]}"
+
+    @property
+    def repository(self) -> str:
+        return f"{self.settings.registry}/{self.svc.repository}"
+
+    def record(self, result: StageResult) -> bool:
+        """Keep a stage result; True when its gate passed."""
+        self.stages.append(result)
+        progress().stage_finished(self.svc.name, result)
+        return result.status is not Status.FAIL
+
+    def starting(self, stage: str) -> None:
+        progress().stage_started(self.svc.name, stage)
+
+    async def run(self, syntax: StageResult) -> ServiceReport:
+        with tags(f"service:{self.svc.name}"):
+            image, revision = await self._stages(syntax)
+        return self._report(image, revision)
+
+    async def _stages(self, syntax: StageResult):  # type: ignore[no-untyped-def]
+        cr = self.clients.cloudrun
+        if not self.record(syntax):
+            return None, None
+        if self.git_error is not None:
+            self.record(StageResult(name="build", status=Status.FAIL, summary=str(self.git_error),
+                                    criteria=[Criterion(name="Commit identified", stage="build", status=Status.FAIL,
+                                                        expected="a clean checkout of the commit",
+                                                        observed=str(self.git_error))]))
+            return None, None
+        if self.settings.dry_run:  # no API contact at all: build only
+            snapshot = ServiceSnapshot(exists=False)
+        else:
+            self.starting("inspect")
+            result, self.snapshot = await inspect_service(cr, self.svc.name)
+            if not self.record(result) or self.snapshot is None:
+                return None, None
+            snapshot = self.snapshot
+            self.traffic_after = list(snapshot.traffic)
+
+        self.starting("build")
+        result, image = await build_image(self.clients.images, self.svc, self.repository, self.git_sha,
+                                          self.settings.extra_tags)
+        if not self.record(result) or image is None or self.settings.dry_run:
+            return image, None
+
+        self.starting("push")
+        result, image = await push_image(self.clients.images, image, self.repository, snapshot.image)
+        if not self.record(result) or image.pinned is None:
+            return image, None
+
+        self.starting("deploy")
+        result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
+                                                tag=self.tag, snapshot=snapshot)
+        revision = outcome.revision
+        if outcome.traffic:
+            self.traffic_after = outcome.traffic
+        if outcome.service_url:
+            self.urls["service"] = outcome.service_url
+        if outcome.tag_url:
+            self.urls["tagged"] = outcome.tag_url
+        if self.settings.lb_url:
+            self.urls["lb"] = f"{self.settings.lb_url}{self.svc.lb_prefix}"
+        if not self.record(result) or revision is None:
+            if outcome.traffic_moved:
+                self.rollback = Rollback(needed=True, performed=False, ok=False,
+                                         message="first deployment: nothing served before, nothing to restore")
+            else:
+                self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+            return image, revision
+
+        moved = outcome.traffic_moved
+        if self.svc.health.tagged.mode != ProbeMode.OFF:
+            self.starting("probe-tagged")
+            target = ProbeTarget(url=f"{outcome.tag_url}{self.svc.health.tagged.path}", kind=UrlKind.TAGGED,
+                                 mode=self.svc.health.tagged.mode)
+            result = await probe_urls(self.clients.http, "probe-tagged", [target], self.settings.probes)
+            self.last_probe_at = datetime.now(UTC)
+            if not self.record(result):
+                await self._rollback_if_moved(moved, revision.name, "probe-tagged")
+                return image, revision
+
+        gate_ok = await self._shift_and_probe(snapshot, revision.name, outcome.service_url, moved)
+        if gate_ok:
+            moved = True
+            env = {"STAGECHECK_BASE_URL": outcome.service_url or "", "STAGECHECK_TAG_URL": outcome.tag_url or "",
+                   "STAGECHECK_LB_URL": self.urls.get("lb", ""), "STAGECHECK_REVISION": revision.name,
+                   "STAGECHECK_SERVICE": self.svc.name}
+            if self.svc.smoke:
+                self.starting("smoke")
+                gate_ok = self.record(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root))
+        if gate_ok:
+            self.starting("logs")
+            previous = snapshot.previous.name if snapshot.previous else None
+            result = await analyse_logs(self.clients.logs, service=self.svc.name, revision=revision.name,
+                                        previous_revision=previous,
+                                        start=revision.created_at or outcome.started_at or self.started_at,
+                                        last_probe_at=self.last_probe_at, rules=self.settings.logs,
+                                        probes=self.settings.probes)
+            gate_ok = self.record(result)
+        if not gate_ok:
+            failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
+            await self._rollback_if_moved(True, revision.name, failed)
+        return image, revision
+
+    async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None,
+                               moved: bool) -> bool:
+        """Straight or canary: shift a step, probe the serving URLs, hold; stop at the first failure."""
+        targets, missing = serving_targets(self.settings, self.svc, service_url)
+        steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
+            [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
+        for number, split in enumerate(steps, start=1):
+            percent = next((t.percent for t in split if t.revision == revision), 0)
+            label = f"step {number}/{len(steps)}: {percent} %"
+            if snapshot.exists:
+                self.starting(f"traffic {percent}%")
+                result, applied = await shift_traffic(self.clients.cloudrun, self.svc.name, split,
+                                                      self.settings.deploy_timeout_s, label)
+                if applied:
+                    self.traffic_after = applied
+                if not self.record(result):
+                    await self._rollback_if_moved(True, revision, "traffic")
+                    return False
+            else:
+                self.record(StageResult(name="traffic", status=Status.PASS,
+                                        summary=f"{label}: first deployment, the revision serves since creation",
+                                        evidence=[Evidence(kind="traffic", summary=describe(split))]))
+            self.starting(f"probe {percent}%")
+            result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
+                                      label=f"[{percent} %] ")
+            self.last_probe_at = datetime.now(UTC)
+            if missing:
+                result.criteria.extend(missing)
+                if any(c.status is Status.FAIL for c in missing):
+                    result.status = Status.FAIL
+                    result.summary = f"[{percent} %] {missing[0].observed}"
+            if not self.record(result):
+                await self._rollback_if_moved(True, revision, "probe-serving")
+                return False
+            if self.traffic_plan.hold_s and number < len(steps):
+                # the canary soaks at this step before the next one; it is watched again after the hold
+                await asyncio.sleep(self.traffic_plan.hold_s)
+        return True
+
+    async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
+        snapshot = self.snapshot
+        if self.rollback.performed:
+            return
+        if not moved:
+            self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+            return
+        if snapshot is None or not snapshot.exists or not snapshot.serving:
+            self.rollback = Rollback(needed=True, performed=False, ok=False,
+                                     message=f"{failed_stage} failed on a first deployment: nothing served before, "
+                                             "nothing to restore; the new revision keeps serving")
+            return
+        restore = rollback_split(snapshot.serving, revision, self.tag)
+        self.starting("rollback")
+        result, applied = await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+                                                 self.settings.deploy_timeout_s, failed_stage)
+        self.record(result)
+        if applied:
+            self.traffic_after = applied
+        self.rollback = Rollback(needed=True, performed=True, ok=result.status is Status.PASS, restored=applied,
+                                 message=result.summary)
+
+    def _report(self, image, revision) -> ServiceReport:  # type: ignore[no-untyped-def]
+        verdict, decided_by, reasons, warnings = decide(self.stages, required_for(self.settings, self.svc))
+        snapshot = self.snapshot
+        price = self.settings.price
+        return ServiceReport(
+            service=self.svc.name, project=self.settings.project, region=self.settings.region,
+            verdict=verdict, decided_by=decided_by, reasons=reasons, warnings=warnings,
+            stages=self.stages, criteria=collect_criteria(self.stages), image=image, revision=revision,
+            previous_revision=snapshot.previous if snapshot else None,
+            traffic_before=snapshot.traffic if snapshot else [], traffic_after=self.traffic_after,
+            rollback=self.rollback, urls=self.urls, git_sha=self.git_sha,
+            started_at=self.started_at, finished_at=datetime.now(UTC), flow_run_url=_flow_run_url(),
+            estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
+            previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
+        )
+
+
+def _flow_run_url() -> str | None:
+    try:
+        url = flow_run.get_flow_run_ui_url()
+    except Exception:  # no API/UI configured: the report simply has no link
+        return None
+    return str(url) if url else None
+
+
+@flow(name="stagecheck-validate", log_prints=True, persist_result=False)
+async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]]:
+    """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
+    traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
+    request = request or ValidationRequest()
+    logger = get_run_logger()
+    settings = request.load()  # ConfigError: the run fails with the readable message
+    services = [settings.service(name) for name in request.services] or list(settings.services)
+    traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
+
+    progress().stage_started("*", "syntax")
+    syntax = await check_syntax(settings.repo_root, settings.syntax)
+    progress().stage_finished("*", syntax)
+    clients = Clients.from_settings(settings)
+    git_sha: str | StageError
+    try:
+        git_sha = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in services))
+    except StageError as exc:
+        git_sha = exc
+    try:
+        reports = list(await asyncio.gather(*(
+            ServiceValidation(settings, svc, clients, git_sha,
+                              settings.traffic if traffic_override else settings.traffic_for(svc)).run(syntax)
+            for svc in services)))
+    finally:
+        await clients.aclose()
+
+    paths = []
+    for report in reports:
+        path = await publish_report(report, settings.report_dir)
+        paths.append(path)
+        progress().service_finished(report, path)
+        logger.info("%s: %s%s -> %s", report.service, report.verdict.value.upper(),
+                    f" (decided by {report.decided_by})" if report.decided_by else "", path)
+    if len(reports) > 1:
+        from prefect.artifacts import acreate_markdown_artifact
+
+        await acreate_markdown_artifact(markdown=render_run_markdown(reports), key="stagecheck-run",
+                                        description="staging validation of several services")
+    failed = [r for r in reports if r.verdict is Verdict.FAIL]
+    if failed:
+        raise ValidationFailed("; ".join(f"{r.service} failed at {r.decided_by}: {r.reasons[0] if r.reasons else ''}"
+                                         for r in failed))
+    return [{"service": r.service, "verdict": r.verdict.value, "report": str(p)} for r, p in zip(reports, paths, strict=True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stagecheck.commands.validate import main as cli_main
+
+    return cli_main(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

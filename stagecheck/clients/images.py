@@ -1,0 +1,252 @@
+"""Container images: build and push with the Docker SDK, read manifests from the registry.
+
+Artifact Registry / gcr.io get an OAuth access token from google-auth (never logged); a local
+registry on loopback is plain HTTP without auth (as the sandbox's is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+
+from stagecheck.errors import StageError
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+_LOOPBACK = re.compile(r"^(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?$")
+GOOGLE_REGISTRY = re.compile(r"(^|\.)(pkg\.dev|gcr\.io)$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """`host/path/name` plus an optional tag or digest."""
+
+    repository: str  # host/path/name
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def host(self) -> str:
+        return self.repository.split("/", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.repository.split("/", 1)[1] if "/" in self.repository else self.repository
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag or 'latest'}"
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageRef:
+        if "@" in ref:
+            repo, digest = ref.split("@", 1)
+            return cls(repo, None, digest)
+        last = ref.rsplit("/", 1)[-1]
+        if ":" in last:
+            repo, tag = ref.rsplit(":", 1)
+            return cls(repo, tag, None)
+        return cls(ref, "latest", None)
+
+
+def registry_base_url(host: str) -> str:
+    return f"http://{host}" if _LOOPBACK.match(host) else f"https://{host}"
+
+
+def google_access_token() -> str:
+    """An OAuth token from Application Default Credentials, for Artifact Registry."""
+    import google.auth
+    import google.auth.transport.requests
+    from google.auth import exceptions as auth_exc
+
+    try:
+        creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    except auth_exc.GoogleAuthError as exc:
+        raise StageError("registry auth: no usable Google credentials",
+                         hint=f"{type(exc).__name__}; run `gcloud auth application-default login`") from None
+    return str(creds.token)
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    size_bytes: int
+    duration_s: float
+    log_tail: list[str] = field(default_factory=list)
+    log_lines: int = 0
+
+
+@dataclass
+class PushResult:
+    digest: str
+    pinned: str
+    duration_s: float
+    tags: list[str] = field(default_factory=list)
+
+
+class Images:
+    """Docker Engine (build/push) and registry (manifest) access for one target."""
+
+    def __init__(self, docker_host: str | None, *, token_provider: Callable[[], str] = google_access_token,
+                 tail_lines: int = 40) -> None:
+        self.docker_host = docker_host
+        self._token_provider = token_provider
+        self._docker: docker.DockerClient | None = None
+        self.tail_lines = tail_lines
+
+    @property
+    def docker(self) -> docker.DockerClient:
+        if self._docker is None:
+            try:
+                client = docker.DockerClient(base_url=self.docker_host) if self.docker_host else docker.from_env()
+                client.ping()
+            except docker.errors.DockerException as exc:
+                where = self.docker_host or "DOCKER_HOST / default socket"
+                raise StageError(f"no Docker Engine answers at {where}",
+                                 hint=f"{type(exc).__name__}; run `make up`") from None
+            self._docker = client
+        return self._docker
+
+    def _auth_config(self, host: str) -> dict[str, str] | None:
+        if GOOGLE_REGISTRY.search(host.split(":")[0]):
+            return {"username": "oauth2accesstoken", "password": self._token_provider()}
+        return None
+
+    # -- build ------------------------------------------------------------------------------
+    def build(self, context: Path, dockerfile: str, tag: str, *, build_args: dict[str, str] | None = None,
+              labels: dict[str, str] | None = None, on_log: Callable[[str], None] = lambda _: None) -> BuildResult:
+        if not context.is_dir():
+            raise StageError(f"build context {context} is not a directory")
+        if not (context / dockerfile).is_file():
+            raise StageError(f"no Dockerfile: {context / dockerfile} does not exist")
+        tail: deque[str] = deque(maxlen=self.tail_lines)
+        count = 0
+        image_id: str | None = None
+        started = time.monotonic()
+        try:
+            stream = self.docker.api.build(path=str(context), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
+                                           decode=True, buildargs=build_args or {}, labels=labels or {})
+            for chunk in stream:
+                text = chunk.get("stream") or chunk.get("status") or ""
+                for line in str(text).splitlines():
+                    if line.strip():
+                        tail.append(line)
+                        count += 1
+                        on_log(line)
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = str(chunk.get("error") or chunk.get("errorDetail", {}).get("message", "build failed"))
+                    tail.append(message)
+                    raise BuildFailed(message.strip(), list(tail))
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and "ID" in aux:
+                    image_id = str(aux["ID"])
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"Docker Engine refused the build: {exc.explanation or exc}", list(tail)) from None
+        except docker.errors.DockerException as exc:
+            raise StageError(f"build failed: {type(exc).__name__}: {exc}") from None
+        try:
+            image = self.docker.images.get(image_id or tag)
+        except docker.errors.ImageNotFound:
+            raise BuildFailed("the build finished without producing an image", list(tail)) from None
+        return BuildResult(image_id=str(image.id), size_bytes=int(image.attrs.get("Size", 0)),
+                           duration_s=time.monotonic() - started, log_tail=list(tail), log_lines=count)
+
+    # -- push -------------------------------------------------------------------------------
+    def push(self, repository: str, tags: list[str]) -> PushResult:
+        """Push every tag; returns the registry digest (identical for all tags of one image)."""
+        host = repository.split("/", 1)[0]
+        auth = self._auth_config(host)
+        started = time.monotonic()
+        digest: str | None = None
+        for tag in tags:
+            try:
+                for chunk in self.docker.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+                    if "error" in chunk or "errorDetail" in chunk:
+                        raise StageError(f"push of {repository}:{tag} failed: "
+                                         f"{_describe_push_error(str(chunk.get('error') or chunk.get('errorDetail')))}")
+                    aux = chunk.get("aux")
+                    if isinstance(aux, dict) and aux.get("Digest"):
+                        digest = str(aux["Digest"])
+            except docker.errors.APIError as exc:
+                raise StageError(f"push of {repository}:{tag} failed: {_describe_push_error(str(exc.explanation or exc))}") from None
+        if digest is None:
+            raise StageError(f"push of {repository} reported no digest")
+        return PushResult(digest=digest, pinned=f"{repository}@{digest}",
+                          duration_s=time.monotonic() - started, tags=tags)
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        self.docker.api.tag(image_id, repository, tag=tag)
+
+    # -- registry ---------------------------------------------------------------------------
+    async def manifest_size(self, ref: str, *, timeout_s: float = 15.0) -> int:
+        """Compressed size of an image in its registry (config + layers), as pulled."""
+        parsed = ImageRef.parse(ref)
+        reference = parsed.digest or parsed.tag or "latest"
+        headers = {"Accept": MANIFEST_TYPES}
+        auth = self._auth_config(parsed.host)
+        if auth:
+            token = await asyncio.to_thread(self._token_provider)
+            headers["Authorization"] = f"Bearer {token}"
+        base = registry_base_url(parsed.host)
+        url = f"{base}/v2/{parsed.path}/manifests/{reference}"
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as client:
+                manifest = await _get_json(client, url, headers)
+                if "manifests" in manifest:  # an index: take the linux/amd64 (or first) image
+                    entries = manifest["manifests"]
+                    chosen = next((m for m in entries if m.get("platform", {}).get("architecture") == "amd64"), entries[0])
+                    url = f"{base}/v2/{parsed.path}/manifests/{chosen['digest']}"
+                    manifest = await _get_json(client, url, headers)
+        except httpx.HTTPError as exc:
+            raise StageError(f"registry {parsed.host} unreachable: {type(exc).__name__}") from None
+        layers = manifest.get("layers", [])
+        return int(manifest.get("config", {}).get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
+
+
+class BuildFailed(StageError):
+    def __init__(self, message: str, tail: list[str]) -> None:
+        super().__init__(f"build failed: {message}")
+        self.tail = tail
+
+
+async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = await client.get(url, headers=headers)
+    if response.status_code == 404:
+        raise StageError(f"image not found in the registry: {url.split('/v2/', 1)[-1]}")
+    if response.status_code in (401, 403):
+        raise StageError(f"registry denied access ({response.status_code}) to {url.split('/v2/', 1)[-1]}",
+                         hint="the identity needs roles/artifactregistry.reader")
+    if response.status_code >= 400:
+        raise StageError(f"registry answered {response.status_code} for {url.split('/v2/', 1)[-1]}")
+    try:
+        data = response.json()
+    except ValueError:
+        raise StageError("registry returned a manifest that is not JSON") from None
+    if not isinstance(data, dict):
+        raise StageError("registry returned an unexpected manifest")
+    return data
+
+
+def _describe_push_error(message: str) -> str:
+    lowered = message.lower()
+    if "connection refused" in lowered or "no such host" in lowered or "dial tcp" in lowered:
+        return f"registry unreachable ({message.strip()[:200]})"
+    if "denied" in lowered or "unauthorized" in lowered or "authentication required" in lowered:
+        return "permission denied by the registry (roles/artifactregistry.writer needed)"
+    return message.strip()[:300]

@@ -1,0 +1,59 @@
+"""Stage `build`: the image builds locally with the Docker SDK; log streamed, id and size recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.clients.images import BuildFailed, Images
+from stagecheck.model import Criterion, Evidence, ImageInfo, StageResult, Status
+from stagecheck.redact import redact
+from stagecheck.settings import ServiceConfig
+from tasks.common import guarded
+
+
+@task(name="build", cache_policy=NO_CACHE)
+async def build_image(images: Images, service: ServiceConfig, repository: str, git_sha: str,
+                      extra_tags: tuple[str, ...] = ()) -> tuple[StageResult, ImageInfo | None]:
+    logger = get_run_logger()
+    info: ImageInfo | None = None
+    reference = f"{repository}:{git_sha}"
+
+    async def body() -> StageResult:
+        nonlocal info
+        context = service.source_dir
+        try:
+            result = await asyncio.to_thread(
+                images.build, context, service.dockerfile, reference, build_args=service.build_args,
+                labels={"org.opencontainers.image.revision": git_sha, "dev.stagecheck.service": service.name},
+                on_log=lambda line: logger.info("[build %s] %s", service.name, redact(line)),
+            )
+        except BuildFailed as exc:
+            tail = [redact(line) for line in exc.tail]
+            return StageResult(
+                name="build", status=Status.FAIL, summary=str(exc),
+                evidence=[Evidence(kind="docker", summary=f"build log tail ({len(tail)} lines)",
+                                   data={"log_tail": tail})],
+                criteria=[Criterion(name="Image builds", stage="build", status=Status.FAIL,
+                                    expected="docker build succeeds", observed=str(exc), evidence=tail[-3:])],
+            )
+        for extra in extra_tags:
+            await asyncio.to_thread(images.tag, result.image_id, repository, extra)
+        info = ImageInfo(reference=reference, image_id=result.image_id, local_size_bytes=result.size_bytes,
+                         tags=[git_sha, *extra_tags])
+        mb = result.size_bytes / 1e6
+        summary = f"built {reference} ({result.image_id[:19]}, {mb:.1f} MB) in {result.duration_s:.1f}s"
+        return StageResult(
+            name="build", status=Status.PASS, summary=summary,
+            evidence=[Evidence(kind="docker", summary=summary,
+                               data={"image_id": result.image_id, "size_bytes": result.size_bytes,
+                                     "log_lines": result.log_lines, "log_tail": [redact(x) for x in result.log_tail[-10:]]})],
+            criteria=[Criterion(name="Image builds", stage="build", status=Status.PASS,
+                                expected="docker build succeeds", observed=summary)],
+            data={"duration_s": result.duration_s},
+        )
+
+    stage = await guarded("build", body, logger)
+    return stage, info

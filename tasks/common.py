@@ -1,0 +1,100 @@
+"""What every stage task shares: the clients built once per run, the per-service context, and the
+guard that turns any exception into a FAIL StageResult with a reason (fail closed, no traceback)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from stagecheck.clients.cloudlogging import LogReader
+from stagecheck.clients.cloudrun import CloudRun
+from stagecheck.clients.images import Images
+from stagecheck.errors import StageError
+from stagecheck.model import Criterion, Evidence, ImageInfo, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.settings import ServiceConfig, Settings
+
+
+@dataclass
+class Clients:
+    """The outside world, built once from Settings and shared by every service of a run."""
+
+    cloudrun: CloudRun
+    logs: LogReader
+    images: Images
+    http: httpx.AsyncClient
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Clients:
+        return cls(
+            cloudrun=CloudRun(settings),
+            logs=LogReader(settings),
+            images=Images(settings.docker_host),
+            http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                   headers={"User-Agent": "stagecheck-probe/0.1"}),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+@dataclass
+class Release:
+    """What one service's run has learned so far; stages read and extend it."""
+
+    settings: Settings
+    service: ServiceConfig
+    git_sha: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    image: ImageInfo | None = None
+    revision: RevisionInfo | None = None
+    previous_revision: RevisionInfo | None = None
+    serving_before: list[TrafficTarget] = field(default_factory=list)  # pinned (no LATEST)
+    traffic_before: list[TrafficTarget] = field(default_factory=list)  # as the service had it
+    traffic_now: list[TrafficTarget] = field(default_factory=list)
+    service_exists: bool = False
+    service_url: str | None = None
+    tag_url: str | None = None
+    deploy_started_at: datetime | None = None
+    last_probe_at: datetime | None = None
+    traffic_moved: bool = False
+
+    @property
+    def sha7(self) -> str:
+        return self.git_sha[:7]
+
+    @property
+    def tag(self) -> str:
+        return f"sc-{self.sha7}"
+
+    @property
+    def repository(self) -> str:
+        return f"{self.settings.registry}/{self.service.repository}"
+
+
+async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],
+                  logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> StageResult:
+    """Run a stage body; any failure to decide becomes a FAIL with a readable reason."""
+    started = time.monotonic()
+    try:
+        result = await body()
+    except StageError as exc:
+        result = StageResult(name=name, status=Status.FAIL, summary=str(exc),
+                             evidence=[Evidence(kind="note", summary=str(exc))],
+                             criteria=[Criterion(name=f"{name} completed", stage=name, status=Status.FAIL,
+                                                 expected="stage completes", observed=str(exc))])
+    except Exception as exc:  # fail closed: an unexpected error is a failed gate, reported, not raised
+        if logger is not None:
+            logger.exception("stage %s crashed", name)
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        result = StageResult(name=name, status=Status.FAIL, summary=message,
+                             evidence=[Evidence(kind="note", summary=message)],
+                             criteria=[Criterion(name=f"{name} completed", stage=name, status=Status.FAIL,
+                                                 expected="stage completes", observed=message)])
+    result.duration_s = round(time.monotonic() - started, 3)
+    return result

@@ -1,0 +1,132 @@
+"""Stage `deploy`: a new revision with no traffic and a revision tag, waited for until Ready.
+
+The serving split is remembered first and sent back pinned (LATEST resolved to its revision), so
+creating the revision never moves traffic. The first deployment of a service has nothing serving
+to protect: the new revision gets 100 % once Ready (and the report says so)."""
+
+from __future__ import annotations
+
+import secrets as _random
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.clients.cloudrun import CloudRun, build_template, split_from_proto
+from stagecheck.errors import StageError
+from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.report import console_logs_url
+from stagecheck.settings import ServiceConfig, Settings
+from stagecheck.traffic import describe, with_tagged_candidate
+from tasks.common import guarded
+from tasks.inspect import ServiceSnapshot
+
+MAX_REVISION_NAME = 63
+
+
+def revision_name(service: str, sha7: str, suffix: str | None = None) -> str:
+    """`SERVICE-SHA7-xyz`: prefixed by the service as Cloud Run requires, unique per attempt."""
+    suffix = suffix or "".join(_random.choice(string.ascii_lowercase) for _ in range(3))
+    name = f"{service}-{sha7}-{suffix}"
+    if len(name) > MAX_REVISION_NAME:
+        name = f"{service}-{suffix}"
+    return name
+
+
+@dataclass
+class DeployOutcome:
+    revision: RevisionInfo | None = None
+    service_url: str | None = None
+    tag_url: str | None = None
+    traffic: list[TrafficTarget] = field(default_factory=list)
+    traffic_moved: bool = False
+    started_at: datetime | None = None
+
+
+def _tag_uri(service: object, tag: str) -> str | None:
+    for status in getattr(service, "traffic_statuses", []):
+        if status.tag == tag and status.uri:
+            return str(status.uri)
+    return None
+
+
+@task(name="deploy", cache_policy=NO_CACHE)
+async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
+                          git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
+    outcome = DeployOutcome(started_at=datetime.now(UTC))
+    name = revision_name(service.name, git_sha[:7])
+    log_url = console_logs_url(project=settings.project, region=settings.region, service=service.name,
+                               revision=name, console_base=settings.endpoints.console_base)
+
+    async def body() -> StageResult:
+        template = build_template(service, image=image, revision=name,
+                                  labels={"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"})
+        if snapshot.exists:
+            current = await cloudrun.get_service(service.name)
+            if current is None:
+                raise StageError(f"service {service.name} disappeared since it was inspected")
+            split = with_tagged_candidate(snapshot.serving, name, tag)
+            op = await cloudrun.update_service(current, template=template, split=split)
+            plan_note = f"no traffic to {name}; serving stays {describe(snapshot.serving)}"
+        else:
+            split = [TrafficTarget(revision=name, percent=100, tag=tag)]
+            op = await cloudrun.create_service(service.name, template, split)
+            outcome.traffic_moved = True
+            plan_note = f"first deployment: {name} gets 100 % once Ready"
+        rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s)
+        evidence = [Evidence(kind="traffic", summary=plan_note,
+                             data={"requested_split": [t.model_dump() for t in split]})]
+        if ready.ready is not True:
+            # settle the operation so the service is not left reconciling; its error repeats the condition
+            op_error = ""
+            try:
+                await cloudrun.finish(op, f"deploy {name}", timeout_s=30)
+            except StageError as exc:
+                op_error = str(exc)
+            after = await cloudrun.get_service(service.name)
+            outcome.traffic = split_from_proto(after.traffic) if after else []
+            reason = ready.message or op_error or "revision did not become Ready"
+            evidence.append(Evidence(kind="deploy", summary=f"revision {name} Ready={ready.ready}: {reason}",
+                                     data={"reason": ready.reason, "operation_error": op_error, "logs": log_url}))
+            evidence.append(Evidence(kind="traffic", summary=f"traffic after the failed deploy: {describe(outcome.traffic)}",
+                                     data={"traffic": [t.model_dump() for t in outcome.traffic]}))
+            return StageResult(
+                name="deploy", status=Status.FAIL, summary=f"revision {name} failed: {reason}",
+                evidence=evidence,
+                criteria=[Criterion(name="New revision becomes Ready", stage="deploy", status=Status.FAIL,
+                                    expected="Ready condition SUCCEEDED", observed=reason, evidence=[log_url])],
+                data={"logs_url": log_url},
+            )
+        svc = await cloudrun.finish(op, f"deploy {name}", timeout_s=settings.deploy_timeout_s)
+        outcome.service_url = svc.uri or None
+        outcome.tag_url = _tag_uri(svc, tag)
+        outcome.traffic = split_from_proto(svc.traffic)
+        container = rev.containers[0] if rev is not None and rev.containers else None
+        limits = dict(container.resources.limits) if container else {}
+        created = rev.create_time if rev is not None and rev.create_time and rev.create_time.year > 1970 else None
+        outcome.revision = RevisionInfo(
+            name=name, tag=tag, tag_url=outcome.tag_url, created_at=created, ready_at=ready.transition_time,
+            image=image, memory=limits.get("memory"), cpu=limits.get("cpu"),
+            min_instances=service.min_instances, max_instances=service.max_instances, log_url=log_url,
+        )
+        startup = outcome.revision.startup_s
+        observed = f"{name} Ready" + (f" {startup:.1f}s after creation" if startup is not None else "")
+        evidence.append(Evidence(kind="timing", summary=observed,
+                                 data={"created_at": str(created), "ready_at": str(ready.transition_time),
+                                       "startup_s": startup, "tag_url": outcome.tag_url}))
+        criteria = [Criterion(name="New revision becomes Ready", stage="deploy", status=Status.PASS,
+                              expected="Ready condition SUCCEEDED", observed=observed)]
+        if outcome.tag_url is None:
+            criteria.append(Criterion(name="Revision tag URL assigned", stage="deploy", status=Status.FAIL,
+                                      expected=f"traffic status with tag {tag} and a URI",
+                                      observed="no URI for the tag"))
+        status = Status.FAIL if outcome.tag_url is None else Status.PASS
+        return StageResult(name="deploy", status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
+                           criteria=criteria, data={"logs_url": log_url})
+
+    stage = await guarded("deploy", body)
+    if outcome.revision is None and stage.status is Status.FAIL:
+        outcome.revision = RevisionInfo(name=name, tag=tag, image=image, log_url=log_url)
+    return stage, outcome

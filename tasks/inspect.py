@@ -1,0 +1,81 @@
+"""Stage `inspect`: read the service as it serves now (before anything changes).
+
+It is the first contact with the Cloud Run API, so an unreachable API, missing credentials or a
+permission problem fail here, before anything is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.clients.cloudrun import CloudRun, ready_condition, split_from_proto
+from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.traffic import describe, pin_latest
+from tasks.common import guarded
+
+
+@dataclass
+class ServiceSnapshot:
+    exists: bool
+    traffic: list[TrafficTarget] = field(default_factory=list)  # as configured
+    serving: list[TrafficTarget] = field(default_factory=list)  # LATEST pinned to a revision
+    latest_ready: str | None = None
+    uri: str | None = None
+    image: str | None = None  # image of the serving revision with the most traffic
+    previous: RevisionInfo | None = None
+
+
+async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
+    svc = await cloudrun.get_service(service)
+    if svc is None:
+        return ServiceSnapshot(exists=False)
+    traffic = split_from_proto(svc.traffic)
+    latest_ready = svc.latest_ready_revision.rsplit("/", 1)[-1] or None
+    serving = pin_latest(traffic, latest_ready) if traffic else []
+    main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
+    previous: RevisionInfo | None = None
+    image: str | None = None
+    if main is not None and main.revision:
+        rev = await cloudrun.get_revision(service, main.revision)
+        container = rev.containers[0] if rev.containers else None
+        ready = ready_condition(rev.conditions)
+        limits = dict(container.resources.limits) if container else {}
+        image = container.image if container else None
+        previous = RevisionInfo(
+            name=main.revision,
+            created_at=rev.create_time if rev.create_time and rev.create_time.year > 1970 else None,
+            ready_at=ready.transition_time,
+            image=image,
+            memory=limits.get("memory"),
+            cpu=limits.get("cpu"),
+            min_instances=rev.scaling.min_instance_count,
+            max_instances=rev.scaling.max_instance_count,
+        )
+    return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,
+                           uri=svc.uri or None, image=image, previous=previous)
+
+
+@task(name="inspect", cache_policy=NO_CACHE)
+async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult, ServiceSnapshot | None]:
+    snapshot: ServiceSnapshot | None = None
+
+    async def body() -> StageResult:
+        nonlocal snapshot
+        snapshot = await read_snapshot(cloudrun, service)
+        if not snapshot.exists:
+            observed = "service does not exist yet: first deployment, nothing to roll back to"
+        else:
+            observed = f"serving {describe(snapshot.serving) or 'nothing'}"
+        return StageResult(
+            name="inspect", status=Status.PASS, summary=observed,
+            evidence=[Evidence(kind="traffic", summary=observed,
+                               data={"traffic": [t.model_dump() for t in snapshot.traffic], "uri": snapshot.uri,
+                                     "image": snapshot.image})],
+            criteria=[Criterion(name="Cloud Run API reachable, service state read", stage="inspect",
+                                status=Status.PASS, expected="GET service answers", observed=observed)],
+        )
+
+    result = await guarded("inspect", body)
+    return result, snapshot

@@ -1,0 +1,50 @@
+"""Stage `report`: Prefect artifacts (markdown report, criteria table, links) and the JSON report."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.model import ServiceReport
+from stagecheck.report import criteria_rows, render_markdown, to_json
+
+
+def artifact_key(prefix: str, service: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{prefix}-{service}".lower())
+
+
+def report_path(report_dir: Path, report: ServiceReport) -> Path:
+    stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
+    return report_dir / f"{report.service}-{stamp}.json"
+
+
+@task(name="report", cache_policy=NO_CACHE)
+async def publish_report(report: ServiceReport, report_dir: Path) -> Path:
+    verdict = report.verdict.value.upper()
+    await acreate_markdown_artifact(markdown=render_markdown(report), key=artifact_key("stagecheck-report", report.service),
+                                    description=f"{verdict}: staging validation of {report.service}")
+    await acreate_table_artifact(table=criteria_rows(report), key=artifact_key("stagecheck-criteria", report.service),
+                                 description=f"{verdict}: success criteria of {report.service}")
+    if report.urls.get("service"):
+        await acreate_link_artifact(link=report.urls["service"], link_text=f"{report.service} service URL",
+                                    key=artifact_key("stagecheck-service-url", report.service))
+    if report.revision is not None and report.revision.log_url:
+        await acreate_link_artifact(link=report.revision.log_url, link_text=f"logs of {report.revision.name}",
+                                    key=artifact_key("stagecheck-logs", report.service))
+    return await asyncio.to_thread(write_json_report, report, report_dir)
+
+
+def write_json_report(report: ServiceReport, report_dir: Path) -> Path:
+    """`SERVICE-<start>.json` plus `SERVICE-latest.json` in report_dir."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_path(report_dir, report)
+    body = to_json(report)
+    path.write_text(body)
+    (report_dir / f"{report.service}-latest.json").write_text(body)
+    return path

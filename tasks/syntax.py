@@ -1,0 +1,50 @@
+"""Stage `syntax`: the repository parses (Python, YAML/JSON/TOML, no merge-conflict markers)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.model import Criterion, Evidence, StageResult, Status
+from stagecheck.settings import SyntaxSettings
+from stagecheck.syntax import SyntaxReport, check_repository
+from tasks.common import guarded
+
+MAX_LISTED = 50
+
+
+def syntax_stage_result(report: SyntaxReport) -> StageResult:
+    """Pure: the stage result for a syntax report."""
+    checked = sum(report.files_checked.values())
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(report.files_checked.items()) if n)
+    lines = [str(f) for f in report.findings]
+    if report.ok:
+        status, summary = Status.PASS, f"{checked} files parse ({by_kind}) in {report.duration_s:.2f}s"
+    else:
+        status = Status.FAIL
+        summary = f"{len(lines)} syntax error(s) in {checked} files; first: {lines[0]}"
+    evidence = [Evidence(kind="syntax", summary=summary,
+                         data={"files_checked": dict(report.files_checked), "skipped": report.skipped,
+                               "duration_s": round(report.duration_s, 3), "findings": lines[:MAX_LISTED],
+                               "findings_total": len(lines)})]
+    evidence += [Evidence(kind="syntax", summary=line) for line in lines[:MAX_LISTED]]
+    criterion = Criterion(name="Repository parses (Python, YAML/JSON/TOML, no conflict markers)", stage="syntax",
+                          status=status, expected="0 syntax errors",
+                          observed=f"{len(lines)} error(s) in {checked} files",
+                          evidence=lines[:5])
+    return StageResult(name="syntax", status=status, summary=summary, evidence=evidence, criteria=[criterion])
+
+
+@task(name="syntax", cache_policy=NO_CACHE)
+async def check_syntax(repo_root: Path, config: SyntaxSettings) -> StageResult:
+    async def body() -> StageResult:
+        if not config.enabled:
+            return StageResult(name="syntax", status=Status.SKIP, summary="syntax validation turned off in config")
+        report = await asyncio.to_thread(check_repository, repo_root, target_version=config.version_tuple(),
+                                         exclude=config.exclude)
+        return syntax_stage_result(report)
+
+    return await guarded("syntax", body)
