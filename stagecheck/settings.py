@@ -388,6 +388,9 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         lines.append(f"  {loc}: {err['msg']}")
+    missing = {str(e["loc"][0]) for e in exc.errors() if e["type"] == "missing" and e["loc"]}
+    if missing & {"project", "region", "registry"}:
+        lines.append("  hint: set project/region/registry in the config, or use --sandbox for the local sandbox")
     return "\n".join(lines)
 
 

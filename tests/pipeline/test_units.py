@@ -1,0 +1,164 @@
+"""Pure parts of the pipeline's orchestration and client wrappers (no network, no Docker)."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from google.cloud import run_v2
+
+from flows.validate import required_for, serving_targets
+from stagecheck.clients.cloudrun import build_template, ready_condition, split_from_proto, split_to_proto
+from stagecheck.clients.images import ImageRef, registry_base_url
+from stagecheck.errors import StageError
+from stagecheck.gitinfo import resolve_sha
+from stagecheck.model import TrafficTarget
+from stagecheck.settings import ServiceConfig, Settings, UrlKind
+from tasks.deploy import revision_name
+
+
+def settings(**kw: object) -> Settings:
+    base: dict[str, object] = {"project": "demo-project", "region": "europe-west1", "registry": "127.0.0.1:5000",
+                               "services": ({"name": "web"},)}
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def test_split_round_trips_through_the_proto() -> None:
+    split = [TrafficTarget(revision=None, percent=30), TrafficTarget(revision="web-00001-abc", percent=70, tag="old")]
+    proto = split_to_proto(split)
+    assert proto[0].type_ == run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+    assert proto[1].type_ == run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+    assert split_from_proto(proto) == split
+
+
+def test_ready_condition_is_found_by_type_not_position() -> None:
+    succeeded = run_v2.Condition.State.CONDITION_SUCCEEDED
+    failed = run_v2.Condition.State.CONDITION_FAILED
+    conditions = [
+        run_v2.Condition(type_="ContainerHealthy", state=succeeded),
+        run_v2.Condition(type_="Ready", state=failed, message="Container called exit(1)."),
+        run_v2.Condition(type_="ResourcesAvailable", state=succeeded),
+    ]
+    state = ready_condition(conditions)
+    assert state.ready is False and state.message == "Container called exit(1)."
+    assert ready_condition([run_v2.Condition(type_="Ready", state=succeeded)]).ready is True
+    pending = ready_condition([run_v2.Condition(type_="Ready", state=run_v2.Condition.State.CONDITION_RECONCILING)])
+    assert pending.ready is None
+    assert ready_condition([]).ready is None
+
+
+def test_template_carries_resources_scaling_env_and_secret_refs() -> None:
+    svc = ServiceConfig(name="web", port=9000, memory="1Gi", cpu="2", min_instances=1, max_instances=4,
+                        env={"MODE": "staging"}, secrets={"DB_PASSWORD": "db-pass:3"})
+    t = build_template(svc, image="r/web@sha256:abc", revision="web-abc1234-xyz", labels={"a": "b"})
+    assert t.revision == "web-abc1234-xyz"
+    c = t.containers[0]
+    assert c.image == "r/web@sha256:abc" and c.ports[0].container_port == 9000
+    assert dict(c.resources.limits) == {"cpu": "2", "memory": "1Gi"}
+    assert t.scaling.min_instance_count == 1 and t.scaling.max_instance_count == 4
+    env = {e.name: e for e in c.env}
+    assert env["MODE"].value == "staging"
+    ref = env["DB_PASSWORD"].value_source.secret_key_ref
+    assert (ref.secret, ref.version) == ("db-pass", "3")
+    assert env["DB_PASSWORD"].value == ""  # the secret is a reference, never a value
+
+
+def test_revision_names_follow_cloud_run_rules() -> None:
+    name = revision_name("web", "abc1234", "xyz")
+    assert name == "web-abc1234-xyz"
+    long_service = "s" * 49
+    assert len(revision_name(long_service, "abc1234")) <= 63
+    assert revision_name(long_service, "abc1234").startswith(long_service + "-")
+    suffixes = {revision_name("web", "abc1234")[-3:] for _ in range(20)}
+    assert len(suffixes) > 1
+
+
+@pytest.mark.parametrize(("ref", "repo", "tag", "digest"), [
+    ("127.0.0.1:5000/app:abc", "127.0.0.1:5000/app", "abc", None),
+    ("127.0.0.1:5000/app", "127.0.0.1:5000/app", "latest", None),
+    ("europe-west1-docker.pkg.dev/p/r/app@sha256:00ff", "europe-west1-docker.pkg.dev/p/r/app", None, "sha256:00ff"),
+])
+def test_image_refs(ref: str, repo: str, tag: str | None, digest: str | None) -> None:
+    parsed = ImageRef.parse(ref)
+    assert (parsed.repository, parsed.tag, parsed.digest) == (repo, tag, digest)
+
+
+def test_registry_scheme_is_http_only_on_loopback() -> None:
+    assert registry_base_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert registry_base_url("localhost:5000") == "http://localhost:5000"
+    assert registry_base_url("europe-west1-docker.pkg.dev") == "https://europe-west1-docker.pkg.dev"
+
+
+def test_required_stages_follow_probe_modes_and_dry_run() -> None:
+    s = settings()
+    assert required_for(s, s.services[0])[:3] == ("syntax", "inspect", "build")
+    assert "probe-tagged" in required_for(s, s.services[0])
+    off = settings(services=({"name": "web", "health": {"tagged": {"mode": "off"}, "service": {"mode": "off"},
+                                                        "lb": {"mode": "off"}}},))
+    req = required_for(off, off.services[0])
+    assert "probe-tagged" not in req and "probe-serving" not in req and "logs" in req
+    dry = settings(dry_run=True)
+    assert required_for(dry, dry.services[0]) == ("syntax", "build")
+
+
+def test_serving_targets_build_urls_and_fail_on_missing_required_lb() -> None:
+    s = settings(lb_url="http://127.0.0.1:8781")
+    targets, missing = serving_targets(s, s.services[0], "http://127.0.0.1:9999")
+    assert [(t.kind, t.url) for t in targets] == [
+        (UrlKind.SERVICE, "http://127.0.0.1:9999/health"),
+        (UrlKind.LB, "http://127.0.0.1:8781/web/api/health"),
+    ]
+    assert missing == []
+    no_lb = settings()
+    targets, missing = serving_targets(no_lb, no_lb.services[0], "http://127.0.0.1:9999")
+    assert [t.kind for t in targets] == [UrlKind.SERVICE]
+    assert missing[0].status.value == "FAIL" and "lb_url" in missing[0].observed
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_git_sha_is_head_and_dirty_build_context_is_refused(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    _git(tmp_path, "config", "user.email", "t@example.com")
+    _git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "app.py").write_text("x = 1\n")
+    (tmp_path / "other.txt").write_text("a\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "init")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert resolve_sha(tmp_path, None) == head
+    assert resolve_sha(tmp_path, head[:7]) == head
+    with pytest.raises(StageError, match="not the requested"):
+        resolve_sha(tmp_path, "0" * 40)
+    with pytest.raises(StageError, match="not a hex"):
+        resolve_sha(tmp_path, "main")
+    (tmp_path / "other.txt").write_text("b\n")  # dirty outside the build context: fine
+    assert resolve_sha(tmp_path, None, (tmp_path / "svc",)) == head
+    (tmp_path / "svc" / "app.py").write_text("x = 2\n")
+    with pytest.raises(StageError, match="uncommitted changes"):
+        resolve_sha(tmp_path, None, (tmp_path / "svc",))
+
+
+def test_not_a_git_repo_needs_an_explicit_sha(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="not a git repository"):
+        resolve_sha(tmp_path, None)
+    assert resolve_sha(tmp_path, "abcdef1") == "abcdef1"
+
+
+def test_log_ingestion_check() -> None:
+    from stagecheck.log_analysis import LogRecord
+    from tasks.logs import ingested_since
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    t1 = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
+    recs = [LogRecord(timestamp=t0, severity="INFO", message="GET /health", stream="requests", revision="r")]
+    assert ingested_since(recs, t0)
+    assert not ingested_since(recs, t1)
+    stdout_only = [LogRecord(timestamp=t1, severity="INFO", message="x", stream="stdout", revision="r")]
+    assert not ingested_since(stdout_only, t0)

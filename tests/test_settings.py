@@ -1,0 +1,125 @@
+"""The settings model: sources, precedence, and readable errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stagecheck.settings import ConfigError, ProbeMode, Settings, TrafficPlan, load_settings
+
+MINIMAL = """
+project = "demo-project"
+region = "europe-west1"
+registry = "europe-west1-docker.pkg.dev/demo-project/apps"
+[[services]]
+name = "web"
+source_dir = "web"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stagecheck.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert s.project == "demo-project"
+    svc = s.service("web")
+    assert svc.source_dir == (tmp_path / "web").resolve()
+    assert s.repo_root == tmp_path.resolve()
+    assert s.traffic.steps == (100,)
+    assert svc.health.tagged.mode is ProbeMode.REQUIRED
+    assert s.uses_gcp and not s.endpoints.anonymous
+
+
+def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
+    cfg = write(tmp_path, MINIMAL + "\n[probes]\ndeadline_s = 10\n")
+    env = {"STAGECHECK_PROBES__DEADLINE_S": "20", "STAGECHECK_TRAFFIC__STEPS": "[10, 100]", "HOME": "/x"}
+    s = load_settings(cfg, environ=env)
+    assert s.probes.deadline_s == 20
+    assert s.traffic.steps == (10, 100)
+    s = load_settings(cfg, environ=env, overrides={"probes": {"deadline_s": 30}})
+    assert s.probes.deadline_s == 30
+
+
+def test_sandbox_json_fills_target(tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox.json"
+    sandbox.write_text(json.dumps({
+        "run_api": "http://127.0.0.1:9", "logging_api": "http://127.0.0.1:9", "project": "stagecheck-sandbox",
+        "region": "europe-west1", "registry": "127.0.0.1:5000", "docker_host": "unix:///tmp/d.sock",
+        "lb_url": "http://127.0.0.1:10"}))
+    cfg = write(tmp_path, '[[services]]\nname = "web"\n')
+    s = load_settings(cfg, environ={}, sandbox_json=sandbox)
+    assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.anonymous
+    assert s.registry == "127.0.0.1:5000" and s.lb_url == "http://127.0.0.1:10"
+    assert not s.uses_gcp
+
+
+def test_missing_sandbox_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no sandbox running"):
+        load_settings(write(tmp_path, MINIMAL), environ={}, sandbox_json=tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(("snippet", "where"), [
+    ('project = "Bad_Project"', "project"),
+    ('region = "mars"', "region"),
+])
+def test_invalid_target_names(tmp_path: Path, snippet: str, where: str) -> None:
+    text = MINIMAL.replace('project = "demo-project"', snippet if where == "project" else 'project = "demo-project"')
+    if where == "region":
+        text = text.replace('region = "europe-west1"', snippet)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert f"  {where}:" in str(info.value)
+
+
+@pytest.mark.parametrize(("service_line", "message"), [
+    ('name = "Web_App"', "lowercase letters"),
+    ('name = "web-"', "lowercase letters"),
+    ('name = "' + "a" * 50 + '"', "at most 49"),
+    ('name = "web"\nmemory = "lots"', "memory is like"),
+    ('name = "web"\nenv = { PORT = "1" }', "reserved"),
+    ('name = "web"\nsecrets = { TOKEN = "tok" }', "name:version"),
+    ('name = "web"\nmin_instances = 5\nmax_instances = 2', "min_instances exceeds"),
+])
+def test_invalid_service_settings_name_the_field(tmp_path: Path, service_line: str, message: str) -> None:
+    text = MINIMAL.replace('name = "web"', service_line)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert message in str(info.value)
+    assert "services.0" in str(info.value)
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="probez"):
+        load_settings(write(tmp_path, MINIMAL + "\n[probez]\nx = 1\n"), environ={})
+
+
+def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="stagecheck.toml"):
+        load_settings(write(tmp_path, "project = \n"), environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+@pytest.mark.parametrize("steps", [(), (50,), (50, 10, 100), (0, 100), (10, 10, 100), (10, 120)])
+def test_traffic_plan_rejects_bad_steps(steps: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError):
+        TrafficPlan(steps=steps)
+
+
+def test_duplicate_services_rejected() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        Settings(project="demo-project", region="europe-west1", registry="r",
+                 services=({"name": "a"}, {"name": "a"}))  # type: ignore[arg-type]
+
+
+def test_example_configs_load() -> None:
+    root = Path(__file__).resolve().parents[1]
+    gcp = load_settings(root / "examples" / "stagecheck.gcp.toml", environ={})
+    assert gcp.services[0].secrets == {"API_TOKEN": "sample-api-token:latest"}
+    assert gcp.services[0].health.service.mode is ProbeMode.ADVISORY
