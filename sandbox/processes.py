@@ -1,0 +1,136 @@
+"""Detached background processes identified by pid *and* start time, so that stopping one never
+hits an unrelated process that reused the pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat field 22: distinguishes a reused pid
+    argv: list[str]
+    log: str
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in {"Z", "X"}:
+        return None
+    return int(fields[19])
+
+
+def command_name(pid: int) -> str | None:
+    """The executable's base name of a live process (None if it is gone or a zombie)."""
+    if start_ticks(pid) is None:
+        return None
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return Path(argv0).name
+
+
+def is_running(record: ProcessRecord) -> bool:
+    return start_ticks(record.pid) == record.start_ticks
+
+
+# Backgrounded by a short-lived shell, so the daemon is re-parented to init: it outlives the
+# caller (pytest, make) without becoming its zombie, and its output goes to the log, not a pipe.
+_LAUNCHER = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+
+
+def spawn_detached(name: str, argv: list[str], log: Path) -> ProcessRecord:
+    """Start `argv` in a new session, detached, with stdout/stderr appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    launcher = subprocess.run(
+        ["/bin/sh", "-c", _LAUNCHER, "sh", str(log), *argv],
+        capture_output=True, text=True, start_new_session=True, check=True, timeout=30,
+    )
+    pid = int(launcher.stdout.strip())
+    ticks = start_ticks(pid)
+    return ProcessRecord(name=name, pid=pid, start_ticks=ticks or 0, argv=argv, log=str(log))
+
+
+def reap(pid: int) -> None:
+    """Collect `pid` if it is our exited child (else it would linger as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+
+
+def _gone(record: ProcessRecord) -> bool:
+    reap(record.pid)
+    return not is_running(record)
+
+
+def terminate(record: ProcessRecord, timeout_s: float) -> bool:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL. Returns True if it had to be killed."""
+    if _gone(record):
+        return False
+    os.kill(record.pid, signal.SIGTERM)
+    if wait_until(lambda: _gone(record), timeout_s):
+        return False
+    if is_running(record):
+        os.kill(record.pid, signal.SIGKILL)
+    wait_until(lambda: _gone(record), 5.0)
+    return True
+
+
+def write_record(path: Path, record: ProcessRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(asdict(record)) + "\n")
+    partial.replace(path)
+
+
+def read_record(path: Path) -> ProcessRecord | None:
+    """The record in `path`, or None if there is none or it is not one of ours."""
+    try:
+        data = json.loads(path.read_text())
+        return ProcessRecord(**data)
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def pid_from_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file ('' if none), to quote in an error."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1].strip() if lines else ""
