@@ -1,0 +1,79 @@
+"""The verdict: pass or fail, decided from the stage results alone, failing closed.
+
+PASS only when every required stage ran and ended PASS or WARN and no stage at all (optional ones such
+as "smoke" or the "rollback" stage included) FAILed. The first FAIL, in the order the stages ran,
+decides; a required stage that is missing or SKIPped fails the verdict too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from stagecheck.model import Criterion, StageResult, Status, Verdict
+
+REQUIRED_STAGES: tuple[str, ...] = (
+    "syntax",
+    "build",
+    "push",
+    "deploy",
+    "probe-tagged",
+    "traffic",
+    "probe-serving",
+    "logs",
+)
+DRY_RUN_STAGES: tuple[str, ...] = ("syntax", "build")
+
+
+def required_stages(*, dry_run: bool) -> tuple[str, ...]:
+    return DRY_RUN_STAGES if dry_run else REQUIRED_STAGES
+
+
+def decide(
+    stages: Sequence[StageResult], required: Sequence[str]
+) -> tuple[Verdict, str | None, list[str], list[str]]:
+    """(verdict, the stage that decided a failure, reasons, warnings).
+
+    `stages` are in pipeline order (the order they ran). Reasons are "<stage>: <summary>" for every
+    FAILed stage, then "stage X did not run: ..." for each required stage missing or skipped.
+    Warnings are "<stage>: <summary>" for WARN stages and "<stage>: <criterion>: <observed>" for WARN
+    criteria of stages that did not WARN themselves.
+    """
+    reasons: list[str] = []
+    warnings: list[str] = []
+    decided_by: str | None = None
+
+    for stage in stages:
+        if stage.status is Status.FAIL:
+            decided_by = decided_by or stage.name
+            reasons.append(f"{stage.name}: {stage.summary}")
+        elif stage.status is Status.WARN:
+            warnings.append(f"{stage.name}: {stage.summary}")
+        if stage.status is not Status.WARN:
+            for criterion in stage.criteria:
+                if criterion.status is Status.WARN:
+                    warnings.append(f"{stage.name}: {criterion.name}: {criterion.observed}")
+
+    ran = {s.name for s in stages if s.status is not Status.SKIP}
+    for name in required:
+        if name in ran:
+            continue
+        skipped = next((s for s in stages if s.name == name), None)
+        why = skipped.summary if skipped is not None and skipped.summary else "no result recorded"
+        reasons.append(f"stage {name} did not run: {why}")
+        decided_by = decided_by or name
+
+    if not stages:
+        reasons.append("no stage ran")
+        decided_by = decided_by or (required[0] if required else None)
+
+    verdict = Verdict.FAIL if reasons else Verdict.PASS
+    return verdict, decided_by if verdict is Verdict.FAIL else None, reasons, _unique(warnings)
+
+
+def collect_criteria(stages: Sequence[StageResult]) -> list[Criterion]:
+    """Every stage's criteria, in pipeline order."""
+    return [criterion for stage in stages for criterion in stage.criteria]
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
