@@ -100,7 +100,7 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
 
 
 def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="stagecheck.toml"):
+    with pytest.raises(ConfigError, match=r"stagecheck\.toml"):
         load_settings(write(tmp_path, "project = \n"), environ={})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml", environ={})

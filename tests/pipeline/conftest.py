@@ -1,0 +1,82 @@
+"""End-to-end pipeline tests: the real flow, against the sandbox, on a temporary Prefect server
+(prefect_test_harness), building the sample service from a temporary git repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = REPO_ROOT / "examples" / "sample-service"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Scenario:
+    """A throwaway repository with one or more copies of the sample service and a stagecheck.toml."""
+
+    def __init__(self, root: Path, sandbox: Any) -> None:
+        self.root = root
+        self.sandbox = sandbox
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        _git(root, "config", "user.email", "ci@example.com")
+        _git(root, "config", "user.name", "ci")
+
+    def add_service(self, directory: str) -> Path:
+        dest = self.root / directory
+        shutil.copytree(SAMPLE, dest, ignore=shutil.ignore_patterns("README.md"))
+        return dest
+
+    def write(self, relative: str, text: str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def config(self, services: list[dict[str, Any]], *, steps: str = "[50, 100]", extra: str = "") -> Path:
+        lines = [
+            'report_dir = "reports"',
+            "deploy_timeout_s = 60",
+            "[probes]", "deadline_s = 25", "consecutive_successes = 2", "initial_backoff_s = 0.1",
+            "max_backoff_s = 0.5", "success_interval_s = 0.05",
+            "[traffic]", f"steps = {steps}",
+            "[logs]", "settle_s = 8",
+            extra,
+        ]
+        for svc in services:
+            lines.append("[[services]]")
+            for key, value in svc.items():
+                if isinstance(value, dict):
+                    inner = ", ".join(f'{k} = "{v}"' for k, v in value.items())
+                    lines.append(f"{key} = {{ {inner} }}")
+                else:
+                    lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        path = self.root / "stagecheck.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def commit(self, message: str = "change") -> str:
+        _git(self.root, "add", "-A")
+        _git(self.root, "commit", "-qm", message, "--allow-empty")
+        return _git(self.root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def scenario(tmp_path: Path, sandbox: Any, sample_image: Any) -> Scenario:
+    # sample_image makes sure examples/sample-service/bin/busybox exists (it is gitignored)
+    assert (SAMPLE / "bin" / "busybox").exists()
+    return Scenario(tmp_path / "repo", sandbox)
