@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -111,11 +111,13 @@ class DockerRuntime:
         return str(await self._call(_pull))
 
     async def run(self, launch: Launch, on_line: LineSink, on_exit: ExitSink) -> str:
+        """Create the container, attach to its output, then start it (so no early line is lost)."""
         loop = asyncio.get_running_loop()
 
         def _run() -> str:
+            api = docker.APIClient(base_url=self.base_url, timeout=None)  # type: ignore[arg-type]
             try:
-                container = self._client.containers.run(
+                container = self._client.containers.create(
                     launch.image,
                     name=launch.name,
                     detach=True,
@@ -127,26 +129,35 @@ class DockerRuntime:
                     entrypoint=launch.entrypoint,
                     command=launch.command,
                 )
+                output = api.attach(str(container.id), stdout=True, stderr=True, stream=True, logs=True, demux=True)
+                threading.Thread(
+                    target=self._follow, args=(api, str(container.id), output, on_line, on_exit, loop), daemon=True,
+                    name=f"logs-{launch.name}",
+                ).start()
+                container.start()
             except docker.errors.DockerException as exc:
                 raise ContainerStartError(str(getattr(exc, "explanation", None) or exc)) from None
             return str(container.id)
 
-        container_id = str(await self._call(_run))
-        threading.Thread(
-            target=self._follow, args=(container_id, on_line, on_exit, loop), daemon=True,
-            name=f"logs-{launch.name}",
-        ).start()
-        return container_id
+        return str(await self._call(_run))
 
-    def _follow(self, container_id: str, on_line: LineSink, on_exit: ExitSink, loop: asyncio.AbstractEventLoop) -> None:
-        api = docker.APIClient(base_url=self.base_url, timeout=None)
+    def _follow(
+        self,
+        api: docker.APIClient,
+        container_id: str,
+        output: Iterator[tuple[bytes | None, bytes | None]],
+        on_line: LineSink,
+        on_exit: ExitSink,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         buffers: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
         code = -1
         try:
-            for out, err in api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True):
-                for stream, chunk in (("stdout", out), ("stderr", err)):
+            for out, err in output:
+                pairs: tuple[tuple[Stream, bytes | None], ...] = (("stdout", out), ("stderr", err))
+                for stream, chunk in pairs:
                     if chunk:
-                        buffers[stream] = _emit_lines(buffers[stream] + chunk, stream, on_line)  # type: ignore[arg-type]
+                        buffers[stream] = _emit_lines(buffers[stream] + chunk, stream, on_line)
             for stream, rest in buffers.items():
                 if rest:
                     on_line(stream, rest.decode("utf-8", "replace"))
@@ -172,7 +183,7 @@ class DockerRuntime:
     async def containers(self) -> list[ContainerInfo]:
         def _list() -> list[ContainerInfo]:
             found = self._client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={self.instance_id}"})
-            return [ContainerInfo(c.id, c.name, c.status, dict(c.labels)) for c in found]
+            return [ContainerInfo(str(c.id), str(c.name), str(c.status), dict(c.labels)) for c in found]
 
         result: list[ContainerInfo] = await self._call(_list)
         return result

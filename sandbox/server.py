@@ -1,0 +1,204 @@
+"""The sandbox server: one asyncio loop serving the Run API + Logging API + admin app, the load
+balancer, and a proxy listener per service and per traffic tag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from sandbox.errors import ApiError, api_error_handler, google_error
+from sandbox.faults import FaultInjector, fault_routes
+from sandbox.listeners import ListenerPool
+from sandbox.logapi import logging_routes
+from sandbox.logstore import LogStore
+from sandbox.orchestrator import Behavior, Orchestrator, SandboxConfig
+from sandbox.proxy import LbConfig, ProxyHub
+from sandbox.runapi import run_routes
+from sandbox.runlog import RunLog
+from sandbox.runtime import DockerRuntime
+from sandbox.statefiles import SERVER_FILE
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    state_dir: Path
+    port: int = 8780
+    lb_port: int = 8781
+    project: str = "stagecheck-sandbox"
+    region: str = "europe-west1"
+    registry: str = "127.0.0.1:5000"
+    docker_host: str = "unix:///var/run/docker.sock"
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    startup_timeout_s: float = 240.0
+    cold_start_hold_s: float = 10.0
+
+
+class BehaviorBody(BaseModel):
+    cold_start_hold_s: float | None = None
+    scale_to_zero_after_s: float | None = None
+
+    @field_validator("cold_start_hold_s", "scale_to_zero_after_s")
+    @classmethod
+    def _non_negative(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"null")
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"Invalid JSON payload received: {exc.msg}.") from None
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    fld = ".".join(str(p) for p in first["loc"]) or "body"
+    return ApiError(400, f"{fld}: {first['msg']}", field=fld)
+
+
+class SandboxServer:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.config = SandboxConfig(
+            project=options.project, region=options.region, instance_id=options.instance_id,
+            startup_timeout_s=options.startup_timeout_s, cold_start_hold_s=options.cold_start_hold_s,
+        )
+        self.store = LogStore(options.project)
+        self.faults = FaultInjector()
+        self.log = RunLog(self.store, options.project, options.region)
+        self.runtime = DockerRuntime(options.docker_host, options.instance_id)
+        self.pool = ListenerPool()
+        self.hub = ProxyHub(self.faults, self.log, self.pool)
+        self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
+        self.hub.attach(self.orch)
+        self.stopping = asyncio.Event()
+        self.api_url = ""
+        self.lb_url = ""
+
+    # ------------------------------------------------------------ admin
+
+    def admin_routes(self) -> list[BaseRoute]:
+        async def health(request: Request) -> Response:
+            return JSONResponse({"status": "ok", "instance_id": self.options.instance_id})
+
+        async def status(request: Request) -> Response:
+            containers = [asdict(c) for c in await self.runtime.containers()]
+            return JSONResponse({
+                "instance_id": self.options.instance_id, "pid": os.getpid(), "project": self.options.project,
+                "region": self.options.region, "run_api": self.api_url, "lb_url": self.lb_url,
+                "listeners": self.pool.ports, "proxy": self.hub.describe(), **self.orch.describe(),
+                "containers": containers,
+            })
+
+        async def shutdown(request: Request) -> Response:
+            self.stopping.set()
+            return JSONResponse({"status": "stopping"}, status_code=202)
+
+        async def get_lb(request: Request) -> Response:
+            return JSONResponse(self.hub.lb.model_dump())
+
+        async def put_lb(request: Request) -> Response:
+            body = await _json(request)
+            try:
+                self.hub.lb = LbConfig.model_validate({"routes": body} if isinstance(body, list) else body)
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            return JSONResponse(self.hub.lb.model_dump())
+
+        async def get_behavior(request: Request) -> Response:
+            return JSONResponse(asdict(self.orch.behavior(request.path_params["service"])))
+
+        async def put_behavior(request: Request) -> Response:
+            try:
+                body = BehaviorBody.model_validate(await _json(request))
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            current = self.orch.behavior(request.path_params["service"])
+            updated = Behavior(
+                cold_start_hold_s=current.cold_start_hold_s if body.cold_start_hold_s is None else body.cold_start_hold_s,
+                scale_to_zero_after_s=body.scale_to_zero_after_s if "scale_to_zero_after_s" in body.model_fields_set
+                else current.scale_to_zero_after_s,
+            )
+            self.orch.behaviors[request.path_params["service"]] = updated
+            return JSONResponse(asdict(updated))
+
+        return [
+            Route("/sandbox/v1/health", health, methods=["GET"]),
+            Route("/sandbox/v1/status", status, methods=["GET"]),
+            Route("/sandbox/v1/shutdown", shutdown, methods=["POST"]),
+            Route("/sandbox/v1/lb", get_lb, methods=["GET"]),
+            Route("/sandbox/v1/lb", put_lb, methods=["PUT"]),
+            Route("/sandbox/v1/services/{service}/behavior", get_behavior, methods=["GET"]),
+            Route("/sandbox/v1/services/{service}/behavior", put_behavior, methods=["PUT"]),
+        ]
+
+    def app(self) -> Starlette:
+        async def internal_error(request: Request, exc: Exception) -> Response:
+            return google_error(500, f"Internal sandbox error: {type(exc).__name__}: {exc}")
+
+        routes = [
+            *run_routes(self.orch, self.faults),
+            *logging_routes(self.store, self.faults),
+            *fault_routes(self.faults),
+            *self.admin_routes(),
+        ]
+        return Starlette(routes=routes, exception_handlers={ApiError: api_error_handler, Exception: internal_error})
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        if not await self._docker_answers():
+            raise SystemExit(f"sandbox: no Docker Engine at {self.options.docker_host}: run `make up`")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        reaper = asyncio.create_task(self.orch.run_reaper())
+        try:
+            api_port = await self.pool.open(self.app(), self.options.port)
+            self.api_url = f"http://127.0.0.1:{api_port}"
+            self.lb_url = await self.hub.open_lb(self.options.lb_port)
+            self._write_server_file()
+            self.log.system("sandbox", None, "INFO", f"Sandbox {self.options.instance_id} serving on {self.api_url}.")
+            await self.stopping.wait()
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(Exception):
+                await self.orch.shutdown()
+            await self.pool.close_all()
+            await self.hub.aclose()
+            self.runtime.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.options.state_dir / SERVER_FILE).unlink()
+
+    async def _docker_answers(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.runtime.ping(), 10)
+        except Exception:
+            return False
+
+    def _write_server_file(self) -> None:
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {"pid": os.getpid(), "instance_id": self.options.instance_id, "run_api": self.api_url,
+                "lb_url": self.lb_url}
+        tmp = self.options.state_dir / (SERVER_FILE + ".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.options.state_dir / SERVER_FILE)
+
+
+def serve(options: ServeOptions) -> None:
+    asyncio.run(SandboxServer(options).run())

@@ -1,0 +1,168 @@
+"""Instance lifecycle (cold starts, scale to zero, crashes) and the `stagecheck sandbox` control."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+from sandbox.control import read_info, stop
+from tests.fixtures_sandbox import RunClients, deploy, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
+
+
+def instances_of(clients: RunClients, service_id: str) -> list[dict[str, Any]]:
+    return [i for i in clients.admin("GET", "/sandbox/v1/status")["instances"] if i["service"] == service_id]
+
+
+def test_cold_start_is_held_then_503_then_200(
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str]
+) -> None:
+    name = new_service("cold")
+    behavior = run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior",
+                                 {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5})
+    assert behavior == {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5}
+    svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "1.5"})
+    assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).status_code == 200
+
+    # idle past scale_to_zero_after_s: the instance stops
+    wait_for(lambda: all(i["state"] == "STOPPED" for i in instances_of(run_clients, name)), timeout=10)
+
+    started = time.monotonic()
+    first = httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)
+    held = time.monotonic() - started
+    assert first.status_code == 503 and "Service Unavailable" in first.text
+    assert 0.25 <= held < 1.5  # held for cold_start_hold_s, then answered
+    ok = wait_for(lambda: (r := httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)).status_code == 200 and r,
+                  timeout=15)
+    assert ok.json()["revision"] == svc.latest_ready_revision.rsplit("/", 1)[-1]
+
+    # a service with minInstanceCount=1 is never scaled to zero
+    run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"scale_to_zero_after_s": 0.2})
+    svc.template.scaling = run_v2.RevisionScaling(min_instance_count=1)
+    svc.template.containers[0].env = []
+    svc = run_clients.services.update_service(service=svc).result(timeout=60)
+    time.sleep(0.8)  # several reaper periods (0.2 s) past the idle delay: nothing may stop it meanwhile
+    assert [i["state"] for i in instances_of(run_clients, name) if i["revision"] in svc.latest_ready_revision] == ["READY"]
+
+
+def test_a_crashed_instance_restarts_on_the_next_request(
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str]
+) -> None:
+    name = new_service("crash")
+    run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"cold_start_hold_s": 10})
+    svc = deploy(run_clients, name, sample_image.ref, env={"CRASH_AFTER_S": "1"})
+    wait_for(lambda: all(i["state"] == "STOPPED" for i in instances_of(run_clients, name)), timeout=10)
+    resp = httpx.get(f"{svc.uri}/health", timeout=15, trust_env=False)  # cold start within the hold
+    assert resp.status_code == 200
+
+
+# ---------------------------------------------------------------- control: up / status / down
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie not yet reaped by whoever adopted it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagecheck.cli", "sandbox", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def own_state_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    stop(tmp_path)  # whatever a test left running
+
+
+def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_env, sample_image) -> None:
+    env = {"DOCKER_HOST": docker_env.docker_host}
+    common = ["--state-dir", str(own_state_dir)]
+    assert cli("status", *common, env=env).returncode == 3
+
+    up = cli("up", *common, "--port", "0", "--lb-port", "0", "--registry", docker_env.registry, env=env)
+    assert up.returncode == 0, up.stderr
+    info = read_info(own_state_dir)
+    recorded = json.loads((own_state_dir / "sandbox.json").read_text())
+    for key in ("run_api", "logging_api", "project", "region", "registry", "docker_host", "lb_url", "admin_url",
+                "pid", "instance_id"):
+        assert recorded[key]
+    assert info.docker_host == docker_env.docker_host
+
+    again = cli("up", *common, "--port", "0", "--lb-port", "0", env=env)
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert read_info(own_state_dir).pid == info.pid
+
+    services = run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(),
+                                     client_options={"api_endpoint": info.run_api})
+    clients = RunClients(services, run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
+                                                          client_options={"api_endpoint": info.run_api}),
+                         info.parent, info.admin_url, info.lb_url)
+    deploy(clients, "lifecycle-svc", sample_image.ref)
+
+    status = cli("status", *common, env=env)
+    assert status.returncode == 0
+    assert "lifecycle-svc" in status.stdout and "containers: 1" in status.stdout
+
+    client = docker.DockerClient(base_url=docker_env.docker_host)
+    try:
+        label: dict[str, str | list[str] | bool] = {"label": f"stagecheck.sandbox={info.instance_id}"}
+        assert len(client.containers.list(all=True, filters=label)) == 1
+        down = cli("down", *common, env=env)
+        assert down.returncode == 0, down.stderr
+        assert client.containers.list(all=True, filters=label) == []
+    finally:
+        client.close()
+    assert not (own_state_dir / "sandbox.json").exists()
+    assert cli("status", *common, env=env).returncode == 3
+    assert process_gone(info.pid)
+
+
+def test_down_cleans_up_after_a_dead_server(own_state_dir: Path, docker_env, sample_image) -> None:
+    from sandbox.control import start
+
+    info = start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
+    clients = RunClients(
+        run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": info.run_api}),
+        run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
+                               client_options={"api_endpoint": info.run_api}),
+        info.parent, info.admin_url, info.lb_url)
+    deploy(clients, "orphan-svc", sample_image.ref)
+    os.kill(info.pid, signal.SIGKILL)  # no chance to clean up
+    wait_for(lambda: process_gone(info.pid), timeout=10)
+    assert cli("status", "--state-dir", str(own_state_dir)).returncode == 3
+
+    client = docker.DockerClient(base_url=docker_env.docker_host)
+    try:
+        label: dict[str, str | list[str] | bool] = {"label": f"stagecheck.sandbox={info.instance_id}"}
+        assert len(client.containers.list(all=True, filters=label)) == 1
+        stop(own_state_dir)
+        assert client.containers.list(all=True, filters=label) == []
+    finally:
+        client.close()
+
+
+def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> None:
+    result = cli("up", "--state-dir", str(own_state_dir), "--docker-host", f"unix://{own_state_dir}/no.sock")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"stagecheck sandbox: no Docker Engine at unix://{own_state_dir}/no.sock: run `make up`"
+    ]
