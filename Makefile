@@ -4,9 +4,10 @@
 #   make setup      venv in .venv (+ docker.io, docker-registry, busybox-static via apt if missing)
 #   make up         Docker Engine + registry (stagecheck infra up), then the sandbox
 #   make down       stop the sandbox, then only what `make up` started (by pid)
+#   make serve      local Prefect server + deployments + worker (UI on http://127.0.0.1:4200); make down stops them
 #   make test       lint + typecheck + pytest (starts the engine/registry first)
 #   make lint | typecheck | pytest
-#   make demo       (to be added)
+#   make demo       set up, start the sandbox, validate the example service end to end
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -27,7 +28,7 @@ MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -p
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo
+.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve
 
 help:
 	@sed -n '/^#/!q; s/^# \{0,1\}//p' Makefile
@@ -67,9 +68,14 @@ infra-up: setup
 up: infra-up
 	$(STAGECHECK) sandbox up --state-dir $(STATE_DIR)
 
-# Stops only what `make up` / the tests started (recorded by pid); never fails on a fresh clone.
+# Prefect server (SQLite under $(STATE_DIR)/prefect), work pool, concurrency limits, deployments, worker.
+serve: up
+	$(STAGECHECK) serve up --state-dir $(STATE_DIR)
+
+# Stops only what `make up` / `make serve` / the tests started (recorded by pid); never fails on a fresh clone.
 down:
 	@if [ ! -x $(STAGECHECK) ]; then echo "nothing to stop (no $(VENV))"; exit 0; fi; \
+	$(STAGECHECK) serve down --state-dir $(STATE_DIR) || echo "warning: serve down failed" >&2; \
 	$(STAGECHECK) sandbox down --state-dir $(STATE_DIR) || echo "warning: sandbox down failed" >&2; \
 	$(STAGECHECK) infra down --state-dir $(STATE_DIR)
 
@@ -84,5 +90,6 @@ pytest: infra-up
 
 test: lint typecheck pytest
 
-demo:
-	@echo "make demo: not written yet (the lead adds it; see README.md)" >&2; exit 2
+# The README's first command: set up, bring the sandbox up, validate the example service end to end.
+demo: up
+	$(STAGECHECK) validate --config examples/stagecheck.sandbox.toml --sandbox --state-dir $(STATE_DIR)

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
 from flows.params import ValidationRequest
+from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
@@ -42,6 +43,7 @@ from tasks.common import Clients
 from tasks.deploy import deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
+from tasks.notify import notify_failure
 from tasks.probe import probe_urls
 from tasks.push import push_image
 from tasks.report import publish_report
@@ -124,7 +126,14 @@ class ServiceValidation:
 
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
-            image, revision = await self._stages(syntax)
+            try:
+                async with service_slot(self.svc.name):  # one validation per service at a time
+                    self.started_at = datetime.now(UTC)
+                    image, revision = await self._stages(syntax)
+            except ServiceLockError as exc:
+                self.record(syntax)
+                self.record(lock_failed(self.svc.name, exc))
+                image, revision = None, None
         return self._report(image, revision)
 
     async def _stages(self, syntax: StageResult):  # type: ignore[no-untyped-def]
@@ -298,7 +307,7 @@ def _flow_run_url() -> str | None:
     return str(url) if url else None
 
 
-@flow(name="stagecheck-validate", log_prints=True, persist_result=False)
+@flow(name="stagecheck-validate", log_prints=False, persist_result=False)
 async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]]:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
     traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
@@ -308,9 +317,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     services = [settings.service(name) for name in request.services] or list(settings.services)
     traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
 
-    progress().stage_started("*", "syntax")
-    syntax = await check_syntax(settings.repo_root, settings.syntax)
-    progress().stage_finished("*", syntax)
+    syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
     clients = Clients.from_settings(settings)
     git_sha: str | StageError
     try:
@@ -339,6 +346,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
                                         description="staging validation of several services")
     failed = [r for r in reports if r.verdict is Verdict.FAIL]
     if failed:
+        await notify_failure(failed)
         raise ValidationFailed("; ".join(f"{r.service} failed at {r.decided_by}: {r.reasons[0] if r.reasons else ''}"
                                          for r in failed))
     return [{"service": r.service, "verdict": r.verdict.value, "report": str(p)} for r, p in zip(reports, paths, strict=True)]

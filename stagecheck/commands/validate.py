@@ -31,14 +31,19 @@ class LiveDisplay:
         code = {Status.PASS: "32", Status.WARN: "33", Status.FAIL: "31", Status.SKIP: "90"}[status]
         return f"\033[{code}m{text}\033[0m"
 
+    def _line(self, text: str) -> None:
+        # write, not print: inside a flow run Prefect may capture print() into its logs
+        self.out.write(text + "\n")
+        self.out.flush()
+
     def stage_started(self, service: str, stage: str) -> None:
         self.started[(service, stage)] = time.monotonic()
-        print(f"  .. {service:<20} {stage:<16} running", file=self.out, flush=True)
+        self._line(f"  .. {service:<20} {stage:<16} running")
 
     def stage_finished(self, service: str, result: StageResult) -> None:
         summary = result.summary if len(result.summary) < 110 else result.summary[:107] + "..."
-        print(f"  {self._c(result.status, MARK[result.status])} {service:<20} {result.name:<16} "
-              f"{result.duration_s:6.1f}s  {summary}", file=self.out, flush=True)
+        self._line(f"  {self._c(result.status, MARK[result.status])} {service:<20} {result.name:<16} "
+                   f"{result.duration_s:6.1f}s  {summary}")
 
     def service_finished(self, report: ServiceReport, path: Path) -> None:
         self.reports.append((report, path))
@@ -87,6 +92,8 @@ def main(argv: list[str]) -> int:
         return 0 if exc.code == 0 else 2
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -108,8 +115,17 @@ def main(argv: list[str]) -> int:
         print(f"stagecheck validate: {exc}", file=sys.stderr)
         return 2
 
+    import asyncio
+
     from flows.validate import validate
+    from stagecheck.concurrency import ensure_service_limits
     from stagecheck.progress import current_progress
+
+    try:  # this run's setup: the per-service limits its flow acquires with strict=True
+        asyncio.run(ensure_service_limits(request.services or [s.name for s in settings.services]))
+    except Exception as exc:
+        print(f"stagecheck validate: cannot set up the per-service concurrency limits: {exc}", file=sys.stderr)
+        return 1
 
     display = LiveDisplay()
     names = ", ".join(request.services or [s.name for s in settings.services])
@@ -117,8 +133,6 @@ def main(argv: list[str]) -> int:
           f"{' (sandbox)' if args.sandbox else ''}", flush=True)
     token = current_progress.set(display)
     try:
-        import asyncio
-
         state: Any = asyncio.run(validate(request, return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
