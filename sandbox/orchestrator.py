@@ -361,7 +361,10 @@ class Orchestrator:
             if after is None or svc.min_instances() > 0:
                 continue
             for (sid, _), inst in list(self.instances.items()):
-                if sid == svc.service_id and inst.idle_for(now) >= after:
+                # only a READY instance with nothing in flight is idle (a starting one is not: with
+                # scale_to_zero_after_s=0 it would be stopped before it ever got ready)
+                if sid == svc.service_id and inst.state == "READY" and not inst.in_flight \
+                        and inst.idle_for(now) >= after:
                     await inst.stop(f"scaled to zero after {after:g} s without requests")
 
     async def run_reaper(self) -> None:

@@ -367,9 +367,10 @@ def summarise(
 ) -> LogSummary:
     """Summarise one revision's records inside the window (others are ignored).
 
-    Request logs feed `requests`, `server_errors` and the 5xx rate; a retry status (503/429) answered
-    before the revision's first 2xx is a cold-start error - counted, but not in the rate. When no 2xx
-    was ever answered nothing counts as cold start (fail closed). Container and system lines are
+    Request logs feed `requests`, `server_errors` and the 5xx rate. A run of retry statuses (503/429)
+    that ends with a 2xx is a cold start (an instance starting: first deploy or after scaling to
+    zero) - counted, but not in the rate, as the probes ride it out too. A run that never recovers, or
+    is broken by another 5xx, counts as server errors (fail closed). Container and system lines are
     grouped by `normalise_signature`.
     """
     _check_window(window)
@@ -416,19 +417,30 @@ def summarise(
         if record.stream not in group.streams:
             group.streams.append(record.stream)
 
-    first_ok = next(
-        (r.timestamp for r in request_records if r.http_status and 200 <= r.http_status < 300), None
-    )
     cold = server = 0
     server_urls: dict[str, int] = {}
+    pending: list[LogRecord] = []  # a run of retry statuses not yet followed by a 2xx
+
+    def count_server(record: LogRecord) -> None:
+        nonlocal server
+        server += 1
+        key = f"{record.http_status} {_url_path(record.request_url)}"
+        server_urls[key] = server_urls.get(key, 0) + 1
+
     for record in request_records:
         status = record.http_status or 0
-        if first_ok is not None and record.timestamp < first_ok and status in retry_statuses:
-            cold += 1
+        if status in retry_statuses:
+            pending.append(record)
+        elif 200 <= status < 300:
+            cold += len(pending)  # the instance came up: that run was a cold start
+            pending = []
         elif status >= 500:
-            server += 1
-            key = f"{status} {_url_path(record.request_url)}"
-            server_urls[key] = server_urls.get(key, 0) + 1
+            for held in pending:  # another failure in between: not just starting
+                count_server(held)
+            pending = []
+            count_server(record)
+    for held in pending:  # never recovered: an outage, not a cold start (fail closed)
+        count_server(held)
     counted = len(request_records) - cold
     ordered = sorted(groups.values(), key=lambda g: (-severity_rank(g.severity), -g.count, g.signature))
     return LogSummary(

@@ -274,6 +274,19 @@ def test_cold_start_errors_are_counted_apart_from_the_5xx_rate() -> None:
     assert s.by_severity == {}
 
 
+def test_every_recovered_run_is_a_cold_start_but_an_unrecovered_one_is_not() -> None:
+    records = [
+        rec(1, status=503), rec(2, status=200),                       # first start
+        rec(10, status=503), rec(11, status=503), rec(12, status=200),  # after scaling to zero
+        rec(20, status=503), rec(21, status=500), rec(22, status=200),  # a 500 inside: real errors
+        rec(30, status=503),                                          # never recovered
+    ]
+    s = summarise(records, revision=NEW_REV, window=WINDOW)
+    assert s.cold_start_errors == 3
+    assert s.server_errors == 3
+    assert s.server_error_urls == {"503 ?": 2, "500 ?": 1}
+
+
 def test_without_any_2xx_nothing_is_cold_start() -> None:
     s = summarise([rec(1, status=503), rec(2, status=503)], revision=NEW_REV, window=WINDOW)
     assert s.cold_start_errors == 0
