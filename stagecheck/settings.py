@@ -346,7 +346,7 @@ def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> di
     """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces)."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG"}:
+        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL"}:
             continue
         path = key[len(prefix) :].lower().split("__")
         node = out
