@@ -89,6 +89,14 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
     return targets, missing
 
 
+def websocket_target(svc: ServiceConfig, service_url: str | None) -> ProbeTarget | None:
+    """Pure: the WebSocket probe on the direct service URL, when the service has a websocket_path."""
+    path = svc.health.websocket_path
+    if not path or not service_url or svc.health.service.mode == ProbeMode.OFF:
+        return None
+    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode)
+
+
 class ServiceValidation:
     """One service's walk through the stages. Holds what the run learned; every decision it makes is
     delegated to the pure functions, every action to a task."""
@@ -244,8 +252,10 @@ class ServiceValidation:
                                         summary=f"{label}: first deployment, the revision serves since creation",
                                         evidence=[Evidence(kind="traffic", summary=describe(split))]))
             self.starting(f"probe {percent}%")
+            # the optional WebSocket exchange runs once the new revision serves everything
+            websocket = websocket_target(self.svc, service_url) if number == len(steps) else None
             result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
-                                      label=f"[{percent} %] ")
+                                      websocket=websocket, label=f"[{percent} %] ")
             self.last_probe_at = datetime.now(UTC)
             if missing:
                 result.criteria.extend(missing)

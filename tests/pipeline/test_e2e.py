@@ -184,6 +184,7 @@ async def test_build_failure_reports_the_log_tail(prefect_api: None, scenario: A
     build = run.stage(service, "build")
     assert "does-not-exist.txt" in build["summary"] + json.dumps(build["evidence"])
     assert "push" not in run.stage_names(service)
+    assert_common_artifacts(run, service, "fail")
     with pytest.raises(gexc.NotFound):
         run_clients.services.get_service(name=run_clients.service_name(service))
 
@@ -203,6 +204,7 @@ async def test_revision_crashing_on_start_leaves_traffic_unchanged(prefect_api: 
     assert report["rollback"]["needed"] is False and "never moved" in report["rollback"]["message"]
     assert serving(run_clients, service) == {before: 100}
     assert "probe-tagged" not in run.stage_names(service)
+    assert_common_artifacts(run, service, "fail")
 
 
 async def test_cold_start_503s_are_ridden_out(prefect_api: None, scenario: Any, run_clients: Any, created: Any,
@@ -228,6 +230,7 @@ async def test_cold_start_503s_are_ridden_out(prefect_api: None, scenario: Any, 
     # the cold-start 503s are counted apart, not as server errors
     logs = run.stage(service, "logs")
     assert logs["status"] in {"PASS", "WARN"}
+    assert_common_artifacts(run, service, "pass")
 
 
 async def test_new_error_signature_fails_and_rolls_back(prefect_api: None, scenario: Any, run_clients: Any,
@@ -248,6 +251,8 @@ async def test_new_error_signature_fails_and_rolls_back(prefect_api: None, scena
     assert report["rollback"]["performed"] is True and report["rollback"]["ok"] is True
     assert serving(run_clients, service) == {before: 100}
     assert run.stage_names(service)[-1] == "rollback"
+    assert_common_artifacts(run, service, "fail")
+    assert "Rollback" in run.artifact(f"stagecheck-report-{service}").data
 
 
 async def test_pre_existing_error_signature_passes_and_is_listed(prefect_api: None, scenario: Any, run_clients: Any,
@@ -265,6 +270,7 @@ async def test_pre_existing_error_signature_passes_and_is_listed(prefect_api: No
     assert logs["status"] == "WARN"
     assert "cache refresh slow" in json.dumps(logs)
     assert any("pre-existing" in w.lower() for w in report["warnings"]) or "pre-existing" in logs["summary"].lower()
+    assert_common_artifacts(run, service, "pass")
 
 
 async def test_degraded_health_is_a_warning(prefect_api: None, scenario: Any, run_clients: Any, created: Any,
@@ -281,6 +287,7 @@ async def test_degraded_health_is_a_warning(prefect_api: None, scenario: Any, ru
     assert run.stage(service, "probe-tagged")["status"] == "WARN"
     assert any("degraded" in w for w in report["warnings"])
     assert any(c["status"] == "WARN" for c in report["criteria"])
+    assert_common_artifacts(run, service, "pass")
 
 
 async def test_direct_url_failing_while_lb_is_fine_fails_with_evidence(prefect_api: None, scenario: Any,
@@ -303,6 +310,7 @@ async def test_direct_url_failing_while_lb_is_fine_fails_with_evidence(prefect_a
     assert evidence["service"]["status"] == "FAIL" and evidence["service"]["attempts"][0]["status"] == 500
     assert evidence["lb"]["status"] == "PASS"
     assert report["rollback"]["performed"] and serving(run_clients, service) == {before: 100}
+    assert_common_artifacts(run, service, "fail")
 
 
 async def test_two_services_in_one_run(prefect_api: None, scenario: Any, run_clients: Any, created: Any) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.cloud import run_v2
 
-from flows.validate import required_for, serving_targets
+from flows.validate import required_for, serving_targets, websocket_target
 from stagecheck.clients.cloudrun import build_template, ready_condition, split_from_proto, split_to_proto
 from stagecheck.clients.images import ImageRef, registry_base_url
 from stagecheck.errors import StageError
@@ -162,3 +162,12 @@ def test_log_ingestion_check() -> None:
     assert not ingested_since(recs, t1)
     stdout_only = [LogRecord(timestamp=t1, severity="INFO", message="x", stream="stdout", revision="r")]
     assert not ingested_since(stdout_only, t0)
+
+
+def test_websocket_target_only_when_configured() -> None:
+    plain = settings()
+    assert websocket_target(plain.services[0], "http://127.0.0.1:9") is None
+    ws = settings(services=({"name": "web", "health": {"websocket_path": "/ws", "service": {"mode": "advisory"}}},))
+    target = websocket_target(ws.services[0], "http://127.0.0.1:9")
+    assert target is not None and target.url == "http://127.0.0.1:9/ws" and target.mode.value == "advisory"
+    assert websocket_target(ws.services[0], None) is None
