@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from flows.params import ValidationRequest
 from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
@@ -35,7 +36,7 @@ from stagecheck.model import (
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.report import render_run_markdown
-from stagecheck.settings import ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
+from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from tasks.build import build_image
@@ -50,10 +51,6 @@ from tasks.report import publish_report
 from tasks.smoke import run_smoke
 from tasks.syntax import check_syntax
 from tasks.traffic import rollback_traffic, shift_traffic
-
-
-class ValidationFailed(Exception):
-    """Raised at the end of a run whose verdict is fail, so the flow run ends Failed."""
 
 
 def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
@@ -314,17 +311,22 @@ def _flow_run_url() -> str | None:
         url = flow_run.get_flow_run_ui_url()
     except Exception:  # no API/UI configured: the report simply has no link
         return None
-    return str(url) if url else None
+    # without a UI address (a temporary local server) Prefect builds "None/flow-runs/..."
+    return str(url) if url and str(url).startswith(("http://", "https://")) else None
 
 
 @flow(name="stagecheck-validate", log_prints=False, persist_result=False)
-async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]]:
+async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]] | State:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
     traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
     request = request or ValidationRequest()
     logger = get_run_logger()
-    settings = request.load()  # ConfigError: the run fails with the readable message
-    services = [settings.service(name) for name in request.services] or list(settings.services)
+    try:
+        settings = request.load()
+        services = [settings.service(name) for name in request.services] or list(settings.services)
+    except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
     traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
 
     syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
@@ -354,12 +356,17 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
 
         await acreate_markdown_artifact(markdown=render_run_markdown(reports), key="stagecheck-run",
                                         description="staging validation of several services")
+    results = [{"service": r.service, "verdict": r.verdict.value, "report": str(p)}
+               for r, p in zip(reports, paths, strict=True)]
     failed = [r for r in reports if r.verdict is Verdict.FAIL]
     if failed:
         await notify_failure(failed)
-        raise ValidationFailed("; ".join(f"{r.service} failed at {r.decided_by}: {r.reasons[0] if r.reasons else ''}"
-                                         for r in failed))
-    return [{"service": r.service, "verdict": r.verdict.value, "report": str(p)} for r, p in zip(reports, paths, strict=True)]
+        message = "; ".join(f"{r.service} failed at {r.decided_by}: {r.reasons[0] if r.reasons else ''}"
+                            for r in failed)
+        logger.error("verdict FAIL: %s", message)
+        # a Failed final state (not an exception): the run fails closed, with the reason and no traceback
+        return Failed(message=message, data=results)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -408,7 +408,7 @@ def _criteria_table(report: ServiceReport, out: _Out, h: str) -> list[str]:
     )
 
 
-def _merge_not_run(reasons: Sequence[str]) -> list[str]:
+def merge_not_run(reasons: Sequence[str]) -> list[str]:
     """ "stage a did not run: X" + "stage b did not run: X" -> "stages a, b did not run: X"."""
     slots: list[tuple[bool, str]] = []  # (is a "did not run" cause, reason or cause)
     names_by_cause: dict[str, list[str]] = {}
@@ -437,7 +437,7 @@ def _issues(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Issues identified", ""]
     if not report.reasons and not report.warnings:
         return [*lines, "None."]
-    for icon, items in (("❌", _merge_not_run(report.reasons)), ("⚠️", report.warnings)):
+    for icon, items in (("❌", merge_not_run(report.reasons)), ("⚠️", report.warnings)):
         for item in items:
             pointer = _stage_pointer(report, item)
             evidence = f" (evidence: {out.code(pointer)})" if pointer else ""

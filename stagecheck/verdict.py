@@ -54,11 +54,17 @@ def decide(
                     warnings.append(f"{stage.name}: {criterion.name}: {criterion.observed}")
 
     ran = {s.name for s in stages if s.status is not Status.SKIP}
+    failed_gate = decided_by
     for name in required:
         if name in ran:
             continue
         skipped = next((s for s in stages if s.name == name), None)
-        why = skipped.summary if skipped is not None and skipped.summary else "no result recorded"
+        if skipped is not None and skipped.summary:
+            why = skipped.summary
+        elif failed_gate is not None:
+            why = f"the run stopped at the failed {failed_gate} gate"
+        else:
+            why = "no result recorded"  # nothing failed, yet a required stage is missing: fail closed
         reasons.append(f"stage {name} did not run: {why}")
         decided_by = decided_by or name
 

@@ -119,3 +119,12 @@ def test_collect_criteria_in_order() -> None:
         stage("push"),
     ]
     assert [c.name for c in collect_criteria(stages)] == ["Python parses", "Image builds", "Image size known"]
+
+
+def test_stages_missing_after_a_failed_gate_name_that_gate() -> None:
+    stages = [stage("syntax"), stage("build", Status.FAIL, "no Dockerfile")]
+    verdict, decided_by, reasons, _ = decide(stages, REQUIRED_STAGES)
+    assert verdict is Verdict.FAIL and decided_by == "build"
+    assert reasons[0] == "build: no Dockerfile"
+    assert "stage push did not run: the run stopped at the failed build gate" in reasons
+    assert all("no result recorded" not in r for r in reasons)

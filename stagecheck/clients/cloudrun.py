@@ -8,6 +8,7 @@ async methods run it in a worker thread so waits never block the event loop.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,31 +40,44 @@ _READ_RETRY = Retry(initial=0.2, maximum=2.0, multiplier=2.0, timeout=15.0,
                     predicate=lambda e: isinstance(e, gexc.ServiceUnavailable | gexc.TooManyRequests))
 
 
+_REQUEST_PREFIX = re.compile(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ")
+
+
+def _message(exc: gexc.GoogleAPICallError) -> str:
+    """The server's message without the REST transport's "GET https://...: " prefix."""
+    return _REQUEST_PREFIX.sub("", str(exc.message or "")).strip() or type(exc).__name__
+
+
 def describe_api_error(exc: BaseException, what: str) -> StageError:
-    """Turn a Google client / transport exception into a readable StageError."""
-    if isinstance(exc, gexc.PermissionDenied):
-        return StageError(f"{what}: permission denied ({exc.message})",
+    """Turn a Google client / transport exception into a readable StageError.
+
+    HTTP classes (Forbidden, Unauthorized, BadRequest...) are the parents of the gRPC-named ones
+    (PermissionDenied, Unauthenticated, InvalidArgument...), so both transports land here."""
+    if isinstance(exc, gexc.Forbidden):
+        return StageError(f"{what}: permission denied ({_message(exc)})",
                           hint="the identity needs roles/run.admin and roles/iam.serviceAccountUser")
-    if isinstance(exc, gexc.Unauthenticated):
-        return StageError(f"{what}: not authenticated ({exc.message})",
+    if isinstance(exc, gexc.Unauthorized):
+        return StageError(f"{what}: not authenticated ({_message(exc)})",
                           hint="run `gcloud auth application-default login`")
     if isinstance(exc, gexc.NotFound):
-        return StageError(f"{what}: not found ({exc.message})")
-    if isinstance(exc, gexc.InvalidArgument | gexc.BadRequest):
-        return StageError(f"{what}: rejected as invalid ({exc.message})")
-    if isinstance(exc, gexc.TooManyRequests | gexc.ResourceExhausted):
-        return StageError(f"{what}: quota or rate limit hit ({exc.message})")
+        return StageError(f"{what}: not found ({_message(exc)})")
+    if isinstance(exc, gexc.BadRequest):
+        return StageError(f"{what}: rejected as invalid ({_message(exc)})")
+    if isinstance(exc, gexc.TooManyRequests):
+        return StageError(f"{what}: quota or rate limit hit ({_message(exc)})")
     if isinstance(exc, gexc.ServiceUnavailable):
-        return StageError(f"{what}: Cloud Run API unavailable ({exc.message})")
-    if isinstance(exc, gexc.DeadlineExceeded | TimeoutError | gexc.RetryError):
-        return StageError(f"{what}: timed out ({exc})")
+        return StageError(f"{what}: Cloud Run API unavailable ({_message(exc)})")
+    if isinstance(exc, gexc.DeadlineExceeded | gexc.GatewayTimeout):
+        return StageError(f"{what}: timed out ({_message(exc)})")
     if isinstance(exc, gexc.GoogleAPICallError):
-        return StageError(f"{what}: {type(exc).__name__} ({exc.message})")
+        return StageError(f"{what}: {type(exc).__name__} ({_message(exc)})")
+    if isinstance(exc, TimeoutError | gexc.RetryError):
+        return StageError(f"{what}: timed out ({exc})")
     if isinstance(exc, auth_exc.DefaultCredentialsError):
         return StageError(f"{what}: no Google credentials found",
                           hint="run `gcloud auth application-default login` or use --sandbox")
     if isinstance(exc, auth_exc.GoogleAuthError):
-        return StageError(f"{what}: authentication failed ({exc})")
+        return StageError(f"{what}: authentication failed ({type(exc).__name__})")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return StageError(f"{what}: Cloud Run API unreachable", hint="is the endpoint right / the sandbox up?")
     if isinstance(exc, requests.exceptions.RequestException):

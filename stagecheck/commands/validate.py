@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stagecheck.model import ServiceReport, StageResult, Status
+from stagecheck.report import merge_not_run
 
 MARK = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
 
@@ -62,7 +63,7 @@ class LiveDisplay:
                              f"{stage.duration_s:6.1f}s  {summary}")
             if report.rollback.needed or report.rollback.message:
                 lines.append(f"  rollback: {report.rollback.message}")
-            for reason in report.reasons:
+            for reason in merge_not_run(report.reasons):
                 lines.append(f"  reason: {reason}")
             for warning in report.warnings:
                 lines.append(f"  warning: {warning}")
@@ -94,8 +95,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not args.verbose:  # the live display replaces Prefect's console log; the API still gets every log
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
     from flows.params import ValidationRequest
     from stagecheck.settings import ConfigError
