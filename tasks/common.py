@@ -1,4 +1,4 @@
-"""What every stage task shares: the clients built once per run, the per-service context, and the
+"""What every stage task shares: the clients built once per run, and the
 guard that turns any exception into a FAIL StageResult with a reason (fail closed, no traceback)."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,8 +15,8 @@ from stagecheck.clients.cloudlogging import LogReader
 from stagecheck.clients.cloudrun import CloudRun
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
-from stagecheck.model import Criterion, Evidence, ImageInfo, RevisionInfo, StageResult, Status, TrafficTarget
-from stagecheck.settings import ServiceConfig, Settings
+from stagecheck.model import Criterion, Evidence, StageResult, Status
+from stagecheck.settings import Settings
 
 
 @dataclass
@@ -41,40 +40,6 @@ class Clients:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-@dataclass
-class Release:
-    """What one service's run has learned so far; stages read and extend it."""
-
-    settings: Settings
-    service: ServiceConfig
-    git_sha: str
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    image: ImageInfo | None = None
-    revision: RevisionInfo | None = None
-    previous_revision: RevisionInfo | None = None
-    serving_before: list[TrafficTarget] = field(default_factory=list)  # pinned (no LATEST)
-    traffic_before: list[TrafficTarget] = field(default_factory=list)  # as the service had it
-    traffic_now: list[TrafficTarget] = field(default_factory=list)
-    service_exists: bool = False
-    service_url: str | None = None
-    tag_url: str | None = None
-    deploy_started_at: datetime | None = None
-    last_probe_at: datetime | None = None
-    traffic_moved: bool = False
-
-    @property
-    def sha7(self) -> str:
-        return self.git_sha[:7]
-
-    @property
-    def tag(self) -> str:
-        return f"sc-{self.sha7}"
-
-    @property
-    def repository(self) -> str:
-        return f"{self.settings.registry}/{self.service.repository}"
 
 
 async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import StageResult, Status
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
-from stagecheck.settings import ProbeMode, ProbePolicy, UrlKind
+from stagecheck.settings import ProbeMode, ProbePolicy
 from tasks.common import guarded
 
 
@@ -46,14 +46,3 @@ async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarg
         return probe_stage_result(name, results, label)
 
     return await guarded(name, body)
-
-
-def probe_targets(urls: dict[UrlKind, str | None], modes: dict[UrlKind, ProbeMode]) -> list[ProbeTarget]:
-    """Pure: a target per URL kind; a required URL that is unknown is still probed as an error."""
-    out: list[ProbeTarget] = []
-    for kind, url in urls.items():
-        mode = modes[kind]
-        if mode == ProbeMode.OFF:
-            continue
-        out.append(ProbeTarget(url=url or f"unknown://{kind}", kind=kind, mode=mode))
-    return out
