@@ -11,50 +11,44 @@ from stagecheck.traffic import describe, serving_revisions
 from tasks.common import guarded
 
 
-@task(name="shift-traffic", cache_policy=NO_CACHE)
-async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
-                        step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
+def split_result(stage: str, criterion: str, requested: list[TrafficTarget], applied: list[TrafficTarget],
+                 done: str) -> StageResult:
+    """Pure: PASS when the service now serves what was asked (revision -> percent), else FAIL."""
+    ok = serving_revisions(requested) == serving_revisions(applied)
+    observed = describe(applied)
+    summary = f"{done}: {observed}" if ok else f"{done}: asked {describe(requested)}, got {observed}"
+    status = Status.PASS if ok else Status.FAIL
+    return StageResult(
+        name=stage, status=status, summary=summary,
+        evidence=[Evidence(kind="traffic", summary=summary,
+                           data={"requested": [t.model_dump() for t in requested],
+                                 "applied": [t.model_dump() for t in applied]})],
+        criteria=[Criterion(name=criterion, stage=stage, status=status, expected=describe(requested),
+                            observed=observed)],
+    )
+
+
+async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float, stage: str,
+                 criterion: str, done: str) -> tuple[StageResult, list[TrafficTarget]]:
     applied: list[TrafficTarget] = []
 
     async def body() -> StageResult:
         nonlocal applied
         svc = await cloudrun.set_traffic(service, split, timeout_s)
         applied = split_from_proto(svc.traffic)
-        wanted, got = serving_revisions(split), serving_revisions(applied)
-        ok = wanted == got
-        observed = describe(applied)
-        return StageResult(
-            name="traffic", status=Status.PASS if ok else Status.FAIL,
-            summary=f"{step_label}: {observed}" if ok else f"{step_label}: asked {describe(split)}, got {observed}",
-            evidence=[Evidence(kind="traffic", summary=f"{step_label}: {observed}",
-                               data={"requested": [t.model_dump() for t in split],
-                                     "applied": [t.model_dump() for t in applied]})],
-            criteria=[Criterion(name=f"Traffic shifted ({step_label})", stage="traffic",
-                                status=Status.PASS if ok else Status.FAIL,
-                                expected=describe(split), observed=observed)],
-        )
+        return split_result(stage, criterion, split, applied, done)
 
-    return await guarded("traffic", body), applied
+    return await guarded(stage, body), applied
+
+
+@task(name="shift-traffic", cache_policy=NO_CACHE)
+async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
+                        step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
+    return await _apply(cloudrun, service, split, timeout_s, "traffic", f"Traffic shifted ({step_label})", step_label)
 
 
 @task(name="rollback", cache_policy=NO_CACHE)
 async def rollback_traffic(cloudrun: CloudRun, service: str, restore: list[TrafficTarget], timeout_s: float,
                            reason: str) -> tuple[StageResult, list[TrafficTarget]]:
-    applied: list[TrafficTarget] = []
-
-    async def body() -> StageResult:
-        nonlocal applied
-        svc = await cloudrun.set_traffic(service, restore, timeout_s)
-        applied = split_from_proto(svc.traffic)
-        ok = serving_revisions(applied) == serving_revisions(restore)
-        summary = f"rolled back after {reason}: {describe(applied)}"
-        return StageResult(
-            name="rollback", status=Status.PASS if ok else Status.FAIL,
-            summary=summary if ok else f"rollback incomplete: asked {describe(restore)}, got {describe(applied)}",
-            evidence=[Evidence(kind="traffic", summary=summary, data={"restored": [t.model_dump() for t in applied]})],
-            criteria=[Criterion(name="Traffic restored to the previous split", stage="rollback",
-                                status=Status.PASS if ok else Status.FAIL, expected=describe(restore),
-                                observed=describe(applied))],
-        )
-
-    return await guarded("rollback", body), applied
+    return await _apply(cloudrun, service, restore, timeout_s, "rollback", "Traffic restored to the previous split",
+                        f"rolled back after {reason}")

@@ -171,3 +171,15 @@ def test_websocket_target_only_when_configured() -> None:
     target = websocket_target(ws.services[0], "http://127.0.0.1:9")
     assert target is not None and target.url == "http://127.0.0.1:9/ws" and target.mode.value == "advisory"
     assert websocket_target(ws.services[0], None) is None
+
+
+def test_split_result_passes_only_when_the_service_serves_what_was_asked() -> None:
+    from tasks.traffic import split_result
+
+    asked = [TrafficTarget(revision="web-2", percent=50, tag="sc-2"), TrafficTarget(revision="web-1", percent=50)]
+    same = [TrafficTarget(revision="web-1", percent=50), TrafficTarget(revision="web-2", percent=50, tag="sc-2")]
+    ok = split_result("traffic", "Traffic shifted", asked, same, "step 1/2: 50 %")
+    assert ok.status.value == "PASS" and ok.criteria[0].status.value == "PASS"
+    off = split_result("rollback", "restored", asked, [TrafficTarget(revision="web-2", percent=100)], "rolled back")
+    assert off.status.value == "FAIL" and "asked" in off.summary
+    assert off.evidence[0].data["applied"][0]["percent"] == 100
