@@ -298,7 +298,8 @@ async def test_direct_url_failing_while_lb_is_fine_fails_with_evidence(prefect_a
     run_clients.admin("POST", "/sandbox/v1/faults", {"method": f"proxy.service.{service}", "count": -1, "status": 500})
     try:
         scenario.add_service("svc")
-        config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+        # a canary: the failure shows at the first step (50 %), and the rollback restores the old split
+        config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[50, 100]")
         scenario.commit()
         run = await run_flow(scenario, config)
     finally:
@@ -309,7 +310,13 @@ async def test_direct_url_failing_while_lb_is_fine_fails_with_evidence(prefect_a
                 if e["kind"] == "http"}
     assert evidence["service"]["status"] == "FAIL" and evidence["service"]["attempts"][0]["status"] == 500
     assert evidence["lb"]["status"] == "PASS"
-    assert report["rollback"]["performed"] and serving(run_clients, service) == {before: 100}
+    assert run.stage_names(service)[-3:] == ["traffic", "probe-serving", "rollback"]
+    assert "50 %" in run.stage(service, "traffic")["summary"]
+    assert report["rollback"]["performed"] and report["rollback"]["ok"]
+    assert serving(run_clients, service) == {before: 100}
+    # the candidate keeps its tag at 0 % (reachable for debugging), and nothing else changed
+    tags = {t["tag"]: t for t in report["traffic_after"] if t.get("tag")}
+    assert tags[f"sc-{report['git_sha'][:7]}"]["percent"] == 0
     assert_common_artifacts(run, service, "fail")
 
 
