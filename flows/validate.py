@@ -26,6 +26,8 @@ from stagecheck.gitinfo import resolve_sha
 from stagecheck.model import (
     Criterion,
     Evidence,
+    ImageInfo,
+    RevisionInfo,
     Rollback,
     ServiceReport,
     StageResult,
@@ -141,7 +143,7 @@ class ServiceValidation:
                 image, revision = None, None
         return self._report(image, revision)
 
-    async def _stages(self, syntax: StageResult):  # type: ignore[no-untyped-def]
+    async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
         cr = self.clients.cloudrun
         if not self.record(syntax):
             return None, None
@@ -203,9 +205,8 @@ class ServiceValidation:
                 await self._rollback_if_moved(moved, revision.name, "probe-tagged")
                 return image, revision
 
-        gate_ok = await self._shift_and_probe(snapshot, revision.name, outcome.service_url, moved)
+        gate_ok = await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
         if gate_ok:
-            moved = True
             env = {"STAGECHECK_BASE_URL": outcome.service_url or "", "STAGECHECK_TAG_URL": outcome.tag_url or "",
                    "STAGECHECK_LB_URL": self.urls.get("lb", ""), "STAGECHECK_REVISION": revision.name,
                    "STAGECHECK_SERVICE": self.svc.name}
@@ -226,12 +227,18 @@ class ServiceValidation:
             await self._rollback_if_moved(True, revision.name, failed)
         return image, revision
 
-    async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None,
-                               moved: bool) -> bool:
+    async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None) -> bool:
         """Straight or canary: shift a step, probe the serving URLs, hold; stop at the first failure."""
         targets, missing = serving_targets(self.settings, self.svc, service_url)
-        steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
-            [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
+        try:
+            steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
+                [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
+        except ValueError as exc:  # a split Cloud Run would reject: decided before anything moves
+            self.record(StageResult(name="traffic", status=Status.FAIL, summary=f"no valid traffic plan: {exc}",
+                                    criteria=[Criterion(name="Traffic plan", stage="traffic", status=Status.FAIL,
+                                                        expected="a valid split per step", observed=str(exc))]))
+            await self._rollback_if_moved(False, revision, "traffic")
+            return False
         for number, split in enumerate(steps, start=1):
             percent = next((t.percent for t in split if t.revision == revision), 0)
             label = f"step {number}/{len(steps)}: {percent} %"
@@ -289,7 +296,7 @@ class ServiceValidation:
         self.rollback = Rollback(needed=True, performed=True, ok=result.status is Status.PASS, restored=applied,
                                  message=result.summary)
 
-    def _report(self, image, revision) -> ServiceReport:  # type: ignore[no-untyped-def]
+    def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
         verdict, decided_by, reasons, warnings = decide(self.stages, required_for(self.settings, self.svc))
         snapshot = self.snapshot
         price = self.settings.price
@@ -299,7 +306,7 @@ class ServiceValidation:
             stages=self.stages, criteria=collect_criteria(self.stages), image=image, revision=revision,
             previous_revision=snapshot.previous if snapshot else None,
             traffic_before=snapshot.traffic if snapshot else [], traffic_after=self.traffic_after,
-            rollback=self.rollback, urls=self.urls, git_sha=self.git_sha,
+            rollback=self.rollback, urls=self.urls, git_sha=None if self.git_error else self.git_sha,
             started_at=self.started_at, finished_at=datetime.now(UTC), flow_run_url=_flow_run_url(),
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
