@@ -40,6 +40,7 @@ class Clients:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.images.aclose()
 
 
 async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],

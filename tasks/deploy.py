@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, build_template, split_from_proto
+from stagecheck.clients.cloudrun import CloudRun, build_template, revision_info, split_from_proto
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.report import console_logs_url
@@ -103,14 +103,11 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         outcome.service_url = svc.uri or None
         outcome.tag_url = _tag_uri(svc, tag)
         outcome.traffic = split_from_proto(svc.traffic)
-        container = rev.containers[0] if rev is not None and rev.containers else None
-        limits = dict(container.resources.limits) if container else {}
-        created = rev.create_time if rev is not None and rev.create_time and rev.create_time.year > 1970 else None
-        outcome.revision = RevisionInfo(
-            name=name, tag=tag, tag_url=outcome.tag_url, created_at=created, ready_at=ready.transition_time,
-            image=image, memory=limits.get("memory"), cpu=limits.get("cpu"),
-            min_instances=service.min_instances, max_instances=service.max_instances, log_url=log_url,
-        )
+        if rev is None:
+            raise StageError(f"revision {name} reported Ready but could not be read back")
+        outcome.revision = revision_info(rev).model_copy(update={"tag": tag, "tag_url": outcome.tag_url,
+                                                                 "log_url": log_url})
+        created = outcome.revision.created_at
         startup = outcome.revision.startup_s
         observed = f"{name} Ready" + (f" {startup:.1f}s after creation" if startup is not None else "")
         evidence.append(Evidence(kind="timing", summary=observed,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, ready_condition, split_from_proto
+from stagecheck.clients.cloudrun import CloudRun, revision_info, split_from_proto
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.traffic import describe, pin_latest
 from tasks.common import guarded
@@ -23,8 +23,11 @@ class ServiceSnapshot:
     serving: list[TrafficTarget] = field(default_factory=list)  # LATEST pinned to a revision
     latest_ready: str | None = None
     uri: str | None = None
-    image: str | None = None  # image of the serving revision with the most traffic
-    previous: RevisionInfo | None = None
+    previous: RevisionInfo | None = None  # the serving revision with the most traffic
+
+    @property
+    def image(self) -> str | None:
+        return self.previous.image if self.previous else None
 
 
 async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
@@ -35,26 +38,9 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
     latest_ready = svc.latest_ready_revision.rsplit("/", 1)[-1] or None
     serving = pin_latest(traffic, latest_ready) if traffic else []
     main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
-    previous: RevisionInfo | None = None
-    image: str | None = None
-    if main is not None and main.revision:
-        rev = await cloudrun.get_revision(service, main.revision)
-        container = rev.containers[0] if rev.containers else None
-        ready = ready_condition(rev.conditions)
-        limits = dict(container.resources.limits) if container else {}
-        image = container.image if container else None
-        previous = RevisionInfo(
-            name=main.revision,
-            created_at=rev.create_time if rev.create_time and rev.create_time.year > 1970 else None,
-            ready_at=ready.transition_time,
-            image=image,
-            memory=limits.get("memory"),
-            cpu=limits.get("cpu"),
-            min_instances=rev.scaling.min_instance_count,
-            max_instances=rev.scaling.max_instance_count,
-        )
+    previous = revision_info(await cloudrun.get_revision(service, main.revision)) if main and main.revision else None
     return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,
-                           uri=svc.uri or None, image=image, previous=previous)
+                           uri=svc.uri or None, previous=previous)
 
 
 @task(name="inspect", cache_policy=NO_CACHE)

@@ -10,7 +10,7 @@ from typing import Any
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 
-from stagecheck.clients.cloudrun import _API_ERRORS, describe_api_error
+from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
 from stagecheck.settings import Settings
 
 
@@ -68,7 +68,7 @@ class LogReader:
 
         try:
             return await asyncio.to_thread(read)
-        except _API_ERRORS as exc:
+        except API_ERRORS as exc:
             raise describe_api_error(exc, f"read logs of {revision}") from None
         except (KeyError, ValueError) as exc:
             raise describe_api_error(exc, f"read logs of {revision} (malformed entry)") from None

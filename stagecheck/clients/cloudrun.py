@@ -26,7 +26,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from stagecheck.errors import StageError
-from stagecheck.model import TrafficTarget
+from stagecheck.model import RevisionInfo, TrafficTarget
 from stagecheck.settings import ServiceConfig, Settings
 
 T = TypeVar("T")
@@ -85,7 +85,8 @@ def describe_api_error(exc: BaseException, what: str) -> StageError:
     return StageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-_API_ERRORS = (gexc.GoogleAPIError, auth_exc.GoogleAuthError, requests.exceptions.RequestException, TimeoutError)
+# what the Google clients and their transport raise; describe_api_error turns each into a StageError
+API_ERRORS = (gexc.GoogleAPIError, auth_exc.GoogleAuthError, requests.exceptions.RequestException, TimeoutError)
 
 
 def split_from_proto(traffic: Sequence[Any]) -> list[TrafficTarget]:
@@ -114,18 +115,39 @@ class ReadyState:
     transition_time: datetime | None
 
 
+def proto_time(ts: Any) -> datetime | None:
+    """A proto timestamp, or None when unset (an unset one reads as 1970-01-01)."""
+    return ts if isinstance(ts, datetime) and ts.year > 1970 else None
+
+
 def ready_condition(conditions: Sequence[Any]) -> ReadyState:
     """The `Ready` condition, found by type (never by position)."""
     for cond in conditions:
         if cond.type_ == "Ready":
-            ts = cond.last_transition_time
-            when = ts if isinstance(ts, datetime) and ts.year > 1970 else None
+            when = proto_time(cond.last_transition_time)
             if cond.state == _SUCCEEDED:
                 return ReadyState(True, cond.message, cond.reason.name if cond.reason else "", when)
             if cond.state == _FAILED:
                 return ReadyState(False, cond.message, cond.reason.name if cond.reason else "", when)
             return ReadyState(None, cond.message, "", when)
     return ReadyState(None, "no Ready condition yet", "", None)
+
+
+def revision_info(rev: run_v2.Revision) -> RevisionInfo:
+    """What the report needs of a revision: image, resources, scaling, creation and Ready times."""
+    name = rev.name.rsplit("/", 1)[-1]
+    container = rev.containers[0] if rev.containers else None
+    limits = dict(container.resources.limits) if container else {}
+    return RevisionInfo(
+        name=name,
+        created_at=proto_time(rev.create_time),
+        ready_at=ready_condition(rev.conditions).transition_time,
+        image=container.image if container else None,
+        memory=limits.get("memory"),
+        cpu=limits.get("cpu"),
+        min_instances=rev.scaling.min_instance_count,
+        max_instances=rev.scaling.max_instance_count,
+    )
 
 
 def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dict[str, str]) -> run_v2.RevisionTemplate:
@@ -189,7 +211,7 @@ class CloudRun:
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.to_thread(fn)
-        except _API_ERRORS as exc:
+        except API_ERRORS as exc:
             raise describe_api_error(exc, what) from None
 
     async def get_service(self, service: str) -> run_v2.Service | None:

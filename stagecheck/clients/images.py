@@ -106,6 +106,7 @@ class Images:
     def __init__(self, docker_host: str | None, *, token_provider: Callable[[], str] = google_access_token,
                  tail_lines: int = 40) -> None:
         self.docker_host = docker_host
+        self.http = httpx.AsyncClient()  # registry manifests; one pool for the run (honours proxy env)
         self._token_provider = token_provider
         self._docker: docker.DockerClient | None = None
         self.tail_lines = tail_lines
@@ -122,6 +123,9 @@ class Images:
                                  hint=f"{type(exc).__name__}; run `make up`") from None
             self._docker = client
         return self._docker
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
     def _auth_config(self, host: str) -> dict[str, str] | None:
         if GOOGLE_REGISTRY.search(host.split(":")[0]):
@@ -206,13 +210,12 @@ class Images:
         base = registry_base_url(parsed.host)
         url = f"{base}/v2/{parsed.path}/manifests/{reference}"
         try:
-            async with httpx.AsyncClient(timeout=timeout_s) as client:
-                manifest = await _get_json(client, url, headers)
-                if "manifests" in manifest:  # an index: take the linux/amd64 (or first) image
-                    entries = manifest["manifests"]
-                    chosen = next((m for m in entries if m.get("platform", {}).get("architecture") == "amd64"), entries[0])
-                    url = f"{base}/v2/{parsed.path}/manifests/{chosen['digest']}"
-                    manifest = await _get_json(client, url, headers)
+            manifest = await _get_json(self.http, url, headers, timeout_s)
+            if "manifests" in manifest:  # an index: take the linux/amd64 (or first) image
+                entries = manifest["manifests"]
+                chosen = next((m for m in entries if m.get("platform", {}).get("architecture") == "amd64"), entries[0])
+                url = f"{base}/v2/{parsed.path}/manifests/{chosen['digest']}"
+                manifest = await _get_json(self.http, url, headers, timeout_s)
         except httpx.HTTPError as exc:
             raise StageError(f"registry {parsed.host} unreachable: {type(exc).__name__}") from None
         layers = manifest.get("layers", [])
@@ -225,8 +228,8 @@ class BuildFailed(StageError):
         self.tail = tail
 
 
-async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
-    response = await client.get(url, headers=headers)
+async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    response = await client.get(url, headers=headers, timeout=timeout_s)
     if response.status_code == 404:
         raise StageError(f"image not found in the registry: {url.split('/v2/', 1)[-1]}")
     if response.status_code in (401, 403):

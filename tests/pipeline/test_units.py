@@ -183,3 +183,24 @@ def test_split_result_passes_only_when_the_service_serves_what_was_asked() -> No
     off = split_result("rollback", "restored", asked, [TrafficTarget(revision="web-2", percent=100)], "rolled back")
     assert off.status.value == "FAIL" and "asked" in off.summary
     assert off.evidence[0].data["applied"][0]["percent"] == 100
+
+
+def test_revision_info_reads_image_resources_scaling_and_times() -> None:
+    from datetime import timedelta
+
+    from stagecheck.clients.cloudrun import revision_info
+
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    rev = run_v2.Revision(
+        name="projects/p/locations/l/services/web/revisions/web-abc1234-xyz",
+        create_time=created,
+        containers=[run_v2.Container(image="r/web@sha256:ab",
+                                     resources=run_v2.ResourceRequirements(limits={"cpu": "2", "memory": "1Gi"}))],
+        scaling=run_v2.RevisionScaling(min_instance_count=1, max_instance_count=4),
+        conditions=[run_v2.Condition(type_="Ready", state=run_v2.Condition.State.CONDITION_SUCCEEDED,
+                                     last_transition_time=created + timedelta(seconds=3))],
+    )
+    info = revision_info(rev)
+    assert (info.name, info.image, info.cpu, info.memory) == ("web-abc1234-xyz", "r/web@sha256:ab", "2", "1Gi")
+    assert (info.min_instances, info.max_instances, info.startup_s) == (1, 4, 3.0)
+    assert revision_info(run_v2.Revision(name="x/revisions/bare")).created_at is None
