@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deployments.events import MERGE_EVENT, REF_LABEL, resource_id
 from flows.params import ValidationRequest
+from stagecheck.settings import ConfigError, read_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/validate.py:validate"  # relative to the repo root: resolves from any clone
@@ -122,11 +123,9 @@ class Targets(BaseModel):
 def load_targets(path: Path = DEFAULT_TARGETS_FILE) -> tuple[Target, ...]:
     """Read a targets file; DefinitionError with a readable message on any problem."""
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise DefinitionError(f"targets file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DefinitionError(f"{path}: {exc}") from None
+        data = read_toml(path, "targets file")
+    except ConfigError as exc:
+        raise DefinitionError(str(exc)) from None
     try:
         return Targets(**data).targets
     except ValidationError as exc:

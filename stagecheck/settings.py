@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 PROJECT_ID_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
@@ -247,12 +246,13 @@ class Endpoints(Strict):
         return v.rstrip("/") if v else v
 
 
-class Settings(BaseSettings):
-    """A validation target: where to deploy, what to deploy, and how to judge it."""
+class Settings(BaseModel):
+    """A validation target: where to deploy, what to deploy, and how to judge it.
 
-    model_config = SettingsConfigDict(
-        env_prefix="STAGECHECK_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    Build it with `load_settings`, which merges the sources in their order of precedence
+    (file < `STAGECHECK_*` env < sandbox endpoints < overrides)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: str
     region: str
@@ -305,19 +305,6 @@ class Settings(BaseSettings):
             raise ValueError(f"duplicate service names: {names}")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # explicit values (file + overrides, merged by load_settings) win over env only where the
-        # caller says so: load_settings merges file < env < overrides itself.
-        return (init_settings,)
-
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
             if svc.name == name:
@@ -326,10 +313,6 @@ class Settings(BaseSettings):
 
     def traffic_for(self, svc: ServiceConfig) -> TrafficPlan:
         return svc.traffic or self.traffic
-
-    @property
-    def uses_gcp(self) -> bool:
-        return self.endpoints.run_api is None
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,6 +377,16 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file (and the line) when it is missing or malformed."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def load_settings(
     config: Path | None = None,
     *,
@@ -410,13 +403,7 @@ def load_settings(
     source = "defaults"
     if config is not None:
         source = str(config)
-        try:
-            data = tomllib.loads(config.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config}: {exc}") from None
-        data = _resolve_paths(data, config.resolve().parent)
+        data = _resolve_paths(read_toml(config, "config file"), config.resolve().parent)
     if environ is not None:
         data = deep_merge(data, env_overrides(environ))
     if sandbox_json is not None:

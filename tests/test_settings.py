@@ -33,7 +33,7 @@ def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert s.repo_root == tmp_path.resolve()
     assert s.traffic.steps == (100,)
     assert svc.health.tagged.mode is ProbeMode.REQUIRED
-    assert s.uses_gcp and not s.endpoints.anonymous
+    assert s.endpoints.run_api is None and not s.endpoints.anonymous
 
 
 def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
@@ -56,7 +56,6 @@ def test_sandbox_json_fills_target(tmp_path: Path) -> None:
     s = load_settings(cfg, environ={}, sandbox_json=sandbox)
     assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.anonymous
     assert s.registry == "127.0.0.1:5000" and s.lb_url == "http://127.0.0.1:10"
-    assert not s.uses_gcp
 
 
 def test_missing_sandbox_is_a_clear_error(tmp_path: Path) -> None:
