@@ -101,8 +101,9 @@ class ServiceValidation:
     delegated to the pure functions, every action to a task."""
 
     def __init__(self, settings: Settings, svc: ServiceConfig, clients: Clients, git_sha: str | StageError,
-                 traffic_plan: TrafficPlan) -> None:
+                 traffic_plan: TrafficPlan, git_ref: str | None = None) -> None:
         self.settings, self.svc, self.clients = settings, svc, clients
+        self.git_ref = git_ref
         self.git_error = git_sha if isinstance(git_sha, StageError) else None
         self.git_sha = git_sha if isinstance(git_sha, str) else "0" * 40
         self.traffic_plan = traffic_plan
@@ -307,6 +308,7 @@ class ServiceValidation:
             previous_revision=snapshot.previous if snapshot else None,
             traffic_before=snapshot.traffic if snapshot else [], traffic_after=self.traffic_after,
             rollback=self.rollback, urls=self.urls, git_sha=None if self.git_error else self.git_sha,
+            git_ref=self.git_ref,
             started_at=self.started_at, finished_at=datetime.now(UTC), flow_run_url=_flow_run_url(),
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
@@ -346,7 +348,8 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     try:
         reports = list(await asyncio.gather(*(
             ServiceValidation(settings, svc, clients, git_sha,
-                              settings.traffic if traffic_override else settings.traffic_for(svc)).run(syntax)
+                              settings.traffic if traffic_override else settings.traffic_for(svc),
+                              request.git_ref).run(syntax)
             for svc in services)))
     finally:
         await clients.aclose()

@@ -133,6 +133,7 @@ class ServiceReport(BaseModel):
     rollback: Rollback = Field(default_factory=Rollback)
     urls: dict[str, str] = Field(default_factory=dict)
     git_sha: str | None = None
+    git_ref: str | None = None  # where the commit came from (a merge event's ref), when known
     started_at: datetime
     finished_at: datetime
     flow_run_url: str | None = None

@@ -177,6 +177,7 @@ def _deployment(report: ServiceReport, out: _Out, h: str) -> list[str]:
         ("Project", out.cell(report.project)),
         ("Region", out.cell(report.region)),
         ("Git SHA", out.code(report.git_sha or "unknown", in_table=True)),
+        *([("Git ref", out.cell(report.git_ref))] if report.git_ref else []),
         ("Image", out.code(image.reference, in_table=True) if image else "—"),
         ("Digest", out.code(image.digest, in_table=True) if image and image.digest else "—"),
         ("Image size (registry)", _mb(image.size_bytes) if image else "—"),

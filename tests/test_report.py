@@ -303,6 +303,12 @@ def table_rows(text: str) -> list[list[str]]:
 # ------------------------------------------------------------------------------------------------- tests
 
 
+def test_git_ref_is_shown_when_known(pass_report: ServiceReport) -> None:
+    assert "Git ref" not in section(render_markdown(pass_report), "Deployment summary")
+    with_ref = pass_report.model_copy(update={"git_ref": "refs/heads/main"})
+    assert "| Git ref | refs/heads/main |" in section(render_markdown(with_ref), "Deployment summary")
+
+
 def test_pass_report_has_every_section_in_order(pass_report: ServiceReport) -> None:
     md = render_markdown(pass_report)
     assert md.startswith("# ✅ PASS: checkout")

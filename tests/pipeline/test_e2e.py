@@ -120,10 +120,11 @@ async def test_pass_first_deployment_then_canary_release(prefect_api: None, scen
     config = scenario.config([{"name": service, "source_dir": "svc", "env": {"GREETING": "two"}}])
     (scenario.root / "svc" / "VERSION").write_text("2\n")
     sha = scenario.commit("second")
-    second = await run_flow(scenario, config)
+    second = await run_flow(scenario, config, git_sha=sha, git_ref="refs/heads/main")
     assert second.state.is_completed(), second.state.message
     report = second.report(service)
     assert report["verdict"] == "pass"
+    assert (report["git_sha"], report["git_ref"]) == (sha, "refs/heads/main")
     rev2 = report["revision"]["name"]
     assert rev2 != rev1 and rev2.startswith(f"{service}-{sha[:7]}-")
     assert report["image"]["reference"].endswith(f":{sha}")
