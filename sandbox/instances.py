@@ -134,7 +134,6 @@ class RevisionInstance:
         self.container_name: str | None = None
         self.in_flight = 0
         self.last_active = time.monotonic()
-        self.last_failure: StartFailure | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,7 +150,6 @@ class RevisionInstance:
         self._stopping = False
         failure = await self._launch()
         if failure is not None:
-            self.last_failure = failure
             self._log.system(self.service, self.revision, "ERROR", failure.message)
             self._stopping = True
             await self._remove()
