@@ -44,7 +44,7 @@ from sandbox.processes import (
     is_running,
     last_line,
     read_record,
-    reap,
+    signal_until_gone,
     spawn_detached,
     start_ticks,
     wait_until,
@@ -212,30 +212,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _gone(record: ProcessRecord) -> bool:
-    reap(record.pid)  # if it is our child (tests), collect it
-    return not is_running(record)
-
-
-def _signal_until_gone(record: ProcessRecord, signals: tuple[signal.Signals, ...], wait_s: float) -> None:
-    for sig in signals:
-        if _gone(record):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, sig)
-        if wait_until(lambda: _gone(record), wait_s):
-            return
-
-
 def stop_process(record: ProcessRecord, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGKILL),
                  wait_s: float = 10.0) -> None:
     """Signal `record` (only if it is still that very process) in order until it is gone; then stop
     the children it left behind, also by pid and start time."""
     children = [ProcessRecord(name=f"{record.name}-child", pid=p, start_ticks=start_ticks(p) or 0, argv=[], log="")
                 for p in (_children(record.pid) if is_running(record) else [])]
-    _signal_until_gone(record, signals, wait_s)
+    signal_until_gone(record, signals, wait_s)
     for child in children:
-        _signal_until_gone(child, (signal.SIGTERM, signal.SIGKILL), 5.0)
+        signal_until_gone(child, (signal.SIGTERM, signal.SIGKILL), 5.0)
 
 
 def stop_worker(record: ProcessRecord) -> None:

@@ -251,7 +251,7 @@ def _await_start(
     if answered and processes.is_running(record):
         return
     reason = f"did not answer on {waiting_for} within {timeout_s:.0f} s" if not answered else "exited during startup"
-    processes.terminate(record, timeout_s=10.0)
+    processes.signal_until_gone(record, wait_s=10.0)
     paths.record_file(record.name).unlink(missing_ok=True)
     if record.name == DOCKERD:
         _cleanup_after_engine(paths, record)
@@ -391,7 +391,7 @@ def _stop_recorded(paths: InfraPaths) -> list[str]:
         record_file = paths.record_file(component)
         record = processes.read_record(record_file)
         if record is not None and processes.is_running(record):
-            processes.terminate(record, timeout_s)
+            processes.signal_until_gone(record, wait_s=timeout_s)
             stopped.append(component)
             if component == DOCKERD:
                 _cleanup_after_engine(paths, record)

@@ -3,6 +3,7 @@ hits an unrelated process that reused the pid."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,22 +87,23 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
         time.sleep(POLL_S)
 
 
-def _gone(record: ProcessRecord) -> bool:
+def gone(record: ProcessRecord) -> bool:
+    """The recorded process no longer runs (collected first if it is our child)."""
     reap(record.pid)
     return not is_running(record)
 
 
-def terminate(record: ProcessRecord, timeout_s: float) -> bool:
-    """SIGTERM, wait up to `timeout_s`, then SIGKILL. Returns True if it had to be killed."""
-    if _gone(record):
-        return False
-    os.kill(record.pid, signal.SIGTERM)
-    if wait_until(lambda: _gone(record), timeout_s):
-        return False
-    if is_running(record):
-        os.kill(record.pid, signal.SIGKILL)
-    wait_until(lambda: _gone(record), 5.0)
-    return True
+def signal_until_gone(record: ProcessRecord, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGKILL),
+                      wait_s: float = 10.0) -> None:
+    """Send each signal in turn (only while it is still that very process), waiting up to `wait_s`
+    after each for it to go."""
+    for sig in signals:
+        if gone(record):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, sig)
+        if wait_until(lambda: gone(record), wait_s):
+            return
 
 
 def write_record(path: Path, record: ProcessRecord) -> None:
