@@ -112,6 +112,7 @@ class Project:
     services: dict[str, str]
     state_dir: str
     repo_name: str
+    release: Path  # `a` holds its slot until this file exists (the test creates it)
 
     def request(self, service: str, **extra: Any) -> dict[str, Any]:
         return {"config": str(self.config), "services": [self.services[service]], "sandbox": True,
@@ -133,17 +134,20 @@ def project(tmp_path_factory: pytest.TempPathFactory, sandbox: Any, sample_image
         "[logs]", "settle_s = 5",
     ]
     # `a` and `b` meet in their smoke stage (each marks its arrival, then waits for the other's):
-    # both can only finish if their service work runs at the same time. `a` then holds its slot 2 s
-    # more; `b` fails its smoke gate on purpose.
+    # both can only finish if their service work runs at the same time. `a` then holds its slot
+    # until the test releases it, which it does once both `a` runs are Running (so the second one
+    # really waits for the slot, however slowly the worker starts its process); `b` fails its smoke
+    # gate on purpose.
     rendezvous = root.parent / "rendezvous"
     rendezvous.mkdir()
-    meet = "touch {rdv}/{me} && for i in $(seq 600); do [ -e {rdv}/{other} ] && break; sleep 0.1; done && [ -e {rdv}/{other} ]"
-    smoke = {"a": meet.format(rdv=rendezvous, me="a", other="b") + " && sleep 2",
+    wait_for = "for i in $(seq 1200); do [ -e {f} ] && break; sleep 0.1; done && [ -e {f} ]"
+    meet = "touch {rdv}/{me} && " + wait_for.format(f="{rdv}/{other}")
+    smoke = {"a": meet.format(rdv=rendezvous, me="a", other="b") + " && " + wait_for.format(f=rendezvous / "release"),
              "b": meet.format(rdv=rendezvous, me="b", other="a") + " && echo b fails on purpose && exit 1"}
     for key, name in services.items():
         lines += ["[[services]]", f'name = "{name}"', 'source_dir = "svc"']
         if key in smoke:
-            lines += ["[[services.smoke]]", 'name = "rendezvous"', f"command = '{smoke[key]}'", "timeout_s = 90"]
+            lines += ["[[services.smoke]]", 'name = "rendezvous"', f"command = '{smoke[key]}'", "timeout_s = 150"]
     config = root / "stagecheck.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("\n".join(lines) + "\n")
@@ -153,7 +157,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, sandbox: Any, sample_image
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "sample")
     return Project(root=root, config=config, sha=_git(root, "rev-parse", "HEAD"), services=services,
-                   state_dir=sandbox.state_dir, repo_name=f"shop-{suffix}")
+                   state_dir=sandbox.state_dir, repo_name=f"shop-{suffix}", release=rendezvous / "release")
 
 
 @dataclass

@@ -72,6 +72,11 @@ async def _runs_of(client: Any, deployment_id: UUID) -> list[Any]:
         sort=FlowRunSort.EXPECTED_START_TIME_ASC))
 
 
+async def _all_running(client: Any, run_ids: list[UUID]) -> bool:
+    runs = [await client.read_flow_run(run_id) for run_id in run_ids]
+    return all(run.state is not None and run.state.is_running() for run in runs)
+
+
 async def _final(client: Any, run_id: UUID) -> Any:
     run = await client.read_flow_run(run_id)
     return run if run.state is not None and run.state.is_final() else None
@@ -97,6 +102,12 @@ async def batch(deployed: Deployed) -> Batch:
     async with client_for(deployed.server.url) as client:
         created = {label: await client.create_flow_run_from_deployment(
             manual, parameters={"request": project.request(key)}) for label, key in plan.items()}
+        # release `a`'s slot only once both `a` runs are Running: the one holding the slot and the
+        # one waiting for it (a flow run is Running while it waits for the concurrency slot)
+        try:
+            await poll(lambda: _all_running(client, [created["a1"].id, created["a2"].id]), within_s=RUNS_DEADLINE_S)
+        finally:
+            project.release.touch()
         merge_runs = await poll(lambda: _runs_of(client, deployed.ids["on-merge"]), within_s=60)
         finals = {}
         for label, run in {**created, "merge": merge_runs[0]}.items():
