@@ -7,6 +7,7 @@ enums as names on output and as names or integers on input, int64 as strings on 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import string
@@ -48,6 +49,25 @@ DEFAULT_CONTAINER_PORT = 8080
 DEFAULT_MEMORY = "512Mi"
 DEFAULT_CPU = "1000m"
 
+# "Combined traffic tag and service name cannot exceed 46 characters." (gcloud / server, facts §2 Tags)
+MAX_TAG_AND_SERVICE = 46
+MAX_REVISION_NAME = 63
+# labels/annotations in these namespaces are rejected by Cloud Run API v2 (RevisionTemplate/Service proto comments)
+RESERVED_NAMESPACES = ("run.googleapis.com", "cloud.googleapis.com", "serving.knative.dev", "autoscaling.knative.dev")
+# CPU -> the most memory it allows (facts §3, docs configuring/services/cpu + memory-limits)
+_MEMORY_CEILING = {2.0: 8 * 2**30, 4.0: 16 * 2**30, 6.0: 24 * 2**30, 8.0: 32 * 2**30}
+_MEMORY_FLOOR = {4.0: 2 * 2**30, 6.0: 4 * 2**30, 8.0: 4 * 2**30}
+WHOLE_CPUS = (1, 2, 4, 6, 8)
+MAX_CONCURRENCY = 1000
+MAX_TIMEOUT_S = 3600
+# enums the client sends as integers (`enum-encoding=int`); stored and returned as names so that a
+# template re-sent by another client compares equal
+_ENUMS: dict[str, dict[Any, str]] = {
+    "executionEnvironment": {0: "", 1: "EXECUTION_ENVIRONMENT_GEN1", 2: "EXECUTION_ENVIRONMENT_GEN2"},
+    "egress": {0: "", 1: "ALL_TRAFFIC", 2: "PRIVATE_RANGES_ONLY"},
+    "encryptionKeyRevocationAction": {0: "", 1: "PREVENT_NEW", 2: "SHUTDOWN"},
+}
+
 
 def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -74,17 +94,22 @@ def new_revision_name(service: str, generation: int, rng: Random) -> str:
     return f"{service}-{generation:05d}-{suffix}"
 
 
-def validate_revision_name(service: str, name: str, existing: set[str]) -> None:
+def validate_revision_name(service: str, name: str) -> None:
     fld = "service.template.revision"
     if not name.startswith(f"{service}-") or not REVISION_NAME_RE.match(name):
         raise ApiError(
             400,
             f"Revision name '{name}' must be prefixed by the service name '{service}-' and use only "
-            "lowercase letters, digits and hyphens (at most 63 characters).",
+            f"lowercase letters, digits and hyphens (at most {MAX_REVISION_NAME} characters).",
             field=fld,
         )
-    if name in existing:
-        raise ApiError(409, f"Revision named '{name}' already exists.", field=fld)
+
+
+def revision_conflict(name: str) -> ApiError:
+    """Re-sending an existing revision name with a different template (google-cloud-python#14259,
+    firebase-tools#10151): 409 with Cloud Run's words."""
+    return ApiError(409, f"Revision named '{name}' with different configuration already exists.",
+                    field="service.template.revision")
 
 
 # ---------------------------------------------------------------- JSON helpers
@@ -158,23 +183,161 @@ class ContainerSpec:
     startup_probe: dict[str, Any]
 
 
+def _enum_name(value: Any, table: dict[Any, str], fld: str) -> str:
+    if value in table:
+        return table[value]
+    if isinstance(value, str) and value in table.values():
+        return value
+    raise ApiError(400, f"{fld}: unknown value {value!r}.", field=fld)
+
+
+def ingress_container(containers: list[dict[str, Any]]) -> int:
+    """Index of the container that receives requests: the one with a port (else the first)."""
+    return next((i for i, c in enumerate(containers) if isinstance(c, dict) and c.get("ports")), 0)
+
+
 def normalize_template(template: dict[str, Any]) -> dict[str, Any]:
-    """Canonical RevisionTemplate: pruned, with Cloud Run's defaults filled in (idempotent)."""
+    """Canonical RevisionTemplate: pruned, enums as names, Cloud Run's defaults filled in (idempotent).
+
+    A container without `resources` gets the default limits and CPU only during requests (cpuIdle
+    true, "true by default"); a container whose `resources` were sent keeps cpuIdle as sent — absent
+    means false, i.e. CPU always allocated (ResourceRequirements.cpu_idle proto comment)."""
     tpl = prune(template) or {}
+    if "executionEnvironment" in tpl:
+        tpl["executionEnvironment"] = _enum_name(tpl["executionEnvironment"], _ENUMS["executionEnvironment"],
+                                                 "service.template.execution_environment")
+    if "encryptionKeyRevocationAction" in tpl:
+        tpl["encryptionKeyRevocationAction"] = _enum_name(
+            tpl["encryptionKeyRevocationAction"], _ENUMS["encryptionKeyRevocationAction"],
+            "service.template.encryption_key_revocation_action")
+    vpc = tpl.get("vpcAccess")
+    if isinstance(vpc, dict) and "egress" in vpc:
+        vpc["egress"] = _enum_name(vpc["egress"], _ENUMS["egress"], "service.template.vpc_access.egress")
+    tpl = prune(tpl)
     containers = tpl.get("containers") or []
     for i, container in enumerate(containers):
         fld = f"service.template.containers[{i}]"
         if not isinstance(container, dict) or not container.get("image"):
             raise ApiError(400, f"{fld}.image: a container image is required.", field=f"{fld}.image")
-        container.setdefault("ports", [{"name": "http1", "containerPort": DEFAULT_CONTAINER_PORT}])
-        for port in container["ports"]:
+        if i == ingress_container(containers):
+            container.setdefault("ports", [{"name": "http1", "containerPort": DEFAULT_CONTAINER_PORT}])
+        for port in container.get("ports", []):
             port.setdefault("containerPort", DEFAULT_CONTAINER_PORT)
-        limits = container.setdefault("resources", {}).setdefault("limits", {})
+        if "resources" not in container:
+            container["resources"] = {"cpuIdle": True}
+        limits = container["resources"].setdefault("limits", {})
         limits.setdefault("memory", DEFAULT_MEMORY)
         limits.setdefault("cpu", DEFAULT_CPU)
     tpl.setdefault("timeout", "300s")
-    tpl.setdefault("maxInstanceRequestConcurrency", 80)
+    if not tpl.get("maxInstanceRequestConcurrency") and containers:
+        main = containers[ingress_container(containers)]
+        cpus = parse_cpu(main["resources"]["limits"]["cpu"],
+                         f"service.template.containers[{ingress_container(containers)}].resources.limits.cpu")
+        tpl["maxInstanceRequestConcurrency"] = 80 if cpus >= 1 else 1  # RevisionTemplate proto comment
     return tpl
+
+
+def parse_duration_s(value: Any, fld: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)s\s*", str(value))
+    if not m:
+        raise ApiError(400, f"{fld}: invalid duration {value!r} (e.g. '300s').", field=fld)
+    return float(m.group(1))
+
+
+def _reserved(key: str) -> str | None:
+    domain = key.split("/", 1)[0] if "/" in key else ""
+    return next((ns for ns in RESERVED_NAMESPACES if domain == ns or domain.endswith("." + ns)), None)
+
+
+def validate_metadata(meta: dict[str, Any], fld: str, *, allowed: set[str] | frozenset[str] = frozenset()) -> None:
+    """Labels/annotations: Cloud Run API v2 rejects the system namespaces (proto comments)."""
+    for key in sorted(meta or {}):
+        ns = _reserved(key)
+        if ns is not None and key not in allowed:
+            raise ApiError(
+                400,
+                f"Violation in {fld}: key '{key}' uses the reserved namespace '{ns}'. Cloud Run API v2 does not "
+                "support labels or annotations with `run.googleapis.com`, `cloud.googleapis.com`, "
+                "`serving.knative.dev`, or `autoscaling.knative.dev` namespaces.",
+                field=fld,
+            )
+
+
+def memory_ceiling(cpus: float) -> int:
+    """The most memory a CPU setting allows: < 0.5 CPU 512 MiB, < 1 CPU 1 GiB, 1 CPU 4 GiB, 2 CPU 8 GiB,
+    4 CPU 16 GiB, 6 CPU 24 GiB, 8 CPU 32 GiB."""
+    if cpus < 0.5:
+        return 512 * 2**20
+    if cpus < 1:
+        return 2**30
+    if cpus < 2:
+        return 4 * 2**30
+    return _MEMORY_CEILING.get(cpus, 32 * 2**30)
+
+
+def validate_template(tpl: dict[str, Any]) -> None:
+    """What Cloud Run rejects in a (normalized) RevisionTemplate, with Google-style 400s naming the field.
+
+    CPU / memory / concurrency rules: docs configuring/services/cpu and memory-limits (facts §3)."""
+    base = "service.template"
+    validate_metadata(tpl.get("labels") or {}, f"{base}.labels")
+    validate_metadata(tpl.get("annotations") or {}, f"{base}.annotations")
+    containers = tpl.get("containers") or []
+    if not containers:
+        raise ApiError(400, f"{base}.containers: at least one container is required.", field=f"{base}.containers")
+    concurrency = as_int(tpl.get("maxInstanceRequestConcurrency"), f"{base}.max_instance_request_concurrency")
+    if not 0 <= concurrency <= MAX_CONCURRENCY:
+        raise ApiError(400, f"Violation in {base}.max_instance_request_concurrency: must be between 1 and "
+                       f"{MAX_CONCURRENCY}, got {concurrency}.", field=f"{base}.max_instance_request_concurrency")
+    timeout_s = parse_duration_s(tpl.get("timeout", "300s"), f"{base}.timeout")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise ApiError(400, f"Violation in {base}.timeout: must be between 1s and {MAX_TIMEOUT_S}s, got "
+                       f"{tpl.get('timeout')}.", field=f"{base}.timeout")
+    scaling = tpl.get("scaling") or {}
+    lo = as_int(scaling.get("minInstanceCount"), f"{base}.scaling.min_instance_count")
+    hi = as_int(scaling.get("maxInstanceCount"), f"{base}.scaling.max_instance_count")
+    if hi and lo > hi:
+        raise ApiError(400, f"Violation in {base}.scaling.max_instance_count: must be greater or equal than "
+                       "min_instance_count.", field=f"{base}.scaling.max_instance_count")
+    gen2 = tpl.get("executionEnvironment") == "EXECUTION_ENVIRONMENT_GEN2"
+    for i, c in enumerate(containers):
+        fld = f"{base}.containers[{i}].resources"
+        resources = c.get("resources") or {}
+        limits = resources.get("limits") or {}
+        cpus = parse_cpu(limits.get("cpu", DEFAULT_CPU), f"{fld}.limits.cpu")
+        memory = parse_memory(limits.get("memory", DEFAULT_MEMORY), f"{fld}.limits.memory")
+        cpu_text, mem_text = limits.get("cpu", DEFAULT_CPU), limits.get("memory", DEFAULT_MEMORY)
+        if not 0.08 <= cpus <= 8:
+            raise ApiError(400, f"Violation in {fld}.limits.cpu: CPU must be between 0.08 and 8, got '{cpu_text}'.",
+                           field=f"{fld}.limits.cpu")
+        if cpus > 1 and cpus not in WHOLE_CPUS:
+            raise ApiError(400, f"Violation in {fld}.limits.cpu: CPU above 1 must be one of 1, 2, 4, 6 or 8, "
+                           f"got '{cpu_text}'.", field=f"{fld}.limits.cpu")
+        if cpus < 1:
+            if resources.get("cpuIdle") is not True:
+                raise ApiError(400, f"Violation in {fld}.cpu_idle: CPU below 1 ('{cpu_text}') requires CPU to be "
+                               "allocated only during request processing (cpu_idle = true); when resources are "
+                               "set, cpu_idle must be set explicitly.", field=f"{fld}.cpu_idle")
+            if concurrency > 1:
+                raise ApiError(400, f"Violation in {base}.max_instance_request_concurrency: CPU below 1 "
+                               f"('{cpu_text}') requires a maximum concurrency of 1, got {concurrency}.",
+                               field=f"{base}.max_instance_request_concurrency")
+            if gen2:
+                raise ApiError(400, f"Violation in {fld}.limits.cpu: CPU below 1 ('{cpu_text}') requires the "
+                               "first generation execution environment.", field=f"{fld}.limits.cpu")
+        ceiling = memory_ceiling(cpus)
+        if memory > ceiling:
+            raise ApiError(400, f"Violation in {fld}.limits.memory: memory '{mem_text}' exceeds the "
+                           f"{ceiling // 2**20} MiB that {cpu_text} CPU allows (more memory needs more CPU: "
+                           "> 512 MiB needs 0.5, > 1 GiB needs 1, > 4 GiB needs 2, > 8 GiB needs 4, "
+                           "> 16 GiB needs 6, > 24 GiB needs 8).", field=f"{fld}.limits.memory")
+        env_floor = 512 * 2**20 if gen2 else 128 * 2**20
+        floor = max(_MEMORY_FLOOR.get(cpus, 0), env_floor)
+        if memory < floor:
+            why = (f"{cpu_text} CPU" if floor > env_floor else
+                   "the second generation execution environment" if gen2 else "the first generation execution environment")
+            raise ApiError(400, f"Violation in {fld}.limits.memory: memory '{mem_text}' is below the "
+                           f"{floor // 2**20} MiB minimum of {why}.", field=f"{fld}.limits.memory")
 
 
 def container_spec(template: dict[str, Any]) -> ContainerSpec:
@@ -273,6 +436,8 @@ def validate_traffic(targets: list[TrafficTarget], known_revisions: set[str], se
                                "begins with a letter).", field=f"{fld}.tag")
             if t.tag in tags:
                 raise ApiError(400, f"{fld}.tag: duplicate tag '{t.tag}'.", field=f"{fld}.tag")
+            if len(t.tag) + len(service) > MAX_TAG_AND_SERVICE:
+                raise ApiError(400, tag_too_long_message(t.tag, service), field=f"{fld}.tag")
             tags.add(t.tag)
     total = sum(t.percent for t in targets)
     if total != 100:
@@ -409,21 +574,86 @@ def service_spec_from_json(body: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def apply_update_mask(current: dict[str, Any], incoming: dict[str, Any], mask: str | None) -> dict[str, Any]:
-    """Field-mask update on top-level Service fields ('template.containers' updates 'template')."""
-    if not mask:
-        return incoming
-    merged = dict(current)
-    for path in (p.strip() for p in mask.split(",") if p.strip()):
-        top = _camel(path.split(".")[0])
-        if top in SERVICE_OUTPUT_ONLY:
+# Update-mask paths the API knows: client-settable Service fields, and the messages a path may descend into.
+_TEMPLATE_FIELDS = frozenset({
+    "revision", "labels", "annotations", "scaling", "vpcAccess", "timeout", "serviceAccount", "containers",
+    "volumes", "executionEnvironment", "encryptionKey", "maxInstanceRequestConcurrency", "serviceMesh",
+    "encryptionKeyRevocationAction", "encryptionKeyShutdownDuration", "sessionAffinity", "healthCheckDisabled",
+    "nodeSelector", "gpuZonalRedundancyDisabled",
+})
+MASK_SCHEMA: dict[str, frozenset[str]] = {
+    "": frozenset({
+        "description", "labels", "annotations", "client", "clientVersion", "ingress", "launchStage",
+        "binaryAuthorization", "template", "traffic", "scaling", "invokerIamDisabled", "defaultUriDisabled",
+        "iapEnabled", "multiRegionSettings", "customAudiences", "threatDetectionEnabled", "buildConfig",
+    }) | SERVICE_OUTPUT_ONLY,
+    "template": _TEMPLATE_FIELDS,
+    "template.scaling": frozenset({"minInstanceCount", "maxInstanceCount"}),
+    "template.vpcAccess": frozenset({"connector", "egress", "networkInterfaces"}),
+    "template.serviceMesh": frozenset({"mesh"}),
+    "template.nodeSelector": frozenset({"accelerator"}),
+    "scaling": frozenset({"minInstanceCount", "scalingMode", "maxInstanceCount", "manualInstanceCount"}),
+    "binaryAuthorization": frozenset({"useDefault", "policy", "breakglassJustification"}),
+    "multiRegionSettings": frozenset({"regions", "multiRegionId"}),
+}
+
+
+def parse_update_mask(mask: str | None) -> list[list[str]]:
+    """`updateMask` query value -> paths as camelCase segments; unknown paths are a 400 naming update_mask.
+
+    The REST client sends the FieldMask's JSON form (comma-separated, camelCase: `template,traffic`,
+    `scaling.minInstanceCount`); snake_case segments are accepted too. `*` means every field."""
+    paths: list[list[str]] = []
+    for raw in (p.strip() for p in (mask or "").split(",") if p.strip()):
+        if raw == "*":
+            paths.append(["*"])
             continue
-        if top in incoming:
-            merged[top] = incoming[top]
-        else:
-            merged.pop(top, None)
-    merged["template"] = normalize_template(merged.get("template") or {})
-    return merged
+        segments = [_camel(seg) for seg in raw.split(".")]
+        for depth, seg in enumerate(segments):
+            parent = ".".join(segments[:depth])
+            known = MASK_SCHEMA.get(parent)
+            if known is None or seg not in known:
+                raise ApiError(400, f"Invalid update_mask path '{raw}': '{seg}' is not a field of "
+                               f"{'Service' if not parent else 'Service.' + parent} that can be updated.",
+                               field="update_mask")
+        paths.append(segments)
+    return paths
+
+
+def _get_path(node: dict[str, Any], path: list[str]) -> Any:
+    for seg in path:
+        if not isinstance(node, dict) or seg not in node:
+            return None
+        node = node[seg]
+    return node
+
+
+def _set_path(node: dict[str, Any], path: list[str], value: Any) -> None:
+    for seg in path[:-1]:
+        child = node.get(seg)
+        if not isinstance(child, dict):
+            child = node[seg] = {}
+        node = child
+    if value is None:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+
+
+def apply_update_mask(current: dict[str, Any], incoming: dict[str, Any], mask: str | None) -> dict[str, Any]:
+    """No mask (or `*`): the body replaces the whole resource (omitted fields fall back to defaults, as
+    clients send the whole Service). A mask: only the named paths (top-level or nested) are taken from
+    the body; a named path absent from the body is cleared. Output-only paths are ignored."""
+    paths = parse_update_mask(mask)
+    if not paths or ["*"] in paths:
+        return incoming
+    merged = copy.deepcopy(current)
+    for path in paths:
+        if path[0] in SERVICE_OUTPUT_ONLY:
+            continue
+        _set_path(merged, path, copy.deepcopy(_get_path(incoming, path)))
+    merged["template"] = normalize_template(prune(merged.get("template") or {}))
+    return prune(merged) | {"template": merged["template"]}
 
 
 def _camel(name: str) -> str:
@@ -470,30 +700,34 @@ def _revision_path(svc: Service, revision: str) -> str:
     return f"{svc.name}/revisions/{revision}" if revision else ""
 
 
+# RevisionTemplate fields that a Revision carries under the same name (google.cloud.run.v2 Revision)
+REVISION_TEMPLATE_FIELDS = (
+    "labels", "annotations", "scaling", "vpcAccess", "maxInstanceRequestConcurrency", "timeout", "serviceAccount",
+    "containers", "volumes", "executionEnvironment", "encryptionKey", "serviceMesh", "encryptionKeyRevocationAction",
+    "encryptionKeyShutdownDuration", "sessionAffinity", "nodeSelector", "gpuZonalRedundancyDisabled",
+)
+
+
 def revision_to_json(svc: Service, rev: Revision, log_uri: str) -> dict[str, Any]:
+    """A Revision as the API returns it: every field of the template it was created from, plus status."""
     tpl = rev.template
-    out = {
+    out: dict[str, Any] = {
         "name": f"{svc.name}/revisions/{rev.name}",
         "uid": rev.uid,
         "generation": "1",
-        "labels": tpl.get("labels") or {},
-        "annotations": tpl.get("annotations") or {},
         "createTime": rfc3339(rev.create_time),
         "updateTime": rfc3339(rev.update_time),
         "launchStage": svc.spec.get("launchStage", ""),
         "service": svc.name,
-        "scaling": tpl.get("scaling") or {},
-        "containers": tpl.get("containers") or [],
-        "timeout": tpl.get("timeout", ""),
-        "maxInstanceRequestConcurrency": tpl.get("maxInstanceRequestConcurrency", 0),
-        "serviceAccount": tpl.get("serviceAccount", ""),
-        "executionEnvironment": tpl.get("executionEnvironment", 0),
+    }
+    out.update({key: copy.deepcopy(tpl[key]) for key in REVISION_TEMPLATE_FIELDS if key in tpl})
+    out.update({
         "reconciling": rev.phase == "PENDING",
         "conditions": [rev.ready.to_json()],
         "observedGeneration": "1",
         "logUri": log_uri,
         "etag": '"' + hashlib.sha1(rev.uid.encode()).hexdigest()[:16] + '"',
-    }
+    })
     return prune(out)
 
 
@@ -546,6 +780,12 @@ def startup_probe_message() -> str:
 
 def image_missing_message(image: str, detail: str) -> str:
     return f"Image '{image}' not found. {detail}".strip()
+
+
+def tag_too_long_message(tag: str, service: str) -> str:
+    """gcloud's full output for the server-side check (policyengine-api#3729, firebase-tools#6137)."""
+    return (f"spec.traffic.tag: traffic tag '{tag}' and service name '{service}' together are too long. "
+            f"Combined traffic tag and service name cannot exceed {MAX_TAG_AND_SERVICE} characters.")
 
 
 def revision_not_ready_message(revision: str, detail: str) -> str:

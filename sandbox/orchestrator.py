@@ -171,12 +171,19 @@ class Orchestrator:
                            status="ABORTED")
         incoming = model.service_spec_from_json(body)
         spec = model.apply_update_mask(svc.spec, incoming, update_mask)
-        self._validate_spec(svc, spec)
+        self._validate_spec(svc, spec, previous=svc.spec)
         existing = self.revisions[service_id]
+        # A template naming an existing revision must carry that revision's configuration, whatever the
+        # mask says (google-cloud-python#14259 got this 409 with a scaling-only mask); the same name with
+        # the same configuration makes no new revision.
+        for tpl in (incoming["template"], spec["template"]):
+            named = tpl.get("revision")
+            if named and named in existing and existing[named].template != tpl:
+                raise model.revision_conflict(named)
         revision: model.Revision | None = None
         requested_name = spec["template"].get("revision")
-        if model.template_changed(svc.spec.get("template") or {}, spec["template"]) or (
-            requested_name and requested_name not in existing
+        if (requested_name not in existing) if requested_name else model.template_changed(
+            svc.spec.get("template") or {}, spec["template"]
         ):
             revision = self._plan_revision(svc, spec["template"], set(existing), generation=svc.generation + 1)
         known = set(existing) | ({revision.name} if revision is not None else set())
@@ -242,8 +249,15 @@ class Orchestrator:
 
     # ------------------------------------------------------------ planning (synchronous, validating)
 
-    def _validate_spec(self, svc: model.Service, spec: dict[str, Any]) -> None:
-        model.container_spec(spec["template"])  # raises ApiError naming the field
+    def _validate_spec(self, svc: model.Service, spec: dict[str, Any],
+                       previous: dict[str, Any] | None = None) -> None:
+        """Raises ApiError naming the field. Service annotations in reserved namespaces are rejected
+        "in new resources": ones the stored service already carries may stay."""
+        model.validate_metadata(spec.get("labels") or {}, "service.labels")
+        model.validate_metadata(spec.get("annotations") or {}, "service.annotations",
+                                allowed=set((previous or {}).get("annotations") or {}))
+        model.validate_template(spec["template"])
+        model.container_spec(spec["template"])
 
     def _plan_revision(
         self, svc: model.Service, template: dict[str, Any], existing: set[str], generation: int | None = None
@@ -252,7 +266,7 @@ class Orchestrator:
         counter = svc.revision_counter + 1
         requested = template.get("revision")
         if requested:
-            model.validate_revision_name(svc.service_id, requested, existing)
+            model.validate_revision_name(svc.service_id, requested)
             name = requested
         else:
             name = model.new_revision_name(svc.service_id, counter, self.rng)
