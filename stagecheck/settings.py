@@ -25,6 +25,12 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_REF_RE = re.compile(r"^(projects/[^/]+/secrets/)?[A-Za-z0-9_-]{1,255}:(latest|[0-9]+)$")
 MEMORY_RE = re.compile(r"^[0-9]+(Mi|Gi)$")
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
+# stagecheck tags each candidate `sc-<sha7>`; Cloud Run: "Combined traffic tag and service name cannot
+# exceed 46 characters." (gcloud/server message; policyengine-api#3729, firebase-tools#6137)
+TRAFFIC_TAG_PREFIX = "sc-"
+TRAFFIC_TAG_LENGTH = len(TRAFFIC_TAG_PREFIX) + 7
+MAX_TAG_AND_SERVICE = 46
+MAX_SERVICE_NAME = MAX_TAG_AND_SERVICE - TRAFFIC_TAG_LENGTH  # 36; revision names SERVICE-SHA7-xyz stay <= 63
 
 
 class ConfigError(Exception):
@@ -147,6 +153,9 @@ class ServiceConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     memory: str = "512Mi"
     cpu: str = "1"
+    cpu_idle: bool | None = Field(
+        None, description="true: CPU only during requests; false: CPU always allocated; unset: keep the "
+                          "service's setting (true for a new service)")
     min_instances: int = Field(0, ge=0)
     max_instances: int = Field(3, ge=1)
     env: dict[str, str] = Field(default_factory=dict)
@@ -164,6 +173,13 @@ class ServiceConfig(Strict):
             raise ValueError(
                 "Cloud Run service names use lowercase letters, digits and hyphens, start with a letter, "
                 "end with a letter or digit and are at most 49 characters"
+            )
+        if len(v) > MAX_SERVICE_NAME:
+            raise ValueError(
+                f"{len(v)} characters is too long for stagecheck's traffic tag "
+                f"'{TRAFFIC_TAG_PREFIX}<sha7>' ({TRAFFIC_TAG_LENGTH} characters): Combined traffic tag and service "
+                f"name cannot exceed {MAX_TAG_AND_SERVICE} characters, so service names are at most "
+                f"{MAX_SERVICE_NAME} characters"
             )
         return v
 

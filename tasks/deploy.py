@@ -2,7 +2,12 @@
 
 The serving split is remembered first and sent back pinned (LATEST resolved to its revision), so
 creating the revision never moves traffic. The first deployment of a service has nothing serving
-to protect: the new revision gets 100 % once Ready (and the report says so)."""
+to protect: the new revision gets 100 % once Ready (and the report says so).
+
+The candidate's template is a copy of the service's current one (read at deploy time) with only
+image, env, port, resources, revision name and labels changed, sent with `update_mask`
+"template,traffic" and the service's etag: a concurrent change is re-read and retried, a taken
+revision name gets one new suffix (stagecheck/clients/cloudrun.py: build_template, update_with_retry)."""
 
 from __future__ import annotations
 
@@ -11,10 +16,18 @@ import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from google.cloud import run_v2
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, build_template, revision_info, split_from_proto
+from stagecheck.clients.cloudrun import (
+    DEPLOY_MASK,
+    CloudRun,
+    RevisionNameConflict,
+    build_template,
+    revision_info,
+    split_from_proto,
+)
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.report import console_logs_url
@@ -26,9 +39,21 @@ from tasks.inspect import ServiceSnapshot
 MAX_REVISION_NAME = 63
 
 
+def new_suffix() -> str:
+    return "".join(_random.choice(string.ascii_lowercase) for _ in range(3))
+
+
+def _other_suffix(taken: str) -> str:
+    """A fresh suffix, different from the one of the revision name that was taken."""
+    suffix = new_suffix()
+    while taken.endswith(f"-{suffix}"):
+        suffix = new_suffix()
+    return suffix
+
+
 def revision_name(service: str, sha7: str, suffix: str | None = None) -> str:
     """`SERVICE-SHA7-xyz`: prefixed by the service as Cloud Run requires, unique per attempt."""
-    suffix = suffix or "".join(_random.choice(string.ascii_lowercase) for _ in range(3))
+    suffix = suffix or new_suffix()
     name = f"{service}-{sha7}-{suffix}"
     if len(name) > MAX_REVISION_NAME:
         name = f"{service}-{suffix}"
@@ -61,23 +86,49 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                                revision=name, console_base=settings.endpoints.console_base)
 
     async def body() -> StageResult:
-        template = build_template(service, image=image, revision=name,
-                                  labels={"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"})
+        nonlocal name, log_url
+        labels = {"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"}
+        notes: list[Evidence] = []
         if snapshot.exists:
             current = await cloudrun.get_service(service.name)
             if current is None:
                 raise StageError(f"service {service.name} disappeared since it was inspected")
-            split = with_tagged_candidate(snapshot.serving, name, tag)
-            op = await cloudrun.update_service(current, template=template, split=split)
+            for attempt in range(2):  # a revision-name conflict gets one new suffix
+                split = with_tagged_candidate(snapshot.serving, name, tag)
+
+                def build(cur: run_v2.Service, rev_name: str = name,
+                          split: list[TrafficTarget] = split) -> tuple[run_v2.RevisionTemplate, list[TrafficTarget]]:
+                    # the CURRENT template (read now, re-read after an etag mismatch), changed only where needed
+                    return build_template(service, image=image, revision=rev_name, labels=labels,
+                                          current=cur.template), split
+
+                try:
+                    op, etag_retries = await cloudrun.update_with_retry(current, build, update_mask=DEPLOY_MASK)
+                except RevisionNameConflict as exc:
+                    if attempt:
+                        raise
+                    taken = name
+                    name = revision_name(service.name, git_sha[:7], _other_suffix(taken))
+                    log_url = console_logs_url(project=settings.project, region=settings.region,
+                                               service=service.name, revision=name,
+                                               console_base=settings.endpoints.console_base)
+                    notes.append(Evidence(kind="note", summary=f"revision name {taken} was taken ({exc.message}); "
+                                                               f"retried as {name}"))
+                    continue
+                if etag_retries:
+                    notes.append(Evidence(kind="note", summary=f"the service changed while deploying; re-read and "
+                                                               f"retried {etag_retries} time(s) (etag mismatch)"))
+                break
             plan_note = f"no traffic to {name}; serving stays {describe(snapshot.serving)}"
         else:
+            template = build_template(service, image=image, revision=name, labels=labels)
             split = [TrafficTarget(revision=name, percent=100, tag=tag)]
             op = await cloudrun.create_service(service.name, template, split)
             outcome.traffic_moved = True
             plan_note = f"first deployment: {name} gets 100 % once Ready"
         rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s)
-        evidence = [Evidence(kind="traffic", summary=plan_note,
-                             data={"requested_split": [t.model_dump() for t in split]})]
+        evidence = [*notes, Evidence(kind="traffic", summary=plan_note,
+                                     data={"requested_split": [t.model_dump() for t in split]})]
         if ready.ready is not True:
             # settle the operation so the service is not left reconciling; its error repeats the condition
             op_error = ""

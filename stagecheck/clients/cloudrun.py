@@ -24,6 +24,7 @@ from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
+from google.protobuf import field_mask_pb2
 
 from stagecheck.errors import StageError
 from stagecheck.model import RevisionInfo, TrafficTarget
@@ -150,24 +151,92 @@ def revision_info(rev: run_v2.Revision) -> RevisionInfo:
     )
 
 
-def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dict[str, str]) -> run_v2.RevisionTemplate:
-    env = [run_v2.EnvVar(name=k, value=v) for k, v in sorted(svc.env.items())]
+def merge_env(current: Sequence[run_v2.EnvVar], svc: ServiceConfig) -> list[run_v2.EnvVar]:
+    """The service's variables, with the config's `env` and `secrets` overriding by name.
+
+    Variables the config does not name stay as the service has them (in their order); a config
+    variable replaces one of the same name whether plain or secret; new ones are appended (plain,
+    then secrets, each sorted). Removing a variable from the config does not remove it from the
+    service (stagecheck cannot tell it from one a person set)."""
+    ours: dict[str, run_v2.EnvVar] = {k: run_v2.EnvVar(name=k, value=v) for k, v in sorted(svc.env.items())}
     for name, ref in sorted(svc.secrets.items()):
         secret, version = ref.rsplit(":", 1)
-        env.append(run_v2.EnvVar(name=name, value_source=run_v2.EnvVarSource(
-            secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version))))
-    container = run_v2.Container(
-        image=image,
-        ports=[run_v2.ContainerPort(container_port=svc.port)],
-        env=env,
-        resources=run_v2.ResourceRequirements(limits={"cpu": svc.cpu, "memory": svc.memory}),
-    )
-    return run_v2.RevisionTemplate(
-        revision=revision,
-        labels=labels,
-        containers=[container],
-        scaling=run_v2.RevisionScaling(min_instance_count=svc.min_instances, max_instance_count=svc.max_instances),
-    )
+        ours[name] = run_v2.EnvVar(name=name, value_source=run_v2.EnvVarSource(
+            secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version)))
+    out = [ours.pop(var.name) if var.name in ours else run_v2.EnvVar(var) for var in current]
+    return [*out, *ours.values()]
+
+
+def ingress_index(containers: Sequence[run_v2.Container]) -> int:
+    """The container that receives requests: the one with a port (sidecars have none), else the first."""
+    return next((i for i, c in enumerate(containers) if c.ports), 0)
+
+
+def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dict[str, str],
+                   current: run_v2.RevisionTemplate | None = None) -> run_v2.RevisionTemplate:
+    """The candidate's template: a copy of the service's `current` one with only image, env, port,
+    resources, revision name and labels changed (scaling only when the config sets it explicitly).
+
+    An update replaces the whole template, so everything else the service runs with — service
+    account, VPC access, volumes and mounts, timeout, concurrency, probes, execution environment,
+    session affinity, encryption key, sidecars, annotations — is carried over unchanged. Without
+    `current` (a first deployment) the template comes from the config alone. `resources` always set
+    `cpu_idle` explicitly (a resources block without it means always-on CPU): the config's
+    `cpu_idle`, else the service's, else true; `startup_cpu_boost` is kept."""
+    tpl = run_v2.RevisionTemplate(current) if current is not None else run_v2.RevisionTemplate()
+    explicit = svc.model_fields_set
+    tpl.revision = revision
+    tpl.labels = {**dict(tpl.labels), **labels}
+    containers = [run_v2.Container(c) for c in tpl.containers] or [run_v2.Container()]
+    main = containers[ingress_index(containers)]
+    main.image = image
+    main.env = merge_env(list(main.env), svc)
+    if main.ports:
+        main.ports[0].container_port = svc.port
+    else:
+        main.ports = [run_v2.ContainerPort(container_port=svc.port)]
+    had = "resources" in main
+    limits = dict(main.resources.limits) if had else {}
+    limits["cpu"] = svc.cpu if "cpu" in explicit or not limits.get("cpu") else limits["cpu"]
+    limits["memory"] = svc.memory if "memory" in explicit or not limits.get("memory") else limits["memory"]
+    cpu_idle = svc.cpu_idle if svc.cpu_idle is not None else (main.resources.cpu_idle if had else True)
+    main.resources = run_v2.ResourceRequirements(limits=limits, cpu_idle=cpu_idle,
+                                                 startup_cpu_boost=main.resources.startup_cpu_boost if had else False)
+    tpl.containers = containers
+    if current is None or "min_instances" in explicit:
+        tpl.scaling.min_instance_count = svc.min_instances
+    if current is None or "max_instances" in explicit:
+        tpl.scaling.max_instance_count = svc.max_instances
+    return tpl
+
+
+def _rpc_status(exc: gexc.GoogleAPICallError) -> str:
+    """The google.rpc status name of an HTTP error body ("ABORTED", "ALREADY_EXISTS", ...), or ""."""
+    try:
+        return str(exc.response.json()["error"]["status"]) if exc.response is not None else ""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
+
+
+def update_conflict(exc: gexc.Conflict, what: str) -> StageError:
+    """A 409 on UpdateService: a revision-name conflict, or a concurrent modification (etag)."""
+    message = _message(exc)
+    if "with different configuration already exists" in message:
+        return RevisionNameConflict(f"{what}: {message}")
+    return EtagMismatch(f"{what}: the service changed since it was read ({_rpc_status(exc) or 'CONFLICT'}: {message})")
+
+
+class EtagMismatch(StageError):
+    """409/ABORTED: the service was modified since it was read (its etag no longer matches)."""
+
+
+class RevisionNameConflict(StageError):
+    """409: "Revision named '<rev>' with different configuration already exists."."""
+
+
+DEPLOY_MASK = ("template", "traffic")
+TRAFFIC_MASK = ("traffic",)
+ETAG_ATTEMPTS = 3
 
 
 class CloudRun:
@@ -237,15 +306,55 @@ class CloudRun:
             lambda: self.services.create_service(parent=self.parent, service=body, service_id=service, timeout=30),
         )
 
-    async def update_service(self, current: run_v2.Service, *, template: run_v2.RevisionTemplate | None,
-                             split: Sequence[TrafficTarget]) -> operation.Operation:
-        """Start a PATCH of the whole service (template and/or traffic); await it with `finish`."""
+    async def update_service(self, current: run_v2.Service, *, template: run_v2.RevisionTemplate | None = None,
+                             split: Sequence[TrafficTarget],
+                             update_mask: Sequence[str] | None = None) -> operation.Operation:
+        """Start a PATCH of `current` (read from the API: its etag guards against concurrent changes)
+        with a new template and/or traffic; await it with `finish`.
+
+        `update_mask` names the paths that change (REST FieldMask paths: "traffic", "template"); by
+        default "template,traffic" with a template, "traffic" without. Raises EtagMismatch when the
+        service changed since `current` was read, RevisionNameConflict when the template's revision
+        name exists with a different configuration."""
         body = run_v2.Service(current)
         if template is not None:
             body.template = template
         body.traffic = split_to_proto(split)
+        mask = list(update_mask) if update_mask is not None else list(DEPLOY_MASK if template is not None else TRAFFIC_MASK)
+        request = run_v2.UpdateServiceRequest(service=body, update_mask=field_mask_pb2.FieldMask(paths=mask))
+        what = f"update service {current.name.rsplit('/', 1)[-1]}"
+
+        def patch() -> operation.Operation:
+            try:
+                return self.services.update_service(request=request, timeout=30)
+            except gexc.Conflict as exc:
+                raise update_conflict(exc, what) from None
+
+        return await self._call(what, patch)
+
+    async def update_with_retry(
+        self, current: run_v2.Service,
+        build: Callable[[run_v2.Service], tuple[run_v2.RevisionTemplate | None, Sequence[TrafficTarget]]],
+        *, update_mask: Sequence[str] | None = None, attempts: int = ETAG_ATTEMPTS,
+    ) -> tuple[operation.Operation, int]:
+        """`update_service` with what `build(current)` returns; on an etag mismatch the service is read
+        again and the update rebuilt from it, at most `attempts` times. Returns the operation and the
+        number of etag retries."""
         name = current.name.rsplit("/", 1)[-1]
-        return await self._call(f"update service {name}", lambda: self.services.update_service(service=body, timeout=30))
+        for attempt in range(attempts):
+            template, split = build(current)
+            try:
+                return await self.update_service(current, template=template, split=split,
+                                                 update_mask=update_mask), attempt
+            except EtagMismatch as exc:
+                if attempt + 1 >= attempts:
+                    raise StageError(f"{exc.message}; gave up after {attempts} attempts",
+                                     hint="something else keeps changing the service; retry when it is quiet") from None
+                fresh = await self.get_service(name)
+                if fresh is None:
+                    raise StageError(f"service {name} disappeared during the update") from None
+                current = fresh
+        raise AssertionError("unreachable")
 
     async def finish(self, op: operation.Operation, what: str, timeout_s: float) -> run_v2.Service:
         """Wait for a long-running operation; its error becomes a StageError with the API's message."""
@@ -255,7 +364,7 @@ class CloudRun:
         current = await self.get_service(service)
         if current is None:
             raise StageError(f"service {service} disappeared while shifting traffic")
-        op = await self.update_service(current, template=None, split=split)
+        op = await self.update_service(current, template=None, split=split, update_mask=TRAFFIC_MASK)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,

@@ -90,6 +90,11 @@ class BuildResult:
     duration_s: float
     log_tail: list[str] = field(default_factory=list)
     log_lines: int = 0
+    platform: str = ""  # what the build asked for, e.g. linux/amd64
+    image_os: str = ""  # read back from the built image
+    image_arch: str = ""
+    engine_os: str = ""  # the Docker Engine that built it
+    engine_arch: str = ""
 
 
 @dataclass
@@ -134,7 +139,10 @@ class Images:
 
     # -- build ------------------------------------------------------------------------------
     def build(self, context: Path, dockerfile: str, tag: str, *, build_args: dict[str, str] | None = None,
-              labels: dict[str, str] | None = None, on_log: Callable[[str], None] = lambda _: None) -> BuildResult:
+              labels: dict[str, str] | None = None, on_log: Callable[[str], None] = lambda _: None,
+              platform: str = "linux/amd64") -> BuildResult:
+        """Build `tag` for `platform` (Cloud Run runs linux/amd64); the result says what the image and the
+        engine are."""
         if not context.is_dir():
             raise StageError(f"build context {context} is not a directory")
         if not (context / dockerfile).is_file():
@@ -145,7 +153,8 @@ class Images:
         started = time.monotonic()
         try:
             stream = self.docker.api.build(path=str(context), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
-                                           decode=True, buildargs=build_args or {}, labels=labels or {})
+                                           decode=True, buildargs=build_args or {}, labels=labels or {},
+                                           platform=platform)
             for chunk in stream:
                 text = chunk.get("stream") or chunk.get("status") or ""
                 for line in str(text).splitlines():
@@ -168,8 +177,15 @@ class Images:
             image = self.docker.images.get(image_id or tag)
         except docker.errors.ImageNotFound:
             raise BuildFailed("the build finished without producing an image", list(tail)) from None
+        try:
+            engine = self.docker.version()
+        except docker.errors.DockerException:
+            engine = {}
         return BuildResult(image_id=str(image.id), size_bytes=int(image.attrs.get("Size", 0)),
-                           duration_s=time.monotonic() - started, log_tail=list(tail), log_lines=count)
+                           duration_s=time.monotonic() - started, log_tail=list(tail), log_lines=count,
+                           platform=platform, image_os=str(image.attrs.get("Os", "")),
+                           image_arch=str(image.attrs.get("Architecture", "")),
+                           engine_os=str(engine.get("Os", "")), engine_arch=str(engine.get("Arch", "")))
 
     # -- push -------------------------------------------------------------------------------
     def push(self, repository: str, tags: list[str]) -> PushResult:
