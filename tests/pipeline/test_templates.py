@@ -273,3 +273,69 @@ async def test_deploy_retries_a_taken_revision_name_with_a_new_suffix(
     revisions = {r.name.rsplit("/", 1)[-1] for r in run_clients.revisions.list_revisions(
         parent=run_clients.service_name(service_name))}
     assert revisions == {f"{service_name}-abc1234-aaa", f"{service_name}-abc1234-bbb"}
+
+
+# ------------------------------------------------------------------ a release keeps the service's configuration
+
+
+@pytest.mark.docker
+@pytest.mark.sandbox
+async def test_release_keeps_service_account_vpc_timeout_concurrency_and_the_rest(
+    prefect_api: None, scenario: Any, run_clients: RunClients, sample_image: Any, service_name: str,
+) -> None:
+    from tests.pipeline.test_e2e import run_flow, serving
+
+    # the service as production runs it, deployed through the run_v2 client
+    container = run_v2.Container(
+        image=sample_image.digest_ref,
+        env=[run_v2.EnvVar(name="KEEP_ME", value="1"), run_v2.EnvVar(name="GREETING", value="old")],
+        resources=run_v2.ResourceRequirements(limits={"cpu": "1", "memory": "1Gi"}, cpu_idle=True,
+                                              startup_cpu_boost=True),
+        volume_mounts=[run_v2.VolumeMount(name="scratch", mount_path="/scratch")],
+        startup_probe=run_v2.Probe(tcp_socket=run_v2.TCPSocketAction(port=8080), period_seconds=1,
+                                   failure_threshold=30),
+    )
+    template = run_v2.RevisionTemplate(
+        containers=[container],
+        service_account=f"{service_name}@stagecheck-sandbox.iam.gserviceaccount.com",
+        vpc_access=run_v2.VpcAccess(connector=CONNECTOR, egress=run_v2.VpcAccess.VpcEgress.ALL_TRAFFIC),
+        timeout=duration_pb2.Duration(seconds=42),
+        max_instance_request_concurrency=5,
+        volumes=[run_v2.Volume(name="scratch", empty_dir=run_v2.EmptyDirVolumeSource())],
+        execution_environment=GEN2,
+        session_affinity=True,
+        scaling=run_v2.RevisionScaling(min_instance_count=0, max_instance_count=6),
+        labels={"team": "payments"},
+    )
+    run_clients.services.create_service(parent=run_clients.parent, service_id=service_name,
+                                        service=run_v2.Service(template=template)).result(polling=FAST_POLL, timeout=60)
+
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service_name, "source_dir": "svc", "env": {"GREETING": "new"}}], steps="[100]")
+    sha = scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service_name)
+    assert report["verdict"] == "pass", report["reasons"]
+    new = report["revision"]["name"]
+    assert serving(run_clients, service_name) == {new: 100}
+
+    rev = run_clients.revisions.get_revision(name=f"{run_clients.service_name(service_name)}/revisions/{new}")
+    assert rev.service_account == f"{service_name}@stagecheck-sandbox.iam.gserviceaccount.com"
+    assert rev.vpc_access.connector == CONNECTOR and rev.vpc_access.egress == run_v2.VpcAccess.VpcEgress.ALL_TRAFFIC
+    assert rev.timeout.seconds == 42
+    assert rev.max_instance_request_concurrency == 5
+    assert [v.name for v in rev.volumes] == ["scratch"]
+    assert rev.execution_environment == GEN2 and rev.session_affinity is True
+    assert (rev.scaling.min_instance_count, rev.scaling.max_instance_count) == (0, 6)  # config sets no scaling
+    (main,) = rev.containers
+    assert main.image == report["image"]["pinned"] and main.image != sample_image.digest_ref
+    assert [(m.name, m.mount_path) for m in main.volume_mounts] == [("scratch", "/scratch")]
+    assert main.startup_probe.failure_threshold == 30
+    assert [(e.name, e.value) for e in main.env] == [("KEEP_ME", "1"), ("GREETING", "new")]
+    assert dict(main.resources.limits) == {"cpu": "1", "memory": "1Gi"}  # config sets no resources
+    assert main.resources.cpu_idle is True and main.resources.startup_cpu_boost is True
+    assert dict(rev.labels) == {"team": "payments", "stagecheck-sha": sha[:7], "managed-by": "stagecheck"}
+    # the build stage recorded the image's platform
+    build = run.stage(service_name, "build")
+    assert build["evidence"][0]["data"]["architecture"] == "amd64"
+    assert build["evidence"][0]["data"]["platform"] == "linux/amd64"
