@@ -33,6 +33,27 @@ MAX_TAG_AND_SERVICE = 46
 MAX_SERVICE_NAME = MAX_TAG_AND_SERVICE - TRAFFIC_TAG_LENGTH  # 36; revision names SERVICE-SHA7-xyz stay <= 63
 
 
+def cpu_amount(cpu: str) -> float:
+    """'1' / '0.5' / '500m' -> CPUs (ValueError otherwise)."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(m?)", cpu)
+    if not m:
+        raise ValueError("cpu is like '1', '2', '0.5' or '500m'")
+    return float(m.group(1)) / (1000 if m.group(2) else 1)
+
+
+def memory_mib(memory: str) -> int:
+    return int(memory[:-2]) * (1024 if memory.endswith("Gi") else 1)
+
+
+def memory_ceiling_mib(cpus: float) -> int:
+    """The most memory Cloud Run allows for a CPU setting (docs: configuring/services/cpu, memory-limits)."""
+    if cpus < 0.5:
+        return 512
+    if cpus < 1:
+        return 1024
+    return {1.0: 4, 2.0: 8, 4.0: 16, 6.0: 24, 8.0: 32}.get(cpus, 32) * 1024
+
+
 class ConfigError(Exception):
     """The configuration is unusable; the message says what and where."""
 
@@ -190,6 +211,16 @@ class ServiceConfig(Strict):
             raise ValueError("memory is like '512Mi' or '2Gi'")
         return v
 
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: str) -> str:
+        cpus = cpu_amount(v)
+        if not 0.08 <= cpus <= 8:
+            raise ValueError("Cloud Run CPU is between 0.08 and 8")
+        if cpus > 1 and cpus not in (2, 4, 6, 8):
+            raise ValueError("CPU above 1 must be a whole number: 1, 2, 4, 6 or 8")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
@@ -214,6 +245,13 @@ class ServiceConfig(Strict):
     def _scaling(self) -> ServiceConfig:
         if self.min_instances > self.max_instances:
             raise ValueError("min_instances exceeds max_instances")
+        cpus = cpu_amount(self.cpu)
+        if cpus < 1 and self.cpu_idle is False:
+            raise ValueError("cpu below 1 requires CPU only during requests: set cpu_idle = true")
+        if {"cpu", "memory"} <= self.model_fields_set and memory_mib(self.memory) > memory_ceiling_mib(cpus):
+            raise ValueError(f"memory {self.memory} is more than {self.cpu} CPU allows "
+                             f"({memory_ceiling_mib(cpus)} MiB; > 512 MiB needs 0.5 CPU, > 1 GiB 1, > 4 GiB 2, "
+                             "> 8 GiB 4, > 16 GiB 6, > 24 GiB 8)")
         if set(self.env) & set(self.secrets):
             raise ValueError(f"variables both plain and secret: {sorted(set(self.env) & set(self.secrets))}")
         return self

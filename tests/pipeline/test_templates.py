@@ -30,7 +30,15 @@ from stagecheck.clients.cloudrun import (
 from stagecheck.clients.images import Images
 from stagecheck.container_platform import judge_platform
 from stagecheck.model import Status, TrafficTarget
-from stagecheck.settings import ConfigError, ServiceConfig, Settings, load_settings
+from stagecheck.settings import (
+    MAX_SERVICE_NAME,
+    TRAFFIC_TAG_LENGTH,
+    TRAFFIC_TAG_PREFIX,
+    ConfigError,
+    ServiceConfig,
+    Settings,
+    load_settings,
+)
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +146,15 @@ def test_service_name_plus_stagecheck_tag_fits_in_46_characters(tmp_path: Path) 
     assert "at most 36" in text
 
 
+def test_the_bound_matches_the_tag_the_flow_gives_candidates() -> None:
+    from flows.validate import ServiceValidation
+
+    validation = ServiceValidation.__new__(ServiceValidation)  # only the tag property is exercised
+    validation.git_sha = "0123456789abcdef0123456789abcdef01234567"
+    assert validation.tag.startswith(TRAFFIC_TAG_PREFIX) and len(validation.tag) == TRAFFIC_TAG_LENGTH
+    assert MAX_SERVICE_NAME + TRAFFIC_TAG_LENGTH == 46
+
+
 def test_bad_name_fails_stagecheck_validate_with_exit_2_before_anything_is_built(tmp_path: Path) -> None:
     _service_config(tmp_path, "checkout-" + "x" * 30)  # 39 characters: a valid Cloud Run name, too long here
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
@@ -148,6 +165,19 @@ def test_bad_name_fails_stagecheck_validate_with_exit_2_before_anything_is_built
     assert "Combined traffic tag and service name cannot exceed 46 characters" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(("service", "words"), [
+    ({"cpu": "1.5"}, "CPU above 1 must be a whole number"),
+    ({"cpu": "16"}, "between 0.08 and 8"),
+    ({"cpu": "0.5", "cpu_idle": False}, "cpu below 1 requires CPU only during requests"),
+    ({"cpu": "1", "memory": "8Gi"}, "memory 8Gi is more than 1 CPU allows"),
+])
+def test_cpu_and_memory_the_api_would_reject_fail_at_config_load(service: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={}, overrides={"project": "demo-project", "region": "europe-west1",
+                                                   "registry": "r", "services": [{"name": "web", **service}]})
+    assert "services.0" in str(info.value) and words in str(info.value)
 
 
 # ------------------------------------------------------------------ image platform
@@ -339,3 +369,30 @@ async def test_release_keeps_service_account_vpc_timeout_concurrency_and_the_res
     build = run.stage(service_name, "build")
     assert build["evidence"][0]["data"]["architecture"] == "amd64"
     assert build["evidence"][0]["data"]["platform"] == "linux/amd64"
+
+
+@pytest.mark.docker
+@pytest.mark.sandbox
+async def test_a_template_the_api_rejects_fails_the_deploy_naming_the_field(
+    cloudrun: CloudRun, run_clients: RunClients, sample_image: Any, service_name: str, sandbox: Any,
+) -> None:
+    import tasks.deploy as deploy_module
+    from tasks.inspect import read_snapshot
+
+    # the service handles 80 requests at once; the config asks for half a CPU, which allows only one
+    svc = deploy(run_clients, service_name, sample_image.ref, max_instance_request_concurrency=80)
+    settings: Settings = load_settings(None, environ={}, sandbox_json=Path(sandbox.state_dir) / "sandbox.json",
+                                       overrides={"services": [{"name": service_name, "cpu": "0.5"}],
+                                                  "deploy_timeout_s": 60})
+    snapshot = await read_snapshot(cloudrun, service_name)
+    stage, _ = await deploy_module.deploy_revision.fn(
+        cloudrun, settings, settings.services[0], image=sample_image.digest_ref, git_sha="d" * 40,
+        tag="sc-ddddddd", snapshot=snapshot)
+    assert stage.status is Status.FAIL
+    assert "rejected as invalid" in stage.summary
+    assert "service.template.max_instance_request_concurrency" in stage.summary
+    assert "maximum concurrency of 1" in stage.summary
+    after = run_clients.services.get_service(name=svc.name)
+    assert after.latest_created_revision == svc.latest_created_revision
+    assert [(t.revision, t.percent) for t in after.traffic_statuses] == [
+        (svc.latest_ready_revision.rsplit("/", 1)[-1], 100)]

@@ -200,6 +200,14 @@ def test_update_mask_applies_only_the_named_paths(
     ({"cpu": "16", "memory": "4Gi"}, True, {}, "containers[0].resources.limits.cpu", "between 0.08 and 8"),
     ({"cpu": "0.05", "memory": "256Mi"}, True, {"max_instance_request_concurrency": 1},
      "containers[0].resources.limits.cpu", "between 0.08 and 8"),
+    # scaling and timeout bounds
+    ({"cpu": "1", "memory": "512Mi"}, True, {"scaling": run_v2.RevisionScaling(min_instance_count=3,
+                                                                               max_instance_count=2)},
+     "scaling.max_instance_count", "must be greater or equal than min_instance_count."),
+    ({"cpu": "1", "memory": "512Mi"}, True, {"timeout": duration_pb2.Duration(seconds=3601)},
+     "timeout", "between 1s and 3600s"),
+    ({"cpu": "1", "memory": "512Mi"}, True, {"max_instance_request_concurrency": 1001},
+     "max_instance_request_concurrency", "between 1 and 1000"),
 ])
 def test_cpu_and_memory_rules(run_clients: RunClients, sample_image: Any, new_service: Callable[[str], str],
                               limits: dict[str, str], cpu_idle: bool | None, extra: dict[str, Any], fld: str,
