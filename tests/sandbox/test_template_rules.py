@@ -1,0 +1,77 @@
+"""The sandbox's template and update-mask rules as pure functions (no server, no Docker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandbox import model
+from sandbox.errors import ApiError
+
+CURRENT: dict[str, Any] = {
+    "labels": {"team": "a"},
+    "template": model.normalize_template({
+        "serviceAccount": "sa@p.iam.gserviceaccount.com",
+        "scaling": {"minInstanceCount": 1, "maxInstanceCount": 5},
+        "containers": [{"image": "img:1"}],
+    }),
+    "traffic": [{"type": 1, "percent": 100}],
+}
+
+
+def test_no_mask_or_star_replaces_the_whole_resource() -> None:
+    incoming = {"template": model.normalize_template({"containers": [{"image": "img:2"}]})}
+    for mask in (None, "", "*"):
+        assert model.apply_update_mask(CURRENT, incoming, mask) == incoming
+
+
+def test_nested_and_snake_case_paths_change_only_that_field() -> None:
+    incoming = {"template": model.normalize_template({"scaling": {"maxInstanceCount": 9},
+                                                      "containers": [{"image": "img:2"}]})}
+    for mask in ("template.scaling.maxInstanceCount", "template.scaling.max_instance_count"):
+        merged = model.apply_update_mask(CURRENT, incoming, mask)
+        assert merged["template"]["scaling"] == {"minInstanceCount": 1, "maxInstanceCount": 9}
+        assert merged["template"]["containers"][0]["image"] == "img:1"
+        assert merged["template"]["serviceAccount"] == "sa@p.iam.gserviceaccount.com"
+        assert merged["labels"] == {"team": "a"} and merged["traffic"] == CURRENT["traffic"]
+    assert CURRENT["template"]["scaling"]["maxInstanceCount"] == 5  # the stored spec is not modified
+
+
+def test_a_named_path_missing_from_the_body_is_cleared_and_output_only_paths_are_ignored() -> None:
+    merged = model.apply_update_mask(CURRENT, {"template": CURRENT["template"], "uri": "x"}, "labels,uri,etag")
+    assert "labels" not in merged and "uri" not in merged
+    assert merged["template"] == CURRENT["template"]
+
+
+@pytest.mark.parametrize("mask", ["bogus", "template.bogus", "traffic.percent", "template.scaling.minInstanceCount.x",
+                                  "labels.team"])
+def test_unknown_mask_paths_are_rejected(mask: str) -> None:
+    with pytest.raises(ApiError) as info:
+        model.parse_update_mask(mask)
+    assert info.value.http_status == 400 and info.value.field == "update_mask"
+
+
+def test_enums_sent_as_integers_are_stored_as_names_so_templates_compare_equal() -> None:
+    as_ints = model.normalize_template({"executionEnvironment": 2, "vpcAccess": {"connector": "c", "egress": 1},
+                                        "containers": [{"image": "i"}]})
+    as_names = model.normalize_template({"executionEnvironment": "EXECUTION_ENVIRONMENT_GEN2",
+                                         "vpcAccess": {"connector": "c", "egress": "ALL_TRAFFIC"},
+                                         "containers": [{"image": "i"}]})
+    assert as_ints == as_names and as_ints["executionEnvironment"] == "EXECUTION_ENVIRONMENT_GEN2"
+    assert model.normalize_template(as_ints) == as_ints  # idempotent
+
+
+def test_cpu_idle_and_concurrency_defaults() -> None:
+    without = model.normalize_template({"containers": [{"image": "i"}]})
+    assert without["containers"][0]["resources"]["cpuIdle"] is True
+    assert without["maxInstanceRequestConcurrency"] == 80
+    sent = model.normalize_template({"containers": [{"image": "i", "resources": {"limits": {"cpu": "0.5"}}}]})
+    assert "cpuIdle" not in sent["containers"][0]["resources"]  # absent = false = always-on CPU
+    assert sent["maxInstanceRequestConcurrency"] == 1
+
+
+@pytest.mark.parametrize(("cpus", "ceiling_mib"), [(0.08, 512), (0.49, 512), (0.5, 1024), (0.99, 1024), (1, 4096),
+                                                   (2, 8192), (4, 16384), (6, 24576), (8, 32768)])
+def test_memory_ceiling_follows_the_cpu_table(cpus: float, ceiling_mib: int) -> None:
+    assert model.memory_ceiling(cpus) == ceiling_mib * 2**20
