@@ -27,6 +27,7 @@ from stagecheck.clients.cloudrun import (
     build_template,
     revision_info,
     split_from_proto,
+    template_facts,
 )
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
@@ -99,8 +100,15 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                 def build(cur: run_v2.Service, rev_name: str = name,
                           split: list[TrafficTarget] = split) -> tuple[run_v2.RevisionTemplate, list[TrafficTarget]]:
                     # the CURRENT template (read now, re-read after an etag mismatch), changed only where needed
-                    return build_template(service, image=image, revision=rev_name, labels=labels,
-                                          current=cur.template), split
+                    built = build_template(service, image=image, revision=rev_name, labels=labels,
+                                           current=cur.template)
+                    notes[:] = [n for n in notes if n.kind != "template"]
+                    notes.append(Evidence(
+                        kind="template",
+                        summary=f"template copied from the service's (revision {cur.template.revision or 'latest'}); "
+                                "changed: image, env, port, resources, revision name, labels",
+                        data={"kept_from": cur.template.revision, "candidate": template_facts(built)}))
+                    return built, split
 
                 try:
                     op, etag_retries = await cloudrun.update_with_retry(current, build, update_mask=DEPLOY_MASK)
@@ -122,6 +130,8 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
             plan_note = f"no traffic to {name}; serving stays {describe(snapshot.serving)}"
         else:
             template = build_template(service, image=image, revision=name, labels=labels)
+            notes.append(Evidence(kind="template", summary="first deployment: template from the config",
+                                  data={"candidate": template_facts(template)}))
             split = [TrafficTarget(revision=name, percent=100, tag=tag)]
             op = await cloudrun.create_service(service.name, template, split)
             outcome.traffic_moved = True

@@ -210,6 +210,29 @@ def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dic
     return tpl
 
 
+def template_facts(tpl: run_v2.RevisionTemplate) -> dict[str, Any]:
+    """What a template runs with, for the deploy evidence (the settings a release must not lose)."""
+    main = tpl.containers[ingress_index(tpl.containers)] if tpl.containers else run_v2.Container()
+    return {
+        "service_account": tpl.service_account or "(project default)",
+        "vpc_connector": tpl.vpc_access.connector or None,
+        "vpc_network_interfaces": len(tpl.vpc_access.network_interfaces),
+        "timeout_s": tpl.timeout.total_seconds() if "timeout" in tpl else None,
+        "concurrency": tpl.max_instance_request_concurrency or None,
+        "execution_environment": tpl.execution_environment.name if tpl.execution_environment else None,
+        "session_affinity": tpl.session_affinity,
+        "volumes": [v.name for v in tpl.volumes],
+        "containers": len(tpl.containers),
+        "cpu": main.resources.limits.get("cpu"),
+        "memory": main.resources.limits.get("memory"),
+        "cpu_idle": main.resources.cpu_idle,
+        "startup_cpu_boost": main.resources.startup_cpu_boost,
+        "startup_probe": "startup_probe" in main,
+        "scaling": [tpl.scaling.min_instance_count, tpl.scaling.max_instance_count],
+        "env": [e.name for e in main.env],
+    }
+
+
 def _rpc_status(exc: gexc.GoogleAPICallError) -> str:
     """The google.rpc status name of an HTTP error body ("ABORTED", "ALREADY_EXISTS", ...), or ""."""
     try:

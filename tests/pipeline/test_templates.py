@@ -365,6 +365,10 @@ async def test_release_keeps_service_account_vpc_timeout_concurrency_and_the_res
     assert dict(main.resources.limits) == {"cpu": "1", "memory": "1Gi"}  # config sets no resources
     assert main.resources.cpu_idle is True and main.resources.startup_cpu_boost is True
     assert dict(rev.labels) == {"team": "payments", "stagecheck-sha": sha[:7], "managed-by": "stagecheck"}
+    # the deploy stage shows what the candidate runs with
+    (facts,) = [e["data"]["candidate"] for e in run.stage(service_name, "deploy")["evidence"] if e["kind"] == "template"]
+    assert facts["service_account"] == rev.service_account and facts["vpc_connector"] == CONNECTOR
+    assert (facts["timeout_s"], facts["concurrency"], facts["cpu_idle"]) == (42, 5, True)
     # the build stage recorded the image's platform
     build = run.stage(service_name, "build")
     assert build["evidence"][0]["data"]["architecture"] == "amd64"
