@@ -387,7 +387,7 @@ class CloudRun:
         current = await self.get_service(service)
         if current is None:
             raise StageError(f"service {service} disappeared while shifting traffic")
-        op = await self.update_service(current, template=None, split=split, update_mask=TRAFFIC_MASK)
+        op, _ = await self.update_with_retry(current, lambda _: (None, split), update_mask=TRAFFIC_MASK)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,
