@@ -335,8 +335,10 @@ class CloudRun:
         """Start a PATCH of `current` (read from the API: its etag guards against concurrent changes)
         with a new template and/or traffic; await it with `finish`.
 
-        `update_mask` names the paths that change (REST FieldMask paths: "traffic", "template"); by
-        default "template,traffic" with a template, "traffic" without. Raises EtagMismatch when the
+        `update_mask` names the paths that change, as proto field names ("template", "traffic",
+        "template.scaling.max_instance_count"); the REST transport sends the FieldMask's JSON form, the
+        camelCase paths joined by commas (`?updateMask=template,traffic`). By default "template,traffic"
+        with a template, "traffic" without. Raises EtagMismatch when the
         service changed since `current` was read, RevisionNameConflict when the template's revision
         name exists with a different configuration."""
         body = run_v2.Service(current)
