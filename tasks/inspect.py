@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, revision_info, split_from_proto
+from stagecheck.clients.cloudrun import CloudRun, ingress_name, revision_info, split_from_proto
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.traffic import describe, pin_latest
 from tasks.common import guarded
@@ -24,6 +24,7 @@ class ServiceSnapshot:
     latest_ready: str | None = None
     uri: str | None = None
     previous: RevisionInfo | None = None  # the serving revision with the most traffic
+    ingress: str = ""  # the service's ingress setting (enum name; "" = unset, all traffic)
 
     @property
     def image(self) -> str | None:
@@ -40,7 +41,7 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
     main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
     previous = revision_info(await cloudrun.get_revision(service, main.revision)) if main and main.revision else None
     return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,
-                           uri=svc.uri or None, previous=previous)
+                           uri=svc.uri or None, previous=previous, ingress=ingress_name(svc))
 
 
 @task(name="inspect", cache_policy=NO_CACHE)
