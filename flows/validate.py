@@ -275,7 +275,7 @@ class ServiceValidation:
     async def _finish_release(self, revision: str) -> None:
         """A passed release leaves the service as a person expects: LATEST=100 (after_pass "latest") or the
         candidate pinned, and only the newest few of stagecheck's own tags."""
-        self.starting("traffic (release)")
+        self.starting("release")
         plan = self.traffic_plan
         result, applied = await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
                                                self.tag, plan.after_pass, plan.keep_tags,
@@ -283,7 +283,7 @@ class ServiceValidation:
         if applied:
             self.traffic_after = applied
         if not self.record(result):
-            await self._rollback_if_moved(True, revision, "traffic")
+            await self._rollback_if_moved(True, revision, "release")
 
     async def _clean_up_failed_deploy(self, snapshot: ServiceSnapshot, candidate: str) -> None:
         """The failed candidate must not stay a traffic target: restore the split as it was configured

@@ -1,5 +1,5 @@
-"""Stages `traffic` (one shift step, and the release's final split) and `rollback` (restore the
-remembered split, also after a failed deploy).
+"""Stages `traffic` (one shift step), `release` (the split a passed release leaves) and `rollback`
+(restore the remembered split, also after a failed deploy).
 
 Every change is verified against `traffic_statuses` (what serves) once Cloud Run has reconciled the
 service, never against `traffic` (what was asked): while `reconciling` is true the two differ."""
@@ -49,7 +49,7 @@ def split_result(stage: str, criterion: str, requested: list[TrafficTarget], ser
         name=stage, status=status, summary=summary,
         evidence=[Evidence(kind="traffic", summary=summary,
                            data={"requested": [t.model_dump() for t in requested],
-                                 "serving": [t.model_dump() for t in served], "reconciled": reconciled})],
+                                 "applied": [t.model_dump() for t in served], "reconciled": reconciled})],
         criteria=[Criterion(name=criterion, stage=stage, status=status, expected=describe(requested),
                             observed=observed)],
     )
@@ -124,17 +124,17 @@ async def finish_release(cloudrun: CloudRun, service: str, current: list[Traffic
             what += f"; removed old stagecheck tags {', '.join(removed)}"
         if final == list(current):
             applied = list(current)
-            return StageResult(name="traffic", status=Status.PASS, summary=f"release: {what}; nothing to change",
-                               criteria=[Criterion(name="Service left as after a release", stage="traffic",
+            return StageResult(name="release", status=Status.PASS, summary=f"release: {what}; nothing to change",
+                               criteria=[Criterion(name="Service left as after a release", stage="release",
                                                    status=Status.PASS, expected=what, observed=describe(current))])
         stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s, latest=candidate)
         applied = stored
-        result = split_result("traffic", f"Service left as after a release ({after_pass})", final, served,
+        result = split_result("release", f"Service left as after a release ({after_pass})", final, served,
                               f"release: {what}", latest=candidate, reconciled=reconciled)
         result.data["removed_tags"] = removed
         return result
 
-    return await guarded("traffic", body), applied
+    return await guarded("release", body), applied
 
 
 @task(name="restore-after-failed-deploy", cache_policy=NO_CACHE)
