@@ -55,8 +55,8 @@ def split_result(stage: str, criterion: str, requested: list[TrafficTarget], ser
     )
 
 
-async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
-                           *, latest: str | None = None) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
+async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float
+                           ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
     """Send `split`, wait for the operation, then for reconciliation; (requested as stored, serving, reconciled)."""
     await cloudrun.set_traffic(service, split, timeout_s)
     svc = await cloudrun.wait_served(service, timeout_s=timeout_s)
@@ -70,7 +70,7 @@ async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], t
 
     async def body() -> StageResult:
         nonlocal applied
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s, latest=latest)
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s)
         applied = stored
         return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled)
 
@@ -127,7 +127,7 @@ async def finish_release(cloudrun: CloudRun, service: str, current: list[Traffic
             return StageResult(name="release", status=Status.PASS, summary=f"release: {what}; nothing to change",
                                criteria=[Criterion(name="Service left as after a release", stage="release",
                                                    status=Status.PASS, expected=what, observed=describe(current))])
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s, latest=candidate)
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s)
         applied = stored
         result = split_result("release", f"Service left as after a release ({after_pass})", final, served,
                               f"release: {what}", latest=candidate, reconciled=reconciled)
@@ -171,10 +171,11 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
                                criteria=[Criterion(name="Traffic restored after the failed deploy", stage="rollback",
                                                    status=Status.PASS, expected=describe(restore),
                                                    observed=describe(now))])
+        latest = current.latest_ready_revision.rsplit("/", 1)[-1] or None  # the failed candidate never is
         stored, served, reconciled = await apply_and_verify(cloudrun, service, restore, timeout_s)
         applied = stored
         result = split_result("rollback", "Traffic restored after the failed deploy", restore, served, done,
-                              reconciled=reconciled)
+                              latest=latest, reconciled=reconciled)
         if any(t.revision == candidate for t in stored):
             result.status = Status.FAIL
             result.summary = f"{done}: the failed revision {candidate} is still a traffic target"
