@@ -408,6 +408,16 @@ async def test_passed_release_returns_to_latest_and_prunes_old_own_tags(
     assert tags == {f"sc-{sha[:7]}": (candidate, 0), "sc-0000003": (revisions[2], 0), "blue": (revisions[0], 0)}
     assert serving(run_clients, service) == {candidate: 100}
     assert release["data"]["removed_tags"] == ["sc-0000002", "sc-0000001"]
+    # the probes reached the candidate's two instances: its request log names both
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as gcl
+
+    sandbox = scenario.sandbox
+    logs = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
+                      client_options={"api_endpoint": sandbox.logging_api})
+    entries = logs.list_entries(filter_=(f'logName="projects/{sandbox.project}/logs/run.googleapis.com%2Frequests" '
+                                         f'AND resource.labels.revision_name="{candidate}"'))
+    assert len({e.labels["instanceId"] for e in entries}) == 2
 
 
 async def test_ingress_closed_urls_are_advisory_and_the_release_passes_via_the_lb(

@@ -283,3 +283,13 @@ def test_lb_tag_url_takes_only_tag_and_service() -> None:
     with pytest.raises(ConfigError, match="after_pass"):
         load_settings(overrides={"project": "demo-project", "region": "europe-west1", "registry": "r",
                                  "services": [{"name": "web"}], "traffic": {"after_pass": "sometimes"}})
+
+
+def test_gcp_example_probes_the_lb_without_doubling_the_prefix() -> None:
+    from stagecheck.settings import load_settings
+
+    gcp = load_settings(Path(__file__).resolve().parents[2] / "examples" / "stagecheck.gcp.toml", environ={})
+    targets, _ = serving_targets(gcp, gcp.services[0], "https://sample-abc-ew.a.run.app")
+    assert [t.url for t in targets if t.kind is UrlKind.LB] == ["https://staging.example.com/sample/api/health"]
+    assert gcp.lb_tag_target("sc-abc1234", "sample") == ("https://sc-abc1234.tags.staging.example.com", {})
+    assert gcp.traffic.after_pass.value == "latest" and gcp.traffic.keep_tags == 3

@@ -122,7 +122,7 @@ def test_ingress_closes_run_app_urls_but_not_the_load_balancer(
     svc = deploy(run_clients, name, sample_image.ref)
     svc.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100),
                    run_v2.TrafficTarget(type_=REVISION, revision=short(svc.latest_ready_revision), tag="cur")]
-    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER
+    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER  # type: ignore[assignment]
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     assert svc.ingress == run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER
     tag_uri = next(t.uri for t in svc.traffic_statuses if t.tag == "cur")
@@ -151,7 +151,7 @@ def test_lb_url_mask_routes_to_a_tag_and_forwards_the_path_unchanged(
     svc, rev_a, rev_b = two_revisions(run_clients, name, sample_image.ref)
     svc.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=rev_b, percent=100),
                    run_v2.TrafficTarget(type_=REVISION, revision=rev_a, tag="old")]
-    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER
+    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER  # type: ignore[assignment]
     run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     lb = run_clients.lb_url
     try:
