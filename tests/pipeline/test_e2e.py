@@ -454,3 +454,32 @@ async def test_ingress_closed_urls_are_advisory_and_the_release_passes_via_the_l
     assert set(kinds) == {"lb"} and kinds["lb"]["attempts"][-1]["status"] == 200
     assert any("closed by ingress" in w for w in report["warnings"])
     assert not any("closed by ingress" in r for r in report["reasons"])
+
+
+async def test_a_stale_failed_target_left_by_another_deploy_is_dropped_before_deploying(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    from tests.fixtures_sandbox import FAST_POLL
+
+    service = created("stale2")
+    good = baseline(run_clients, service, sample_image.digest_ref)
+    # what a failed `gcloud run deploy --no-traffic --tag cand` leaves behind: a tag-only target to a failed revision
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.template.revision = f"{service}-bad"
+    svc.template.containers[0].env = [run_v2.EnvVar(name="CRASH_ON_START", value="1")]
+    svc.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100),
+                   run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                                        revision=f"{service}-bad", tag="cand")]
+    with pytest.raises(gexc.GoogleAPICallError):
+        run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+    assert ("cand" in {tag for _, _, tag in _stored(run_clients, service)})
+
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+    scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    assert "stale targets of revisions that are not Ready" in run.stage(service, "inspect")["summary"]
+    assert f"{service}-bad" not in {rev for rev, _, _ in _stored(run_clients, service)}
+    assert serving(run_clients, service) == {report["revision"]["name"]: 100}
+    assert report["previous_revision"]["name"] == good
