@@ -23,6 +23,7 @@ from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
+from stagecheck.ingress import closed_by_ingress
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -52,7 +53,7 @@ from tasks.push import push_image
 from tasks.report import publish_report
 from tasks.smoke import run_smoke
 from tasks.syntax import check_syntax
-from tasks.traffic import rollback_traffic, shift_traffic
+from tasks.traffic import finish_release, restore_after_failed_deploy, rollback_traffic, shift_traffic
 
 
 def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
@@ -67,8 +68,10 @@ def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
     return tuple(stages)
 
 
-def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | None) -> tuple[list[ProbeTarget], list[Criterion]]:
-    """Pure: probe targets for the direct service URL and the LB; a required URL nobody knows is a FAIL row."""
+def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | None,
+                    ingress: str = "") -> tuple[list[ProbeTarget], list[Criterion]]:
+    """Pure: probe targets for the direct service URL and the LB; a required URL nobody knows is a FAIL row,
+    a URL the service's ingress closes is an advisory (WARN) row saying so, not probed."""
     targets: list[ProbeTarget] = []
     missing: list[Criterion] = []
     lb_url = f"{settings.lb_url}{svc.lb_prefix}{svc.health.lb.path}" if settings.lb_url else None
@@ -76,6 +79,11 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
     for kind, url in ((UrlKind.SERVICE, direct), (UrlKind.LB, lb_url)):
         check = svc.health.for_kind(kind)
         if check.mode == ProbeMode.OFF:
+            continue
+        closed = closed_by_ingress(ingress, kind)
+        if closed is not None:
+            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=Status.WARN,
+                                     expected=f"the {kind} URL answers ({check.mode})", observed=closed))
             continue
         if url is None:
             status = Status.FAIL if check.mode == ProbeMode.REQUIRED else Status.WARN
@@ -86,6 +94,37 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
             continue
         targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode))
     return targets, missing
+
+
+def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: str | None,
+                   ingress: str = "") -> tuple[list[ProbeTarget], list[Criterion]]:
+    """Pure: the candidate's tag URL (unless the ingress closes it: an advisory row says so) and, when
+    `lb_tag_url` is configured, the same tag through the load balancer (serverless NEG URL mask)."""
+    check = svc.health.tagged
+    targets: list[ProbeTarget] = []
+    notes: list[Criterion] = []
+    closed = closed_by_ingress(ingress, UrlKind.TAGGED)
+    if closed is not None:
+        notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage="probe-tagged", status=Status.WARN,
+                               expected=f"the tag URL answers ({check.mode})", observed=closed))
+    elif tag_url:
+        targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode))
+    via_lb = settings.lb_tag_target(tag, svc.name)
+    if via_lb is not None and closed_by_ingress(ingress, UrlKind.LB) is None:
+        url, headers = via_lb
+        targets.append(ProbeTarget(url=f"{url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
+                                   headers=headers or None))
+    return targets, notes
+
+
+def _add_advisories(result: StageResult, notes: list[Criterion], if_nothing: str) -> None:
+    """Advisory rows (URLs closed by ingress) join the stage; a stage left with nothing probed WARNs, saying why."""
+    if not notes:
+        return
+    result.criteria.extend(notes)
+    if result.status is Status.SKIP:
+        result.status = Status.WARN
+        result.summary = f"{notes[0].observed}; {if_nothing}"
 
 
 def websocket_target(svc: ServiceConfig, service_url: str | None) -> ProbeTarget | None:
@@ -193,15 +232,18 @@ class ServiceValidation:
                                          message="first deployment: nothing served before, nothing to restore")
             else:
                 self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+                if snapshot.exists and outcome.revision is not None:
+                    await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
             return image, revision
 
         moved = outcome.traffic_moved
         if self.svc.health.tagged.mode != ProbeMode.OFF:
             self.starting("probe-tagged")
-            target = ProbeTarget(url=f"{outcome.tag_url}{self.svc.health.tagged.path}", kind=UrlKind.TAGGED,
-                                 mode=self.svc.health.tagged.mode)
-            result = await probe_urls(self.clients.http, "probe-tagged", [target], self.settings.probes)
+            tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress)
+            result = await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes)
             self.last_probe_at = datetime.now(UTC)
+            _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
+                                           "probe its tag through the load balancer)")
             if not self.record(result):
                 await self._rollback_if_moved(moved, revision.name, "probe-tagged")
                 return image, revision
@@ -226,11 +268,40 @@ class ServiceValidation:
         if not gate_ok:
             failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
             await self._rollback_if_moved(True, revision.name, failed)
+        else:
+            await self._finish_release(revision.name)
         return image, revision
+
+    async def _finish_release(self, revision: str) -> None:
+        """A passed release leaves the service as a person expects: LATEST=100 (after_pass "latest") or the
+        candidate pinned, and only the newest few of stagecheck's own tags."""
+        self.starting("release")
+        plan = self.traffic_plan
+        result, applied = await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
+                                               self.tag, plan.after_pass, plan.keep_tags,
+                                               self.settings.deploy_timeout_s)
+        if applied:
+            self.traffic_after = applied
+        if not self.record(result):
+            await self._rollback_if_moved(True, revision, "release")
+
+    async def _clean_up_failed_deploy(self, snapshot: ServiceSnapshot, candidate: str) -> None:
+        """The failed candidate must not stay a traffic target: restore the split as it was configured
+        (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
+        self.starting("rollback")
+        remembered = snapshot.traffic or snapshot.serving
+        result, applied = await restore_after_failed_deploy(
+            self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
+            self.settings.deploy_timeout_s)
+        self.record(result)
+        if applied:
+            self.traffic_after = applied
+        self.rollback = Rollback(needed=False, performed=True, ok=result.status is Status.PASS, restored=applied,
+                                 message=f"traffic never moved; {result.summary}")
 
     async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None) -> bool:
         """Straight or canary: shift a step, probe the serving URLs, hold; stop at the first failure."""
-        targets, missing = serving_targets(self.settings, self.svc, service_url)
+        targets, missing = serving_targets(self.settings, self.svc, service_url, snapshot.ingress)
         try:
             steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
                 [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
@@ -266,7 +337,10 @@ class ServiceValidation:
                 result.criteria.extend(missing)
                 if any(c.status is Status.FAIL for c in missing):
                     result.status = Status.FAIL
-                    result.summary = f"[{percent} %] {missing[0].observed}"
+                    result.summary = f"[{percent} %] {next(c for c in missing if c.status is Status.FAIL).observed}"
+                elif result.status is Status.SKIP:  # every URL closed by ingress: nothing could decide
+                    result.status = Status.FAIL
+                    result.summary = f"[{percent} %] no URL left to probe: {missing[0].observed}"
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, "probe-serving")
                 return False

@@ -1,15 +1,24 @@
-"""One revision's instance: start the container, wait for its startup probe, stop, restart on demand.
+"""A revision's instances: each a container on its own port, started, probed, stopped, restarted on demand.
 
-Each revision has at most one instance. It starts when the revision is rolled out or when a request
-reaches a revision scaled to zero (cold start); it stops when the revision leaves traffic, when it
-is idle past the service's scale-to-zero delay, or when the container exits by itself.
+A revision runs up to `scaling.maxInstanceCount` instances (unset: 100), each serving at most
+`maxInstanceRequestConcurrency` requests at once. A rollout starts the first instance (the revision is
+Ready once it is) and warms further ones in the background (the sandbox keeps two by default, so
+probes and logs see more than one instance). A request goes to the least busy ready instance; when
+every instance is at its concurrency another one starts if the maximum allows, and the request waits
+(queued) for a free slot up to the service's queue timeout, then gets 429 "The request was aborted
+because there was no available instance." (Cloud Run: queued up to 60 s, then 429). A revision
+scaled to zero starts an instance on the first request (cold start). An instance stops when the
+revision leaves traffic, when it is idle past the scale-to-zero delay, or when its container exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,8 +113,21 @@ async def wait_startup(
     return StartFailure(model.startup_timeout_message(spec.container_port), "HEALTH_CHECK_CONTAINER_ERROR")
 
 
-class RevisionInstance:
-    """At most one running container for one revision."""
+NO_INSTANCE_MESSAGE = "The request was aborted because there was no available instance."
+DEFAULT_MAX_INSTANCES = 100  # scaling.maxInstanceCount unset (google.cloud.run.v2.RevisionScaling)
+
+
+class NoAvailableInstance(Exception):
+    """Every instance is at its concurrency, no further one may start, and the queue timeout passed."""
+
+
+def new_instance_id() -> str:
+    """An opaque id like Cloud Run's `labels.instanceId` (a long hex string)."""
+    return "00" + secrets.token_hex(47)
+
+
+class Instance:
+    """One container of a revision (one instance)."""
 
     def __init__(
         self,
@@ -116,15 +138,22 @@ class RevisionInstance:
         runtime: DockerRuntime,
         log: RunLog,
         startup_timeout_s: float,
+        image: Callable[[], Awaitable[str]] | None = None,
+        on_change: Callable[[], None] = lambda: None,
+        number: int = 1,
     ) -> None:
         self.service = service
         self.revision = revision
         self.spec = spec
+        self.instance_id = new_instance_id()
         self._runtime = runtime
         self._log = log
         self._startup_timeout_s = startup_timeout_s
+        self._image = image
+        self._on_change = on_change
         self._image_id: str | None = None
         self._starts = 0
+        self._number = number
         self._task: asyncio.Task[StartFailure | None] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._stopping = False
@@ -141,9 +170,14 @@ class RevisionInstance:
         """Start (or join the start in progress); None once the instance is ready."""
         if self.state == "READY":
             return None
+        return await asyncio.shield(self.launch())
+
+    def launch(self) -> asyncio.Task[StartFailure | None]:
+        """Begin starting now (the instance counts as STARTING at once); the task ends when it is ready or failed."""
         if self._task is None or self._task.done():
+            self.state = "STARTING"
             self._task = asyncio.create_task(self._start())
-        return await asyncio.shield(self._task)
+        return self._task
 
     async def _start(self) -> StartFailure | None:
         self.state = "STARTING"
@@ -154,22 +188,24 @@ class RevisionInstance:
             self._stopping = True
             await self._remove()
             self.state = "STOPPED"
+            self._on_change()
             return failure
         self.state = "READY"
         self.last_active = time.monotonic()
         self._log.system(self.service, self.revision, "INFO",
-                         f"Instance of revision {self.revision} is ready on port {self.port}.")
+                         f"Instance {self.instance_id[:12]} of revision {self.revision} is ready on port {self.port}.")
+        self._on_change()
         return None
 
     async def _launch(self) -> StartFailure | None:
         if self._image_id is None:
             try:
-                self._image_id = await self._runtime.pull(self.spec.image)
+                self._image_id = await (self._image() if self._image else self._runtime.pull(self.spec.image))
             except ImagePullError as exc:
                 return StartFailure(model.image_missing_message(self.spec.image, str(exc)), "CONTAINER_MISSING")
         self._starts += 1
         self.port = free_port()
-        self.container_name = f"sbx-{self._runtime.instance_id[:8]}-{self.revision}-{self._starts}"
+        self.container_name = f"sbx-{self._runtime.instance_id[:8]}-{self.revision}-{self._number}-{self._starts}"
         env = {v.name: v.value for v in self.spec.env}
         env.update({"PORT": str(self.port), "K_SERVICE": self.service, "K_REVISION": self.revision,
                     "K_CONFIGURATION": self.service})
@@ -189,7 +225,8 @@ class RevisionInstance:
                          f"Starting new instance of revision {self.revision} (PORT={self.port}).")
         run = asyncio.ensure_future(self._runtime.run(
             launch,
-            lambda stream, line: self._log.container(self.service, self.revision, stream, line),
+            lambda stream, line: self._log.container(self.service, self.revision, stream, line,
+                                                     instance_id=self.instance_id),
             lambda code: self._on_exit(exited, code),
         ))
         try:
@@ -215,6 +252,7 @@ class RevisionInstance:
         self._log.system(self.service, self.revision, severity, model.container_exit_message(code))
         if self.state == "READY":
             self.state = "STOPPED"
+            self._on_change()
             asyncio.get_running_loop().create_task(self._remove())
 
     async def stop(self, reason: str) -> None:
@@ -228,6 +266,7 @@ class RevisionInstance:
                 await self._task
         await self._remove()
         self.state = "STOPPED"
+        self._on_change()
 
     async def _remove(self) -> None:
         target = self.container_id or self.container_name
@@ -238,30 +277,172 @@ class RevisionInstance:
 
     # ------------------------------------------------------------ requests
 
-    async def acquire(self, hold_s: float) -> int | None:
-        """The port to send a request to, starting the instance if it is scaled to zero (cold start).
-        None when it is not ready within `hold_s`."""
-        if self.state == "READY" and self.port is not None:
-            return self.port
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._start())
-        try:
-            failure = await asyncio.wait_for(asyncio.shield(self._task), hold_s)
-        except TimeoutError:
-            return None
-        return self.port if failure is None and self.state == "READY" else None
-
     def begin_request(self) -> None:
         self.in_flight += 1
 
     def end_request(self) -> None:
         self.in_flight -= 1
         self.last_active = time.monotonic()
+        self._on_change()
 
     def idle_for(self, now: float) -> float:
         return 0.0 if self.in_flight or self.state != "READY" else now - self.last_active
 
     def describe(self) -> dict[str, Any]:
-        return {"service": self.service, "revision": self.revision, "state": self.state, "port": self.port,
-                "container_id": self.container_id, "container_name": self.container_name,
-                "in_flight": self.in_flight}
+        return {"service": self.service, "revision": self.revision, "instance_id": self.instance_id,
+                "state": self.state, "port": self.port, "container_id": self.container_id,
+                "container_name": self.container_name, "in_flight": self.in_flight}
+
+
+class RevisionInstance:
+    """All instances of one revision: scale out up to the maximum, concurrency per instance, queueing."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        revision: str,
+        spec: model.ContainerSpec,
+        runtime: DockerRuntime,
+        log: RunLog,
+        startup_timeout_s: float,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        concurrency: int = 80,
+        warm_instances: int = 2,
+    ) -> None:
+        self.service = service
+        self.revision = revision
+        self.spec = spec
+        self.max_instances = max(1, max_instances)
+        self.concurrency = max(1, concurrency)
+        self.warm_instances = max(1, min(warm_instances, self.max_instances))
+        self._runtime = runtime
+        self._log = log
+        self._startup_timeout_s = startup_timeout_s
+        self._numbers = itertools.count(1)
+        self._image_lock = asyncio.Lock()
+        self._image_id: str | None = None
+        self._change: asyncio.Future[None] | None = None
+        self._warming: set[asyncio.Task[StartFailure | None]] = set()
+        self._stopping = False
+        self.instances: list[Instance] = []
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> InstanceState:
+        states = {i.state for i in self.instances}
+        return "READY" if "READY" in states else "STARTING" if "STARTING" in states else "STOPPED"
+
+    @property
+    def in_flight(self) -> int:
+        return sum(i.in_flight for i in self.instances)
+
+    def _notify(self) -> None:
+        if self._change is not None and not self._change.done():
+            self._change.set_result(None)
+        self._change = None
+
+    async def _changed(self, timeout_s: float) -> None:
+        """Wait until an instance's state or load changes (or `timeout_s` passes)."""
+        if self._change is None:
+            self._change = asyncio.get_running_loop().create_future()
+        if timeout_s > 0:
+            await asyncio.wait({self._change}, timeout=timeout_s)
+
+    async def _pull(self) -> str:
+        async with self._image_lock:
+            if self._image_id is None:
+                self._image_id = await self._runtime.pull(self.spec.image)
+            return self._image_id
+
+    def _new_instance(self) -> Instance:
+        inst = Instance(service=self.service, revision=self.revision, spec=self.spec, runtime=self._runtime,
+                        log=self._log, startup_timeout_s=self._startup_timeout_s, image=self._pull,
+                        on_change=self._notify, number=next(self._numbers))
+        self.instances.append(inst)
+        return inst
+
+    def _active(self) -> list[Instance]:
+        return [i for i in self.instances if i.state != "STOPPED" or i.container_name is not None]
+
+    def _prune(self) -> None:
+        """Forget instances that stopped (their containers are removed)."""
+        self.instances = [i for i in self.instances if i.state != "STOPPED" or i.container_name is not None
+                          or (i._task is not None and not i._task.done())]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> StartFailure | None:
+        """Rollout: the first instance must become ready (its failure is the revision's); then the further
+        warm instances start together (a failure among them is logged, the revision stays Ready)."""
+        self._stopping = False
+        self._prune()
+        first = next((i for i in self.instances if i.state != "STOPPED"), None) or self._new_instance()
+        failure = await first.start()
+        if failure is None:
+            missing = self.warm_instances - len([i for i in self.instances if i.state != "STOPPED"])
+            await asyncio.gather(*(asyncio.shield(self._spawn().launch()) for _ in range(max(0, missing))))
+        return failure
+
+    def _spawn(self) -> Instance:
+        inst = self._new_instance()
+        task = inst.launch()
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+        return inst
+
+    async def stop(self, reason: str) -> None:
+        self._stopping = True
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*(i.stop(reason) for i in self.instances), return_exceptions=True)
+        self._prune()
+
+    async def stop_idle(self, after_s: float, now: float, reason: str) -> None:
+        """Scale to zero: stop each ready instance idle for `after_s` or longer."""
+        for inst in list(self.instances):
+            if inst.state == "READY" and not inst.in_flight and inst.idle_for(now) >= after_s:
+                await inst.stop(reason)
+        self._prune()
+
+    # ------------------------------------------------------------ requests
+
+    async def acquire(self, hold_s: float, queue_s: float) -> Instance | None:
+        """A ready instance with a free request slot, the slot already taken (call `end_request` on it).
+
+        None when the revision was scaled to zero and no instance became ready within `hold_s` (cold
+        start); NoAvailableInstance when every instance stayed busy for `queue_s`."""
+        started = time.monotonic()
+        while True:
+            self._prune()
+            ready = [i for i in self.instances if i.state == "READY" and i.port is not None]
+            free = [i for i in ready if i.in_flight < self.concurrency]
+            if free:
+                inst = min(free, key=lambda i: (i.in_flight, i.last_active))
+                inst.begin_request()
+                return inst
+            starting = [i for i in self.instances if i.state == "STARTING"]
+            if not ready:  # scaled to zero (or crashed): a cold start, held up to hold_s
+                if not starting:
+                    self._spawn()
+                left = hold_s - (time.monotonic() - started)
+                if left <= 0:
+                    return None
+                await self._changed(left)
+                continue
+            if not starting and len(self._active()) < self.max_instances and not self._stopping:
+                self._spawn()  # scale out for the queued request
+            left = queue_s - (time.monotonic() - started)
+            if left <= 0:
+                raise NoAvailableInstance(NO_INSTANCE_MESSAGE)
+            await self._changed(left)
+
+    def idle_for(self, now: float) -> float:
+        ready = [i for i in self.instances if i.state == "READY"]
+        return min((i.idle_for(now) for i in ready), default=0.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"service": self.service, "revision": self.revision, "state": self.state,
+                "in_flight": self.in_flight, "max_instances": self.max_instances,
+                "concurrency": self.concurrency, "instances": [i.describe() for i in self.instances]}

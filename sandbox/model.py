@@ -493,6 +493,34 @@ def serving_revisions(statuses: list[TrafficStatus]) -> set[str]:
     return {s.revision for s in statuses if s.revision and (s.percent > 0 or s.tag)}
 
 
+# ---------------------------------------------------------------- ingress
+
+INGRESS_ALL = "INGRESS_TRAFFIC_ALL"
+INGRESS_INTERNAL_ONLY = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+INGRESS_INTERNAL_LB = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
+INGRESS_NONE = "INGRESS_TRAFFIC_NONE"
+_INGRESS = {0: None, 1: INGRESS_ALL, 2: INGRESS_INTERNAL_ONLY, 3: INGRESS_INTERNAL_LB, 4: INGRESS_NONE,
+            "INGRESS_TRAFFIC_UNSPECIFIED": None, INGRESS_ALL: INGRESS_ALL, INGRESS_INTERNAL_ONLY: INGRESS_INTERNAL_ONLY,
+            INGRESS_INTERNAL_LB: INGRESS_INTERNAL_LB, INGRESS_NONE: INGRESS_NONE}
+
+
+def parse_ingress(value: Any) -> str:
+    """`ingress` as an enum name or integer -> its name (unset means INGRESS_TRAFFIC_ALL)."""
+    if isinstance(value, bool) or value not in _INGRESS:
+        raise ApiError(400, f"service.ingress: unknown ingress setting {value!r}.", field="service.ingress")
+    return _INGRESS[value] or INGRESS_ALL
+
+
+def ingress_admits(ingress: str | None, path: Literal["run.app", "lb"]) -> bool:
+    """Whether a request from outside the VPC reaches the service: run.app URLs (service and tag URLs)
+    are open only with INGRESS_TRAFFIC_ALL; an external load balancer also with INTERNAL_LOAD_BALANCER
+    ("internal and Cloud Load Balancing"). The sandbox's clients are never inside the VPC."""
+    setting = ingress or INGRESS_ALL
+    if path == "lb":
+        return setting in (INGRESS_ALL, INGRESS_INTERNAL_LB)
+    return setting == INGRESS_ALL
+
+
 # ---------------------------------------------------------------- resources
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from sandbox import model
 from sandbox.errors import ApiError
-from sandbox.instances import RevisionInstance, StartFailure
+from sandbox.instances import DEFAULT_MAX_INSTANCES, RevisionInstance, StartFailure
 from sandbox.runlog import RunLog
 from sandbox.runtime import DockerRuntime
 
@@ -30,6 +30,10 @@ class Behavior:
 
     cold_start_hold_s: float = 10.0
     scale_to_zero_after_s: float | None = None
+    # after an update, traffic_statuses (and the proxies) keep the old split this long while `reconciling`
+    reconcile_delay_s: float = 0.2
+    warm_instances: int = 2  # instances a rollout starts per revision (capped by maxInstanceCount)
+    queue_timeout_s: float = 60.0  # a request waits this long for a free instance, then 429
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,11 @@ class Orchestrator:
         model.validate_traffic(targets, known, service_id)
         for i, target in enumerate(targets):
             if target.revision in existing and existing[target.revision].phase == "FAILED":
-                raise ApiError(400, f"service.traffic[{i}].revision: Revision '{target.revision}' is not ready and "
-                               "cannot serve traffic.", field=f"service.traffic[{i}].revision")
+                # a stale target to a failed revision (e.g. a tag left by a failed deploy) fails every later
+                # update with that revision's error, as on Cloud Run
+                failed = existing[target.revision]
+                raise ApiError(400, model.revision_not_ready_message(target.revision, failed.ready.message),
+                               field=f"service.traffic[{i}].revision", status="FAILED_PRECONDITION")
         svc.spec = spec
         svc.generation += 1
         svc.update_time = self.clock()
@@ -258,6 +265,8 @@ class Orchestrator:
                                 allowed=set((previous or {}).get("annotations") or {}))
         model.validate_template(spec["template"])
         model.container_spec(spec["template"])
+        if "ingress" in spec:
+            spec["ingress"] = model.parse_ingress(spec["ingress"])
 
     def _plan_revision(
         self, svc: model.Service, template: dict[str, Any], existing: set[str], generation: int | None = None
@@ -279,9 +288,15 @@ class Orchestrator:
         svc.revision_counter += 1
         svc.latest_created = rev.name
         self.revisions[svc.service_id][rev.name] = rev
+        scaling = rev.template.get("scaling") or {}
         self.instances[(svc.service_id, rev.name)] = RevisionInstance(
             service=svc.service_id, revision=rev.name, spec=model.container_spec(rev.template), runtime=self.runtime,
             log=self.log, startup_timeout_s=self.config.startup_timeout_s,
+            max_instances=model.as_int(scaling.get("maxInstanceCount"), "scaling.maxInstanceCount")
+            or DEFAULT_MAX_INSTANCES,
+            concurrency=model.as_int(rev.template.get("maxInstanceRequestConcurrency"),
+                                     "maxInstanceRequestConcurrency") or 80,
+            warm_instances=self.behavior(svc.service_id).warm_instances,
         )
         self.log.system(svc.service_id, rev.name, "INFO", f"Created revision {rev.name}.")
 
@@ -354,6 +369,11 @@ class Orchestrator:
         failed = next((f for f in failures if f is not None), None)
         if failed is not None:
             return f"A revision in the traffic split could not be started: {failed.message}"
+        # the modelled propagation delay itself (not a wait for a condition): until it passes, the service
+        # reports `reconciling` with the old traffic_statuses and the proxies route by the old split
+        await asyncio.sleep(self.behavior(svc.service_id).reconcile_delay_s)
+        if self.services.get(svc.service_id) is not svc:
+            return "The service was deleted during the rollout."
         svc.traffic_statuses = statuses
         wanted_tags = {s.tag for s in statuses if s.tag}
         for tag in sorted(set(svc.tag_uris) - wanted_tags):
@@ -377,9 +397,8 @@ class Orchestrator:
             for (sid, _), inst in list(self.instances.items()):
                 # only a READY instance with nothing in flight is idle (a starting one is not: with
                 # scale_to_zero_after_s=0 it would be stopped before it ever got ready)
-                if sid == svc.service_id and inst.state == "READY" and not inst.in_flight \
-                        and inst.idle_for(now) >= after:
-                    await inst.stop(f"scaled to zero after {after:g} s without requests")
+                if sid == svc.service_id:
+                    await inst.stop_idle(after, now, f"scaled to zero after {after:g} s without requests")
 
     async def run_reaper(self) -> None:
         while True:

@@ -6,19 +6,20 @@ Every proxied request, including 503s and injected faults, becomes a request-log
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import model
 from sandbox.faults import FaultInjector
-from sandbox.instances import RevisionInstance
+from sandbox.instances import NO_INSTANCE_MESSAGE, NoAvailableInstance, RevisionInstance
 from sandbox.listeners import ListenerPool
 from sandbox.orchestrator import Behavior
 from sandbox.runlog import RunLog
@@ -42,22 +43,84 @@ class Backend(Protocol):
 
 
 class LbRoute(BaseModel):
-    service: str
+    """One route of the sandbox's URL map. The backend is a service, or (with `url_mask`) a serverless NEG
+    whose URL mask picks the service and tag from the request's host and path, e.g.
+    `<tag>.tags.example.test/<service>` maps `sc-1.tags.example.test/shop/x` to tag sc-1 of shop.
+    Like a URL map, the route forwards the path unchanged unless `path_prefix_rewrite` replaces the
+    matched `path_prefix` (urlRewrite.pathPrefixRewrite)."""
+
+    service: str | None = None
     path_prefix: str | None = None
     host: str | None = None
-    strip_prefix: bool = True
+    path_prefix_rewrite: str | None = None
+    url_mask: str | None = None
 
-    @field_validator("path_prefix")
+    @field_validator("path_prefix", "path_prefix_rewrite")
     @classmethod
     def _slash(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
-            raise ValueError("path_prefix must start with '/'")
+            raise ValueError("must start with '/'")
+        if value is not None and len(value) > 1024:
+            raise ValueError("at most 1024 characters")
         return value
+
+    @field_validator("url_mask")
+    @classmethod
+    def _mask(cls, value: str | None) -> str | None:
+        if value is not None and "<service>" not in value:
+            raise ValueError("a URL mask must contain <service>")
+        return value
+
+    @model_validator(mode="after")
+    def _backend(self) -> LbRoute:
+        if (self.service is None) == (self.url_mask is None):
+            raise ValueError("a route names exactly one of service or url_mask")
+        if self.path_prefix_rewrite is not None and self.path_prefix is None:
+            raise ValueError("path_prefix_rewrite needs a path_prefix to replace")
+        return self
 
 
 class LbConfig(BaseModel):
     routes: list[LbRoute] = Field(default_factory=list)
-    default_routes: bool = True  # /<service>/... and <service>.<anything> when no route matches
+    # when no route matches: Host <service>.<anything> (path unchanged) and /<service>/... with the
+    # explicit rewrite of /<service> to / (the URL map the sandbox ships with; see README)
+    default_routes: bool = True
+
+
+@dataclass(frozen=True)
+class LbMatch:
+    service: str
+    path: str  # the path forwarded to the service
+    tag: str | None = None  # a URL mask routed to this traffic tag
+
+
+_MASK_TOKEN = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
+
+
+def _mask_regex(part: str) -> str:
+    out = re.escape(part)
+    for token in ("service", "tag"):
+        out = out.replace(re.escape(f"<{token}>"), f"(?P<{token}>{_MASK_TOKEN})")
+    return out
+
+
+def match_mask(mask: str, hostname: str, path: str) -> tuple[str, str | None] | None:
+    """(service, tag) that a serverless NEG URL mask parses from a request, or None."""
+    host_part, _, path_part = mask.partition("/")
+    groups: dict[str, str] = {}
+    if host_part:
+        m = re.fullmatch(_mask_regex(host_part.lower()), hostname)
+        if m is None:
+            return None
+        groups.update({k: v for k, v in m.groupdict().items() if v})
+    if path_part:
+        m = re.match("/" + _mask_regex(path_part.strip("/")) + r"(?:/|$)", path)
+        if m is None:
+            return None
+        groups.update({k: v for k, v in m.groupdict().items() if v})
+    if "service" not in groups:
+        return None
+    return groups["service"], groups.get("tag")
 
 
 def _prefix_match(path: str, prefix: str) -> bool:
@@ -65,31 +128,43 @@ def _prefix_match(path: str, prefix: str) -> bool:
     return bare == "" or path == bare or path.startswith(bare + "/")
 
 
-def _strip(path: str, prefix: str) -> str:
+def _rewrite(path: str, prefix: str, replacement: str) -> str:
+    """urlRewrite.pathPrefixRewrite: the matched prefix of the path is replaced by `replacement`."""
     rest = path[len(prefix.rstrip("/")):]
-    return rest if rest.startswith("/") else "/" + rest
+    if not rest:
+        return replacement
+    return replacement.rstrip("/") + (rest if rest.startswith("/") else "/" + rest)
 
 
-def match_route(config: LbConfig, host: str, path: str, services: set[str]) -> tuple[str, str] | None:
-    """(service, path to forward) for a request to the load balancer, or None (404)."""
+def match_route(config: LbConfig, host: str, path: str, services: set[str]) -> LbMatch | None:
+    """Where the load balancer sends a request (service, forwarded path, tag), or None (404)."""
     hostname = host.split(":", 1)[0].lower()
-    candidates = [
-        r for r in config.routes
-        if (r.host is None or r.host.lower() == hostname)
-        and (r.path_prefix is None or _prefix_match(path, r.path_prefix))
-    ]
+    candidates: list[tuple[LbRoute, str, str | None]] = []
+    for r in config.routes:
+        if (r.host is not None and r.host.lower() != hostname) or (
+            r.path_prefix is not None and not _prefix_match(path, r.path_prefix)
+        ):
+            continue
+        if r.url_mask is not None:
+            parsed = match_mask(r.url_mask, hostname, path)
+            if parsed is not None:
+                candidates.append((r, *parsed))
+        elif r.service is not None:
+            candidates.append((r, r.service, None))
     if candidates:
-        best = max(candidates, key=lambda r: (r.host is not None, len(r.path_prefix or "")))
-        forwarded = _strip(path, best.path_prefix) if best.path_prefix and best.strip_prefix else path
-        return best.service, forwarded
+        best, service, tag = max(candidates, key=lambda c: (c[0].host is not None, len(c[0].path_prefix or "")))
+        forwarded = path
+        if best.path_prefix is not None and best.path_prefix_rewrite is not None:
+            forwarded = _rewrite(path, best.path_prefix, best.path_prefix_rewrite)
+        return LbMatch(service, forwarded, tag)
     if not config.default_routes:
         return None
     label = hostname.split(".", 1)[0]
     if "." in hostname and label in services:
-        return label, path
+        return LbMatch(label, path)
     first = path.lstrip("/").split("/", 1)[0]
     if first in services:
-        return first, _strip(path, "/" + first)
+        return LbMatch(first, _rewrite(path, "/" + first, "/"))
     return None
 
 
@@ -101,7 +176,8 @@ class Target:
     service: str
     fault_key: str
     pick: Callable[[model.Service], str | None]  # revision for this request
-    path: str | None = None  # forwarded path (LB strips a prefix); None = as received
+    path: str | None = None  # forwarded path (a URL map rewrite); None = as received
+    via: Literal["run.app", "lb"] = "run.app"  # which ingress path the request takes
 
 
 def _unavailable() -> Response:
@@ -110,6 +186,10 @@ def _unavailable() -> Response:
 
 def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
+
+
+def _no_instance() -> Response:
+    return PlainTextResponse(f"Rate exceeded.\n{NO_INSTANCE_MESSAGE}\n", status_code=429)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -224,11 +304,15 @@ class ProxyHub:
 
         return app
 
-    def _tag_app(self, service: str, tag: str) -> ASGIApp:
+    @staticmethod
+    def _tag_pick(tag: str) -> Callable[[model.Service], str | None]:
         def pick(svc: model.Service) -> str | None:
             return next((s.revision for s in svc.traffic_statuses if s.tag == tag and s.revision), None)
 
-        target = Target(service, f"proxy.tag.{service}.{tag}", pick)
+        return pick
+
+    def _tag_app(self, service: str, tag: str) -> ASGIApp:
+        target = Target(service, f"proxy.tag.{service}.{tag}", self._tag_pick(tag))
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
@@ -244,8 +328,9 @@ class ProxyHub:
         if routed is None:
             await _not_found()(scope, receive, send)
             return
-        service, path = routed
-        await self.forward(scope, receive, send, Target(service, f"proxy.lb.{service}", self._split, path))
+        pick = self._split if routed.tag is None else self._tag_pick(routed.tag)
+        await self.forward(scope, receive, send,
+                           Target(routed.service, f"proxy.lb.{routed.service}", pick, routed.path, via="lb"))
 
     # ---------------------------------------------------------- forwarding
 
@@ -256,8 +341,13 @@ class ProxyHub:
         if svc is None:
             await _not_found()(scope, receive, counting)
             return
+        if not model.ingress_admits(svc.spec.get("ingress"), target.via):
+            # closed by the service's ingress setting: the request never reaches it (404 as observed)
+            await _not_found()(scope, receive, send)
+            return
         revision = target.pick(svc) or ""
         body = b""
+        instance_id: str | None = None
         try:
             fault = await self.faults.apply(target.fault_key)
             if fault is not None:
@@ -268,14 +358,22 @@ class ProxyHub:
             except ValueError:
                 await PlainTextResponse("Request Entity Too Large", status_code=413)(scope, receive, counting)
                 return
-            instance = self.backend.instance(target.service, revision) if revision else None
-            port = await instance.acquire(self.backend.behavior(target.service).cold_start_hold_s) if instance else None
-            if instance is None or port is None:
+            instances = self.backend.instance(target.service, revision) if revision else None
+            behavior = self.backend.behavior(target.service)
+            try:
+                instance = await instances.acquire(behavior.cold_start_hold_s, behavior.queue_timeout_s) \
+                    if instances else None
+            except NoAvailableInstance:
+                await _no_instance()(scope, receive, counting)
+                return
+            if instance is None or instance.port is None:
+                if instance is not None:
+                    instance.end_request()
                 await _unavailable()(scope, receive, counting)
                 return
-            instance.begin_request()
+            instance_id = instance.instance_id
             try:
-                await self._relay(scope, body, port, revision, target, counting)
+                await self._relay(scope, body, instance.port, revision, target, counting)
             finally:
                 instance.end_request()
         finally:
@@ -284,7 +382,7 @@ class ProxyHub:
                     target.service, revision,
                     method=scope["method"], url=_request_url(scope), status=counting.status,
                     latency_s=time.monotonic() - started, user_agent=_header(scope, b"user-agent") or None,
-                    request_size=len(body) or None, response_size=counting.size,
+                    request_size=len(body) or None, response_size=counting.size, instance_id=instance_id,
                 )
 
     async def _relay(self, scope: Scope, body: bytes, port: int, revision: str, target: Target, send: Send) -> None:

@@ -18,9 +18,10 @@ class RunLog:
         self.store.append(system_entry(project=self.project, location=self.location, service=service,
                                        revision=revision, severity=severity, message=message))
 
-    def container(self, service: str, revision: str, stream: Literal["stdout", "stderr"], line: str) -> None:
+    def container(self, service: str, revision: str, stream: Literal["stdout", "stderr"], line: str,
+                  instance_id: str | None = None) -> None:
         self.store.append(container_entry(project=self.project, location=self.location, service=service,
-                                          revision=revision, stream=stream, line=line))
+                                          revision=revision, stream=stream, line=line, instance_id=instance_id))
 
     def request(
         self,
@@ -34,8 +35,10 @@ class RunLog:
         user_agent: str | None,
         request_size: int | None,
         response_size: int | None,
+        instance_id: str | None = None,
     ) -> None:
         self.store.append(request_entry(project=self.project, location=self.location, service=service,
                                         revision=revision, method=method, url=url, status=status,
                                         latency_s=latency_s, user_agent=user_agent,
-                                        request_size=request_size, response_size=response_size))
+                                        request_size=request_size, response_size=response_size,
+                                        instance_id=instance_id))

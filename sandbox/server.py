@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -49,8 +49,11 @@ class ServeOptions:
 class BehaviorBody(BaseModel):
     cold_start_hold_s: float | None = None
     scale_to_zero_after_s: float | None = None
+    reconcile_delay_s: float | None = None
+    warm_instances: int | None = Field(None, ge=1)
+    queue_timeout_s: float | None = None
 
-    @field_validator("cold_start_hold_s", "scale_to_zero_after_s")
+    @field_validator("cold_start_hold_s", "scale_to_zero_after_s", "reconcile_delay_s", "queue_timeout_s")
     @classmethod
     def _non_negative(cls, value: float | None) -> float | None:
         if value is not None and value < 0:
@@ -133,6 +136,10 @@ class SandboxServer:
                 cold_start_hold_s=current.cold_start_hold_s if body.cold_start_hold_s is None else body.cold_start_hold_s,
                 scale_to_zero_after_s=body.scale_to_zero_after_s if "scale_to_zero_after_s" in body.model_fields_set
                 else current.scale_to_zero_after_s,
+                reconcile_delay_s=current.reconcile_delay_s if body.reconcile_delay_s is None
+                else body.reconcile_delay_s,
+                warm_instances=current.warm_instances if body.warm_instances is None else body.warm_instances,
+                queue_timeout_s=current.queue_timeout_s if body.queue_timeout_s is None else body.queue_timeout_s,
             )
             self.orch.behaviors[request.path_params["service"]] = updated
             return JSONResponse(asdict(updated))

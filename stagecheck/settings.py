@@ -74,6 +74,11 @@ class UrlKind(StrEnum):
     LB = "lb"  # the load balancer in front of the service
 
 
+class AfterPass(StrEnum):
+    LATEST = "latest"  # LATEST=100 after a passed release: the next `gcloud run deploy` serves its revision
+    PINNED = "pinned"  # the validated revision stays pinned at 100 % (a later deploy gets 0 % until shifted)
+
+
 class DegradedPolicy(StrEnum):
     WARN = "warn"
     FAIL = "fail"
@@ -116,6 +121,8 @@ class ProbePolicy(Strict):
 class TrafficPlan(Strict):
     steps: tuple[int, ...] = Field((100,), description="percent to the new revision per step; last is 100")
     hold_s: float = Field(0.0, ge=0, description="wait (and watch) this long after each canary step")
+    after_pass: AfterPass = Field(AfterPass.LATEST, description="traffic after a passed release: latest | pinned")
+    keep_tags: int = Field(3, ge=1, description="stagecheck's own sc-* tags kept (newest); older ones are removed")
 
     @field_validator("steps")
     @classmethod
@@ -313,6 +320,11 @@ class Settings(BaseModel):
     registry: str = Field(description="image registry, e.g. REGION-docker.pkg.dev/PROJECT/REPO")
     services: tuple[ServiceConfig, ...]
     lb_url: str | None = Field(None, description="load balancer base URL; LB probes are skipped without it")
+    lb_tag_url: str | None = Field(
+        None, description="URL the load balancer serves a revision tag at (serverless NEG URL mask), with {tag} "
+        "and {service}, e.g. https://{tag}.tags.staging.example.com; the candidate is probed there before traffic")
+    lb_tag_host: str | None = Field(
+        None, description="Host header for lb_tag_url when the LB is reached by address, with {tag} and {service}")
     endpoints: Endpoints = Endpoints()
     docker_host: str | None = Field(None, description="Docker Engine; default DOCKER_HOST / local socket")
     probes: ProbePolicy = ProbePolicy()
@@ -349,6 +361,26 @@ class Settings(BaseModel):
         if v is not None and not re.match(r"^https?://", v):
             raise ValueError("lb_url needs an http:// or https:// scheme")
         return v.rstrip("/") if v else v
+
+    @field_validator("lb_tag_url", "lb_tag_host")
+    @classmethod
+    def _tag_template(cls, v: str | None, info: Any) -> str | None:
+        if v is None:
+            return v
+        fields = set(re.findall(r"\{([^{}]*)\}", v))
+        if fields - {"tag", "service"}:
+            raise ValueError(f"only {{tag}} and {{service}} may be used, not {sorted(fields - {'tag', 'service'})}")
+        if info.field_name == "lb_tag_url" and not re.match(r"^https?://", v):
+            raise ValueError("lb_tag_url needs an http:// or https:// scheme")
+        return v.rstrip("/")
+
+    def lb_tag_target(self, tag: str, service: str) -> tuple[str, dict[str, str]] | None:
+        """(URL, headers) at which the load balancer serves `tag` of `service`, when configured."""
+        if self.lb_tag_url is None:
+            return None
+        url = self.lb_tag_url.format(tag=tag, service=service)
+        headers = {"Host": self.lb_tag_host.format(tag=tag, service=service)} if self.lb_tag_host else {}
+        return url, headers
 
     @model_validator(mode="after")
     def _unique_services(self) -> Settings:

@@ -9,13 +9,15 @@ percents summing to exactly 100.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from stagecheck.model import TrafficTarget
 from stagecheck.settings import TrafficPlan
 
 LATEST = "LATEST"
 TAG_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+OWN_TAG_RE = re.compile(r"^sc-[0-9a-f]{7,40}$")  # the tags stagecheck gives its candidates (sc-<sha>)
 
 
 def _target(revision: str | None, percent: int, tag: str | None = None) -> TrafficTarget:
@@ -30,7 +32,7 @@ def _check_tag(tag: str) -> None:
 
 
 def _require_pinned(split: Sequence[TrafficTarget], what: str) -> None:
-    if any(t.latest for t in split):
+    if any(t.latest and t.percent > 0 for t in split):
         raise ValueError(f"{what}: the split still routes to LATEST; pin it to a concrete revision first")
 
 
@@ -54,16 +56,19 @@ def _merge(split: Sequence[TrafficTarget]) -> list[TrafficTarget]:
 def pin_latest(split: Sequence[TrafficTarget], latest_ready_revision: str | None) -> list[TrafficTarget]:
     """LATEST -> `latest_ready_revision`, so deploying a new template does not move traffic.
 
-    Targets of the same revision are merged. Raises ValueError when LATEST is present and no ready
-    revision is known (nothing to pin to: deciding blindly could move traffic).
+    Only targets that carry a percentage are pinned: a tag-only 0 % LATEST target keeps following the
+    latest revision (it serves nothing). Targets of the same revision are merged. Raises ValueError
+    when LATEST carries traffic and no ready revision is known (nothing to pin to: deciding blindly
+    could move traffic).
     """
-    if any(t.latest for t in split):
+    if any(t.latest and t.percent > 0 for t in split):
         if not latest_ready_revision:
             share = sum(t.percent for t in split if t.latest)
             raise ValueError(
                 f"the split sends {share} % to LATEST but the service has no ready revision to pin"
             )
-    pinned = [_target(latest_ready_revision if t.latest else t.revision, t.percent, t.tag) for t in split]
+    pinned = [_target(latest_ready_revision if t.latest and t.percent > 0 else t.revision, t.percent, t.tag)
+              for t in split]
     return _merge(pinned)
 
 
@@ -166,6 +171,43 @@ def rollback_split(
             restored.append(_target(candidate_revision, 0, candidate_tag))
     validate_split(restored)
     return restored
+
+
+def latest_serves(split: Sequence[TrafficTarget]) -> list[TrafficTarget]:
+    """"Latest revision serves": LATEST=100, every tag kept on a 0 % target of the revision that held it,
+    so the next `gcloud run deploy` (without --no-traffic) sends traffic to its new revision."""
+    out = [_target(None, 100)]
+    out += [_target(t.revision, 0, t.tag) for t in split if t.tag is not None]
+    validate_split(out)
+    return out
+
+
+def prune_own_tags(
+    split: Sequence[TrafficTarget], keep: int, created: Mapping[str, datetime | None], current_tag: str | None
+) -> tuple[list[TrafficTarget], list[str]]:
+    """(split, removed tags): stagecheck's own `sc-*` tags beyond the `keep` newest (by the creation of
+    the revision they point to; the current candidate's tag counts first) lose their tag; a 0 % target
+    left without a tag is dropped, a serving one stays untagged. Tags that are not ours are never touched."""
+    if keep < 1:
+        raise ValueError("keep at least the current candidate's tag (keep >= 1)")
+    own = [t for t in split if t.tag is not None and OWN_TAG_RE.match(t.tag)]
+
+    def age_key(t: TrafficTarget) -> tuple[bool, float]:
+        when = created.get(t.revision or "")
+        return t.tag != current_tag, -(when.timestamp() if when else float("-inf"))
+
+    removed = [t.tag for t in sorted(own, key=age_key)[keep:] if t.tag is not None]
+    out = [_target(t.revision, t.percent, None if t.tag in removed else t.tag) for t in split]
+    return [t for t in out if t.percent > 0 or t.tag is not None], removed
+
+
+def without_unready(split: Sequence[TrafficTarget], not_ready: set[str]) -> tuple[list[TrafficTarget], list[TrafficTarget]]:
+    """(split, dropped): the 0 % targets whose revision is not Ready are dropped — a stale target to a
+    failed revision makes Cloud Run fail every later update with that revision's error. A target that
+    carries traffic is never dropped here (that would move traffic)."""
+    kept = [t for t in split if t.percent > 0 or t.revision is None or t.revision not in not_ready]
+    dropped = [t for t in split if t not in kept]
+    return kept, dropped
 
 
 def validate_split(split: Sequence[TrafficTarget]) -> None:

@@ -5,14 +5,15 @@ permission problem fail here, before anything is built."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, revision_info, split_from_proto
+from stagecheck.clients.cloudrun import CloudRun, ingress_name, revision_info, split_from_proto
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
-from stagecheck.traffic import describe, pin_latest
+from stagecheck.traffic import describe, pin_latest, without_unready
 from tasks.common import guarded
 
 
@@ -24,6 +25,8 @@ class ServiceSnapshot:
     latest_ready: str | None = None
     uri: str | None = None
     previous: RevisionInfo | None = None  # the serving revision with the most traffic
+    ingress: str = ""  # the service's ingress setting (enum name; "" = unset, all traffic)
+    stale: list[TrafficTarget] = field(default_factory=list)  # 0 % targets of revisions that are not Ready
 
     @property
     def image(self) -> str | None:
@@ -37,10 +40,15 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
     traffic = split_from_proto(svc.traffic)
     latest_ready = svc.latest_ready_revision.rsplit("/", 1)[-1] or None
     serving = pin_latest(traffic, latest_ready) if traffic else []
+    # a 0 % target of a revision that is not Ready (e.g. left by a failed deploy) would make the next
+    # update fail with that revision's error: it is not carried into the candidate's split
+    idle = sorted({t.revision for t in serving if t.percent == 0 and t.revision})
+    ready = await asyncio.gather(*(cloudrun.revision_ready(service, name) for name in idle))
+    serving, stale = without_unready(serving, {name for name, ok in zip(idle, ready, strict=True) if not ok})
     main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
     previous = revision_info(await cloudrun.get_revision(service, main.revision)) if main and main.revision else None
     return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,
-                           uri=svc.uri or None, previous=previous)
+                           uri=svc.uri or None, previous=previous, ingress=ingress_name(svc), stale=stale)
 
 
 @task(name="inspect", cache_policy=NO_CACHE)
@@ -54,6 +62,9 @@ async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult
             observed = "service does not exist yet: first deployment, nothing to roll back to"
         else:
             observed = f"serving {describe(snapshot.serving) or 'nothing'}"
+            if snapshot.stale:
+                observed += (f"; stale targets of revisions that are not Ready will be dropped: "
+                             f"{describe(snapshot.stale)}")
         return StageResult(
             name="inspect", status=Status.PASS, summary=observed,
             evidence=[Evidence(kind="traffic", summary=observed,

@@ -1,54 +1,184 @@
-"""Stages `traffic` (one shift step) and `rollback` (restore the remembered split)."""
+"""Stages `traffic` (one shift step), `release` (the split a passed release leaves) and `rollback`
+(restore the remembered split, also after a failed deploy).
+
+Every change is verified against `traffic_statuses` (what serves) once Cloud Run has reconciled the
+service, never against `traffic` (what was asked): while `reconciling` is true the two differ."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, split_from_proto
+from stagecheck.clients.cloudrun import CloudRun, proto_time, split_from_proto, split_from_statuses
 from stagecheck.model import Criterion, Evidence, StageResult, Status, TrafficTarget
-from stagecheck.traffic import describe, serving_revisions
+from stagecheck.settings import AfterPass
+from stagecheck.traffic import (
+    OWN_TAG_RE,
+    describe,
+    latest_serves,
+    prune_own_tags,
+    serving_revisions,
+    without_unready,
+)
 from tasks.common import guarded
 
 
-def split_result(stage: str, criterion: str, requested: list[TrafficTarget], applied: list[TrafficTarget],
-                 done: str) -> StageResult:
-    """Pure: PASS when the service now serves what was asked (revision -> percent), else FAIL."""
-    ok = serving_revisions(requested) == serving_revisions(applied)
-    observed = describe(applied)
-    summary = f"{done}: {observed}" if ok else f"{done}: asked {describe(requested)}, got {observed}"
+def _resolved(split: Sequence[TrafficTarget], latest: str | None) -> dict[str, int]:
+    """Revision -> percent, LATEST resolved to `latest` when known."""
+    out: dict[str, int] = {}
+    for revision, percent in serving_revisions(split).items():
+        key = latest if revision == "LATEST" and latest else revision
+        out[key] = out.get(key, 0) + percent
+    return out
+
+
+def split_result(stage: str, criterion: str, requested: list[TrafficTarget], served: list[TrafficTarget],
+                 done: str, *, latest: str | None = None, reconciled: bool = True) -> StageResult:
+    """Pure: PASS when the service now SERVES what was asked (revision -> percent, from
+    `traffic_statuses`; a LATEST target counts for `latest`, the revision it must resolve to) and
+    Cloud Run finished reconciling; else FAIL."""
+    ok = reconciled and _resolved(requested, latest) == _resolved(served, None)
+    observed = describe(served) + ("" if reconciled else " (still reconciling)")
+    summary = f"{done}: {observed}" if ok else f"{done}: asked {describe(requested)}, serving {observed}"
     status = Status.PASS if ok else Status.FAIL
     return StageResult(
         name=stage, status=status, summary=summary,
         evidence=[Evidence(kind="traffic", summary=summary,
                            data={"requested": [t.model_dump() for t in requested],
-                                 "applied": [t.model_dump() for t in applied]})],
+                                 "applied": [t.model_dump() for t in served], "reconciled": reconciled})],
         criteria=[Criterion(name=criterion, stage=stage, status=status, expected=describe(requested),
                             observed=observed)],
     )
 
 
+async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float
+                           ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
+    """Send `split`, wait for the operation, then for reconciliation; (requested as stored, serving, reconciled)."""
+    await cloudrun.set_traffic(service, split, timeout_s)
+    svc = await cloudrun.wait_served(service, timeout_s=timeout_s)
+    reconciled = not svc.reconciling and svc.observed_generation >= svc.generation
+    return split_from_proto(svc.traffic), split_from_statuses(svc.traffic_statuses), reconciled
+
+
 async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float, stage: str,
-                 criterion: str, done: str) -> tuple[StageResult, list[TrafficTarget]]:
+                 criterion: str, done: str, latest: str | None = None) -> tuple[StageResult, list[TrafficTarget]]:
     applied: list[TrafficTarget] = []
 
     async def body() -> StageResult:
         nonlocal applied
-        svc = await cloudrun.set_traffic(service, split, timeout_s)
-        applied = split_from_proto(svc.traffic)
-        return split_result(stage, criterion, split, applied, done)
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s)
+        applied = stored
+        return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled)
 
     return await guarded(stage, body), applied
+
+
+async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[TrafficTarget]) -> dict[str, datetime | None]:
+    """Creation time of each revision that holds one of stagecheck's own tags (None: unknown / gone)."""
+    revisions = sorted({t.revision for t in split if t.revision and t.tag and OWN_TAG_RE.match(t.tag)})
+
+    async def created(revision: str) -> datetime | None:
+        try:
+            return proto_time((await cloudrun.get_revision(service, revision)).create_time)
+        except Exception:  # a revision that cannot be read sorts as the oldest
+            return None
+
+    return dict(zip(revisions, await asyncio.gather(*(created(r) for r in revisions)), strict=True))
 
 
 @task(name="shift-traffic", cache_policy=NO_CACHE)
 async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
                         step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
+    """One step of the traffic plan, verified against what serves."""
     return await _apply(cloudrun, service, split, timeout_s, "traffic", f"Traffic shifted ({step_label})", step_label)
 
 
 @task(name="rollback", cache_policy=NO_CACHE)
 async def rollback_traffic(cloudrun: CloudRun, service: str, restore: list[TrafficTarget], timeout_s: float,
                            reason: str) -> tuple[StageResult, list[TrafficTarget]]:
+    """Restore the remembered split after a failed gate, verified against what serves."""
     return await _apply(cloudrun, service, restore, timeout_s, "rollback", "Traffic restored to the previous split",
                         f"rolled back after {reason}")
+
+
+@task(name="release-traffic", cache_policy=NO_CACHE)
+async def finish_release(cloudrun: CloudRun, service: str, current: list[TrafficTarget], candidate: str, tag: str,
+                         after_pass: AfterPass, keep_tags: int, timeout_s: float
+                         ) -> tuple[StageResult, list[TrafficTarget]]:
+    """After a passed release: "latest" returns the service to LATEST=100 (the next `gcloud run deploy`
+    then serves its revision), "pinned" keeps the candidate pinned at 100 %; either way stagecheck's own
+    `sc-*` tags beyond the `keep_tags` newest are removed."""
+    applied: list[TrafficTarget] = []
+
+    async def body() -> StageResult:
+        nonlocal applied
+        ages = await own_tag_ages(cloudrun, service, current)
+        pruned, removed = prune_own_tags(current, keep_tags, ages, tag)
+        final = latest_serves(pruned) if after_pass == AfterPass.LATEST else pruned
+        what = "latest revision serves (LATEST=100)" if after_pass == AfterPass.LATEST else f"{candidate} pinned"
+        if removed:
+            what += f"; removed old stagecheck tags {', '.join(removed)}"
+        if final == list(current):
+            applied = list(current)
+            return StageResult(name="release", status=Status.PASS, summary=f"release: {what}; nothing to change",
+                               criteria=[Criterion(name="Service left as after a release", stage="release",
+                                                   status=Status.PASS, expected=what, observed=describe(current))])
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s)
+        applied = stored
+        result = split_result("release", f"Service left as after a release ({after_pass})", final, served,
+                              f"release: {what}", latest=candidate, reconciled=reconciled)
+        result.data["removed_tags"] = removed
+        return result
+
+    return await guarded("release", body), applied
+
+
+@task(name="restore-after-failed-deploy", cache_policy=NO_CACHE)
+async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remembered: list[TrafficTarget],
+                                      candidate: str, tag: str, keep_tags: int, timeout_s: float
+                                      ) -> tuple[StageResult, list[TrafficTarget]]:
+    """After a failed deploy: put back the split remembered before it, without the candidate's target and
+    without any 0 % target whose revision is not Ready (a stale target to a failed revision makes
+    every later update of the service fail with that revision's error)."""
+    applied: list[TrafficTarget] = []
+
+    async def body() -> StageResult:
+        nonlocal applied
+        current = await cloudrun.get_service(service)
+        if current is None:
+            return StageResult(name="rollback", status=Status.FAIL, summary=f"service {service} disappeared",
+                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage="rollback",
+                                                   status=Status.FAIL, expected=describe(remembered),
+                                                   observed="service not found")])
+        now = split_from_proto(current.traffic)
+        names = sorted({t.revision for t in [*remembered, *now] if t.revision and t.revision != candidate})
+        ready = await asyncio.gather(*(cloudrun.revision_ready(service, name) for name in names))
+        not_ready = {candidate} | {name for name, ok in zip(names, ready, strict=True) if not ok}
+        restore, dropped = without_unready(remembered, not_ready)
+        restore = [t for t in restore if t.tag != tag]
+        ages = await own_tag_ages(cloudrun, service, restore)
+        restore, removed = prune_own_tags(restore, keep_tags, ages, None)
+        notes = [f"dropped targets of revisions that are not Ready: {describe(dropped)}"] if dropped else []
+        notes += [f"removed old stagecheck tags {', '.join(removed)}"] if removed else []
+        done = "failed deploy cleaned up" + (f" ({'; '.join(notes)})" if notes else "")
+        if now == restore:
+            applied = now
+            return StageResult(name="rollback", status=Status.PASS, summary=f"{done}: the split is unchanged",
+                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage="rollback",
+                                                   status=Status.PASS, expected=describe(restore),
+                                                   observed=describe(now))])
+        latest = current.latest_ready_revision.rsplit("/", 1)[-1] or None  # the failed candidate never is
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, restore, timeout_s)
+        applied = stored
+        result = split_result("rollback", "Traffic restored after the failed deploy", restore, served, done,
+                              latest=latest, reconciled=reconciled)
+        if any(t.revision == candidate for t in stored):
+            result.status = Status.FAIL
+            result.summary = f"{done}: the failed revision {candidate} is still a traffic target"
+        return result
+
+    return await guarded("rollback", body), applied

@@ -10,13 +10,16 @@ from stagecheck.model import TrafficTarget
 from stagecheck.settings import TrafficPlan
 from stagecheck.traffic import (
     describe,
+    latest_serves,
     pin_latest,
     plan_steps,
+    prune_own_tags,
     rollback_split,
     serving_revisions,
     split_for_step,
     validate_split,
     with_tagged_candidate,
+    without_unready,
 )
 
 
@@ -234,3 +237,51 @@ def test_rollback_refuses_latest_and_invalid_before() -> None:
         rollback_split([T(None, 100)], "svc-2", "sc-abc")
     with pytest.raises(ValueError, match="sum to 50"):
         rollback_split([T("svc-1", 50)], "svc-2", "sc-abc")
+
+
+# --- release hygiene: only serving targets pinned, latest serves, own tags pruned, unready dropped -------
+
+
+def test_pin_latest_pins_only_targets_that_carry_a_percentage() -> None:
+    split = [T("svc-1", 100), T(None, 0, "head")]
+    assert as_tuples(pin_latest(split, "svc-1")) == [("svc-1", 100, None), (None, 0, "head")]
+    # a tag-only LATEST target needs no ready revision and does not count as unpinned traffic
+    assert as_tuples(pin_latest([T("svc-1", 100), T(None, 0, "head")], None)) == [("svc-1", 100, None), (None, 0, "head")]
+    assert as_tuples(with_tagged_candidate([T("svc-1", 100), T(None, 0, "head")], "svc-2", "sc-abc1234")) == [
+        ("svc-1", 100, None), (None, 0, "head"), ("svc-2", 0, "sc-abc1234")]
+
+
+def test_latest_serves_keeps_every_tag_at_zero_percent() -> None:
+    final = latest_serves([T("svc-2", 100, "sc-abc1234"), T("svc-1", 0, "prev"), T("svc-0", 0, "blue")])
+    assert as_tuples(final) == [(None, 100, None), ("svc-2", 0, "sc-abc1234"), ("svc-1", 0, "prev"),
+                                ("svc-0", 0, "blue")]
+    assert as_tuples(latest_serves([T("svc-2", 100)])) == [(None, 100, None)]
+
+
+def test_prune_own_tags_keeps_the_newest_and_never_foreign_tags() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    split = [T("r5", 100, "sc-5555555"), T("r4", 0, "sc-4444444"), T("r3", 0, "sc-3333333"),
+             T("r2", 0, "sc-2222222"), T("r1", 0, "sc-1111111"), T("r1", 0, "blue"), T("r0", 0, "sc-mine")]
+    created = {f"r{i}": t0 + timedelta(minutes=i) for i in range(6)}
+    pruned, removed = prune_own_tags(split, 3, created, "sc-5555555")
+    assert removed == ["sc-2222222", "sc-1111111"]
+    assert as_tuples(pruned) == [("r5", 100, "sc-5555555"), ("r4", 0, "sc-4444444"), ("r3", 0, "sc-3333333"),
+                                 ("r1", 0, "blue"), ("r0", 0, "sc-mine")]
+    # the current candidate's tag counts first even when its revision's time is unknown; a serving
+    # target that loses its tag stays, untagged
+    pruned, removed = prune_own_tags([T("old", 100, "sc-aaaaaaa"), T("new", 0, "sc-bbbbbbb")], 1, {},
+                                     "sc-bbbbbbb")
+    assert removed == ["sc-aaaaaaa"] and as_tuples(pruned) == [("old", 100, None), ("new", 0, "sc-bbbbbbb")]
+    with pytest.raises(ValueError, match="keep"):
+        prune_own_tags(split, 0, created, None)
+
+
+def test_without_unready_drops_only_zero_percent_targets_of_unready_revisions() -> None:
+    split = [T("good", 100), T("failed", 0, "sc-1234567"), T(None, 0, "head"), T("sick", 0, "blue")]
+    kept, dropped = without_unready(split, {"failed", "sick"})
+    assert as_tuples(kept) == [("good", 100, None), (None, 0, "head")]
+    assert as_tuples(dropped) == [("failed", 0, "sc-1234567"), ("sick", 0, "blue")]
+    kept, dropped = without_unready([T("serving-but-unready", 100)], {"serving-but-unready"})
+    assert as_tuples(kept) == [("serving-but-unready", 100, None)] and dropped == []

@@ -98,6 +98,17 @@ def split_from_proto(traffic: Sequence[Any]) -> list[TrafficTarget]:
     return out
 
 
+def split_from_statuses(statuses: Sequence[Any]) -> list[TrafficTarget]:
+    """What serves (`traffic_statuses`), each target with its concrete revision (LATEST resolved)."""
+    return [TrafficTarget(revision=s.revision or None, percent=int(s.percent), tag=s.tag or None) for s in statuses]
+
+
+def ingress_name(service: Any) -> str:
+    """The service's ingress setting as its enum name ('' when unset, which means all traffic)."""
+    value: Any = getattr(service, "ingress", 0)
+    return str(value.name) if value else ""
+
+
 def split_to_proto(split: Sequence[TrafficTarget]) -> list[run_v2.TrafficTarget]:
     out = []
     for t in split:
@@ -121,15 +132,25 @@ def proto_time(ts: Any) -> datetime | None:
     return ts if isinstance(ts, datetime) and ts.year > 1970 else None
 
 
+def condition_reason(cond: Any) -> str:
+    """The reason of a Condition: `reason` (CommonReason), else `revision_reason` (e.g.
+    HEALTH_CHECK_CONTAINER_ERROR) or `execution_reason` — the oneof Cloud Run fills for revisions."""
+    for attr in ("reason", "revision_reason", "execution_reason"):
+        value: Any = getattr(cond, attr, 0)
+        if value:
+            return str(value.name)
+    return ""
+
+
 def ready_condition(conditions: Sequence[Any]) -> ReadyState:
     """The `Ready` condition, found by type (never by position)."""
     for cond in conditions:
         if cond.type_ == "Ready":
             when = proto_time(cond.last_transition_time)
             if cond.state == _SUCCEEDED:
-                return ReadyState(True, cond.message, cond.reason.name if cond.reason else "", when)
+                return ReadyState(True, cond.message, condition_reason(cond), when)
             if cond.state == _FAILED:
-                return ReadyState(False, cond.message, cond.reason.name if cond.reason else "", when)
+                return ReadyState(False, cond.message, condition_reason(cond), when)
             return ReadyState(None, cond.message, "", when)
     return ReadyState(None, "no Ready condition yet", "", None)
 
@@ -391,6 +412,29 @@ class CloudRun:
             raise StageError(f"service {service} disappeared while shifting traffic")
         op, _ = await self.update_with_retry(current, lambda _: (None, split), update_mask=TRAFFIC_MASK)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
+
+    async def wait_served(self, service: str, *, timeout_s: float, interval_s: float = 0.2) -> run_v2.Service:
+        """The service once Cloud Run has reconciled it (`reconciling` false, `observed_generation` caught up
+        with `generation`), so its `traffic_statuses` say what serves; the last read when the deadline passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            svc = await self.get_service(service)
+            if svc is None:
+                raise StageError(f"service {service} disappeared while its traffic was being verified")
+            if (not svc.reconciling and svc.observed_generation >= svc.generation) or time.monotonic() >= deadline:
+                return svc
+            await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
+            interval_s = min(interval_s * 1.5, 2.0)
+
+    async def revision_ready(self, service: str, revision: str) -> bool:
+        """Whether the revision exists and its Ready condition SUCCEEDED."""
+        try:
+            rev = await self.get_revision(service, revision)
+        except StageError as exc:
+            if "not found" in exc.message:
+                return False
+            raise
+        return ready_condition(rev.conditions).ready is True
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,
                                   interval_s: float = 0.25) -> tuple[run_v2.Revision | None, ReadyState]:

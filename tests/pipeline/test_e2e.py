@@ -334,3 +334,152 @@ async def test_two_services_in_one_run(prefect_api: None, scenario: Any, run_cli
     assert run.artifact("stagecheck-run").type == "markdown"
     for name in (one, two):
         assert_common_artifacts(run, name, "pass")
+
+
+# ---------------------------------------------------------------- traffic as it is, cleanup, ingress
+
+
+def _stored(run_clients: Any, service: str) -> list[tuple[str, int, str]]:
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    return [("LATEST" if t.type_ == LATEST else t.revision, t.percent, t.tag) for t in svc.traffic]
+
+
+async def test_failed_deploy_leaves_no_candidate_target_and_the_next_update_works(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    service = created("stale")
+    before = baseline(run_clients, service, sample_image.digest_ref)
+    assert _stored(run_clients, service) == [("LATEST", 100, "")]
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc", "env": {"CRASH_ON_START": "1"}}])
+    scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service)
+    assert report["verdict"] == "fail" and report["decided_by"] == "deploy"
+    candidate = report["revision"]["name"]
+    cleanup = run.stage(service, "rollback")
+    assert cleanup["status"] == "PASS", cleanup["summary"]
+    # the split is back as configured (LATEST stays LATEST), the failed candidate is no target any more
+    assert _stored(run_clients, service) == [("LATEST", 100, "")]
+    assert serving(run_clients, service) == {before: 100}
+    assert report["rollback"]["performed"] is True and "never moved" in report["rollback"]["message"]
+    # so the next deploy (gcloud-style read-modify-write of the whole service) is not broken by it
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.template.revision = ""
+    svc.template.containers[0].env = [run_v2.EnvVar(name="NEXT", value="1")]
+    after = run_clients.services.update_service(service=svc).result(timeout=60)
+    assert after.latest_ready_revision.rsplit("/", 1)[-1] not in (before, candidate)
+
+
+async def test_passed_release_returns_to_latest_and_prunes_old_own_tags(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    from tests.fixtures_sandbox import FAST_POLL
+
+    service = created("rel")
+    first = baseline(run_clients, service, sample_image.digest_ref)
+    # three older stagecheck tags (oldest first) and a foreign one, as earlier releases would leave them
+    revisions = [first]
+    for i in range(2):
+        svc = run_clients.services.get_service(name=run_clients.service_name(service))
+        svc.template.containers[0].env = [run_v2.EnvVar(name="N", value=str(i))]
+        svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+        revisions.append(svc.latest_ready_revision.rsplit("/", 1)[-1])
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100)] + [
+        run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                             revision=rev, tag=tag)
+        for rev, tag in ((revisions[0], "sc-0000001"), (revisions[1], "sc-0000002"), (revisions[2], "sc-0000003"),
+                         (revisions[0], "blue"))]
+    run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+    config.write_text(config.read_text().replace("[traffic]\n", "[traffic]\nafter_pass = \"latest\"\nkeep_tags = 2\n"))
+    sha = scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    candidate = report["revision"]["name"]
+    release = run.stage(service, "release")
+    assert release["status"] == "PASS" and "LATEST=100" in release["summary"]
+    stored = _stored(run_clients, service)
+    assert stored[0] == ("LATEST", 100, "")  # the next `gcloud run deploy` serves its own revision
+    tags = {tag: (rev, pct) for rev, pct, tag in stored if tag}
+    # the two newest own tags are kept (the candidate's and sc-0000003), the foreign tag always
+    assert tags == {f"sc-{sha[:7]}": (candidate, 0), "sc-0000003": (revisions[2], 0), "blue": (revisions[0], 0)}
+    assert serving(run_clients, service) == {candidate: 100}
+    assert release["data"]["removed_tags"] == ["sc-0000002", "sc-0000001"]
+    # the probes reached the candidate's two instances: its request log names both
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as gcl
+
+    sandbox = scenario.sandbox
+    logs = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
+                      client_options={"api_endpoint": sandbox.logging_api})
+    entries = logs.list_entries(filter_=(f'logName="projects/{sandbox.project}/logs/run.googleapis.com%2Frequests" '
+                                         f'AND resource.labels.revision_name="{candidate}"'))
+    assert len({e.labels["instanceId"] for e in entries}) == 2
+
+
+async def test_ingress_closed_urls_are_advisory_and_the_release_passes_via_the_lb(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    from tests.fixtures_sandbox import FAST_POLL
+
+    service = created("ilb")
+    baseline(run_clients, service, sample_image.digest_ref)
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER
+    run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+    # the LB: /<service>/... (the sandbox's default URL map) and a serverless NEG URL mask for tags
+    run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": [{"url_mask": "<tag>.<service>.tags.sandbox.test"}],
+                                                "default_routes": True})
+    try:
+        scenario.add_service("svc")
+        config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+        lb = scenario.sandbox.lb_url
+        config.write_text(f'lb_tag_url = "{lb}"\nlb_tag_host = "{{tag}}.{{service}}.tags.sandbox.test"\n'
+                          + config.read_text())
+        scenario.commit()
+        run = await run_flow(scenario, config)
+    finally:
+        run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": [], "default_routes": True})
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    tagged = run.stage(service, "probe-tagged")
+    http = [e["data"] for e in tagged["evidence"] if e["kind"] == "http"]
+    assert [(d["url"], d["attempts"][-1]["status"]) for d in http] == [(f"{lb}/health", 200)]  # through the LB
+    closed = [c for c in tagged["criteria"] if c["status"] == "WARN"]
+    assert closed and closed[0]["observed"].startswith("closed by ingress internal-and-cloud-load-balancing")
+    probe = run.stage(service, "probe-serving")
+    kinds = {e["data"]["url_kind"]: e["data"] for e in probe["evidence"] if e["kind"] == "http"}
+    assert set(kinds) == {"lb"} and kinds["lb"]["attempts"][-1]["status"] == 200
+    assert any("closed by ingress" in w for w in report["warnings"])
+    assert not any("closed by ingress" in r for r in report["reasons"])
+
+
+async def test_a_stale_failed_target_left_by_another_deploy_is_dropped_before_deploying(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    from tests.fixtures_sandbox import FAST_POLL
+
+    service = created("stale2")
+    good = baseline(run_clients, service, sample_image.digest_ref)
+    # what a failed `gcloud run deploy --no-traffic --tag cand` leaves behind: a tag-only target to a failed revision
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.template.revision = f"{service}-bad"
+    svc.template.containers[0].env = [run_v2.EnvVar(name="CRASH_ON_START", value="1")]
+    svc.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100),
+                   run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                                        revision=f"{service}-bad", tag="cand")]
+    with pytest.raises(gexc.GoogleAPICallError):
+        run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+    assert ("cand" in {tag for _, _, tag in _stored(run_clients, service)})
+
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+    scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    assert "stale targets of revisions that are not Ready" in run.stage(service, "inspect")["summary"]
+    assert f"{service}-bad" not in {rev for rev, _, _ in _stored(run_clients, service)}
+    assert serving(run_clients, service) == {report["revision"]["name"]: 100}
+    assert report["previous_revision"]["name"] == good

@@ -204,3 +204,92 @@ def test_revision_info_reads_image_resources_scaling_and_times() -> None:
     assert (info.name, info.image, info.cpu, info.memory) == ("web-abc1234-xyz", "r/web@sha256:ab", "2", "1Gi")
     assert (info.min_instances, info.max_instances, info.startup_s) == (1, 4, 3.0)
     assert revision_info(run_v2.Revision(name="x/revisions/bare")).created_at is None
+
+
+# ---------------------------------------------------------------- traffic as it is, ingress, LB tag URL
+
+
+def test_split_result_judges_what_serves_not_what_was_asked() -> None:
+    from tasks.traffic import split_result
+
+    asked = [TrafficTarget(revision="web-2", percent=100, tag="sc-2")]
+    # mid-reconcile: `traffic` already says web-2, `traffic_statuses` still serve web-1
+    still_old = [TrafficTarget(revision="web-1", percent=100)]
+    fooled = split_result("traffic", "Traffic shifted", asked, still_old, "step 1/1: 100 %")
+    assert fooled.status.value == "FAIL" and "serving web-1 100 %" in fooled.summary
+    not_done = split_result("traffic", "Traffic shifted", asked, [TrafficTarget(revision="web-2", percent=100)],
+                            "step 1/1: 100 %", reconciled=False)
+    assert not_done.status.value == "FAIL" and "still reconciling" in not_done.summary
+    # LATEST=100 is verified against the revision it must resolve to
+    latest = [TrafficTarget(revision=None, percent=100), TrafficTarget(revision="web-2", percent=0, tag="sc-2")]
+    served = [TrafficTarget(revision="web-2", percent=100), TrafficTarget(revision="web-2", percent=0, tag="sc-2")]
+    assert split_result("release", "released", latest, served, "release", latest="web-2").status.value == "PASS"
+    assert split_result("release", "released", latest, served, "release", latest="web-1").status.value == "FAIL"
+
+
+def test_split_from_statuses_resolves_latest_to_its_revision() -> None:
+    from stagecheck.clients.cloudrun import split_from_statuses
+
+    statuses = [run_v2.TrafficTargetStatus(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST,
+                                           revision="web-2", percent=100),
+                run_v2.TrafficTargetStatus(revision="web-1", tag="old", uri="http://x")]
+    assert split_from_statuses(statuses) == [TrafficTarget(revision="web-2", percent=100),
+                                             TrafficTarget(revision="web-1", percent=0, tag="old")]
+
+
+def test_ready_condition_reads_revision_reason_too() -> None:
+    failed = run_v2.Condition.State.CONDITION_FAILED
+    by_revision = run_v2.Condition(type_="Ready", state=failed, message="Container called exit(2).",
+                                   revision_reason=run_v2.Condition.RevisionReason.HEALTH_CHECK_CONTAINER_ERROR)
+    assert ready_condition([by_revision]).reason == "HEALTH_CHECK_CONTAINER_ERROR"
+    common = run_v2.Condition(type_="Ready", state=failed, reason=run_v2.Condition.CommonReason.CONTAINER_MISSING)
+    assert ready_condition([common]).reason == "CONTAINER_MISSING"
+
+
+def test_urls_closed_by_ingress_are_advisory_rows_and_the_lb_is_probed() -> None:
+    from flows.validate import tagged_targets
+    from stagecheck.ingress import closed_by_ingress
+
+    lb_ingress = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
+    assert closed_by_ingress("", UrlKind.SERVICE) is None
+    assert closed_by_ingress(lb_ingress, UrlKind.LB) is None
+    assert "internal-and-cloud-load-balancing" in (closed_by_ingress(lb_ingress, UrlKind.TAGGED) or "")
+    assert closed_by_ingress("INGRESS_TRAFFIC_INTERNAL_ONLY", UrlKind.LB) is not None
+
+    s = settings(lb_url="http://127.0.0.1:8781", lb_tag_url="http://127.0.0.1:8781",
+                 lb_tag_host="{tag}.{service}.tags.example.test")
+    targets, rows = serving_targets(s, s.services[0], "http://127.0.0.1:9999", lb_ingress)
+    assert [(t.kind, t.url) for t in targets] == [(UrlKind.LB, "http://127.0.0.1:8781/web/api/health")]
+    assert [(r.status.value, r.name) for r in rows] == [("WARN", "service URL healthy")]
+    assert rows[0].observed.startswith("closed by ingress internal-and-cloud-load-balancing")
+
+    tagged, notes = tagged_targets(s, s.services[0], "sc-abc1234", "http://127.0.0.1:7000", lb_ingress)
+    assert [(t.url, dict(t.headers or {})) for t in tagged] == [
+        ("http://127.0.0.1:8781/health", {"Host": "sc-abc1234.web.tags.example.test"})]
+    assert notes[0].status.value == "WARN" and "closed by ingress" in notes[0].observed
+    open_tagged, open_notes = tagged_targets(s, s.services[0], "sc-abc1234", "http://127.0.0.1:7000")
+    assert [t.url for t in open_tagged] == ["http://127.0.0.1:7000/health", "http://127.0.0.1:8781/health"]
+    assert open_notes == []
+
+
+def test_lb_tag_url_takes_only_tag_and_service() -> None:
+    from stagecheck.settings import ConfigError, load_settings
+
+    good = settings(lb_tag_url="https://{tag}.tags.example.com/{service}/")
+    assert good.lb_tag_target("sc-1", "web") == ("https://sc-1.tags.example.com/web", {})
+    assert settings().lb_tag_target("sc-1", "web") is None
+    with pytest.raises(ValueError, match="only \\{tag\\} and \\{service\\}"):
+        settings(lb_tag_url="https://{revision}.example.com")
+    with pytest.raises(ConfigError, match="after_pass"):
+        load_settings(overrides={"project": "demo-project", "region": "europe-west1", "registry": "r",
+                                 "services": [{"name": "web"}], "traffic": {"after_pass": "sometimes"}})
+
+
+def test_gcp_example_probes_the_lb_without_doubling_the_prefix() -> None:
+    from stagecheck.settings import load_settings
+
+    gcp = load_settings(Path(__file__).resolve().parents[2] / "examples" / "stagecheck.gcp.toml", environ={})
+    targets, _ = serving_targets(gcp, gcp.services[0], "https://sample-abc-ew.a.run.app")
+    assert [t.url for t in targets if t.kind is UrlKind.LB] == ["https://staging.example.com/sample/api/health"]
+    assert gcp.lb_tag_target("sc-abc1234", "sample") == ("https://sc-abc1234.tags.staging.example.com", {})
+    assert gcp.traffic.after_pass.value == "latest" and gcp.traffic.keep_tags == 3

@@ -34,7 +34,8 @@ def test_cold_start_is_held_then_503_then_200(
     name = new_service("cold")
     behavior = run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior",
                                  {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5})
-    assert behavior == {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5}
+    assert behavior == {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5, "reconcile_delay_s": 0.2,
+                        "warm_instances": 2, "queue_timeout_s": 60.0}
     svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "1.5"})
     assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).status_code == 200
 
@@ -119,12 +120,12 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_en
 
     status = cli("status", *common, env=env)
     assert status.returncode == 0
-    assert "lifecycle-svc" in status.stdout and "containers: 1" in status.stdout
+    assert "lifecycle-svc" in status.stdout and "containers: 2" in status.stdout  # two warm instances
 
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
         label: dict[str, str | list[str] | bool] = {"label": f"stagecheck.sandbox={info.instance_id}"}
-        assert len(client.containers.list(all=True, filters=label)) == 1
+        assert len(client.containers.list(all=True, filters=label)) == 2
         down = cli("down", *common, env=env)
         assert down.returncode == 0, down.stderr
         assert client.containers.list(all=True, filters=label) == []
@@ -153,7 +154,7 @@ def test_down_cleans_up_after_a_dead_server(own_state_dir: Path, docker_env, sam
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
         label: dict[str, str | list[str] | bool] = {"label": f"stagecheck.sandbox={info.instance_id}"}
-        assert len(client.containers.list(all=True, filters=label)) == 1
+        assert len(client.containers.list(all=True, filters=label)) == 2  # the revision's two warm instances
         stop(own_state_dir)
         assert client.containers.list(all=True, filters=label) == []
     finally:

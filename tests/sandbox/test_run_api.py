@@ -127,15 +127,20 @@ def test_env_secret_placeholder_and_memory_limit_reach_the_container(
 
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
-        (found,) = client.containers.list(filters={"label": f"stagecheck.service={name}"})
-        env = dict(item.split("=", 1) for item in found.attrs["Config"]["Env"])
-        assert env["MODE"] == "staging"
-        assert env["DB_PASSWORD"] == "sandbox-secret:db-password:3"
-        assert env["K_REVISION"] == short(svc.latest_ready_revision)
-        assert found.attrs["HostConfig"]["Memory"] == 256 * 2**20
-        assert found.attrs["HostConfig"]["NetworkMode"] == "host"
+        containers = client.containers.list(filters={"label": f"stagecheck.service={name}"})
+        assert len(containers) == 2  # the revision's two warm instances, each its own container
+        ports = set()
+        for found in containers:
+            env = dict(item.split("=", 1) for item in found.attrs["Config"]["Env"])
+            assert env["MODE"] == "staging"
+            assert env["DB_PASSWORD"] == "sandbox-secret:db-password:3"
+            assert env["K_REVISION"] == short(svc.latest_ready_revision)
+            assert found.attrs["HostConfig"]["Memory"] == 256 * 2**20
+            assert found.attrs["HostConfig"]["NetworkMode"] == "host"
+            assert env["PORT"] != "8080"  # an allocated port; the instance listens on it
+            ports.add(env["PORT"])
+        assert len(ports) == 2
         assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).status_code == 200
-        assert env["PORT"] != "8080"  # an allocated port; the instance listens on it
     finally:
         client.close()
 
@@ -222,7 +227,7 @@ def test_delete_service_stops_its_containers(
     svc = deploy(run_clients, name, sample_image.ref)
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
-        assert len(client.containers.list(filters={"label": f"stagecheck.service={name}"})) == 1
+        assert len(client.containers.list(filters={"label": f"stagecheck.service={name}"})) == 2  # two warm instances
         deleted = run_clients.services.delete_service(name=svc.name).result(polling=FAST_POLL, timeout=30)
         assert deleted.name == svc.name
         assert client.containers.list(all=True, filters={"label": f"stagecheck.service={name}"}) == []

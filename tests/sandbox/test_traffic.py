@@ -85,7 +85,7 @@ def test_load_balancer_routes_by_path_and_host(
     lb = run_clients.lb_url
     try:
         with httpx.Client(timeout=10, trust_env=False) as client:
-            # defaults: /<service>/... (prefix stripped) and Host <service>.<anything>
+            # defaults: /<service>/... (an explicit rewrite of /<service> to /) and Host <service>.<anything>
             resp = client.get(f"{lb}/{shop_id}/health")
             assert resp.status_code == 200 and resp.json()["service"] == shop_id
             resp = client.get(f"{lb}/health", headers={"Host": f"{cart_id}.staging.example"})
@@ -93,8 +93,8 @@ def test_load_balancer_routes_by_path_and_host(
             assert client.get(f"{lb}/no-such-service/health").status_code == 404
 
             routes = [
-                {"service": shop_id, "path_prefix": "/api", "strip_prefix": False},
-                {"service": cart_id, "path_prefix": "/cart", "strip_prefix": True},
+                {"service": shop_id, "path_prefix": "/api"},
+                {"service": cart_id, "path_prefix": "/cart", "path_prefix_rewrite": "/"},
                 {"service": cart_id, "host": "checkout.example.test"},
             ]
             assert run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": routes, "default_routes": False})["routes"]

@@ -1,5 +1,6 @@
 # One HTTP request: busybox nc runs this per connection with the socket on stdin/stdout.
-# Routes: GET /health, GET /api/health (JSON health), GET / (200 text), anything else 404.
+# Routes: GET /health, GET /api/health (JSON health), GET / (200 text), GET /slow (200 after
+# $SLOW_RESPONSE_S, default 2 s: holds a request slot), anything else 404.
 . "${SAMPLE_APP_DIR:-/app}/lib.sh"
 centiseconds; t0=$REPLY
 
@@ -38,6 +39,11 @@ case "$method $path" in
         reason "$HEALTH_HTTP_STATUS"
         respond "$HEALTH_HTTP_STATUS" "$REPLY" application/json \
             "{\"status\":\"$HEALTH_STATUS\",\"service\":\"$SAMPLE_SERVICE\",\"revision\":\"$SAMPLE_REVISION\",\"uptime_s\":$uptime}"
+        ;;
+    "GET /slow")
+        sleep "${SLOW_RESPONSE_S:-2}"
+        respond 200 OK "text/plain; charset=utf-8" "slow answer
+"
         ;;
     "GET /" | "HEAD /")
         respond 200 OK "text/plain; charset=utf-8" "$SAMPLE_SERVICE $SAMPLE_REVISION: hello from the stagecheck sample service
