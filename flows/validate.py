@@ -35,6 +35,7 @@ from stagecheck.model import (
     TrafficTarget,
     Verdict,
 )
+from stagecheck.probe_auth import probe_audience
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.report import render_run_markdown
@@ -84,16 +85,18 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
                                      observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
                                      else "the service has no URL"))
             continue
-        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode))
+        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode,
+                                   audience=probe_audience(kind, service_url, settings.probes)))
     return targets, missing
 
 
-def websocket_target(svc: ServiceConfig, service_url: str | None) -> ProbeTarget | None:
+def websocket_target(svc: ServiceConfig, service_url: str | None, audience: str | None = None) -> ProbeTarget | None:
     """Pure: the WebSocket probe on the direct service URL, when the service has a websocket_path."""
     path = svc.health.websocket_path
     if not path or not service_url or svc.health.service.mode == ProbeMode.OFF:
         return None
-    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode)
+    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode,
+                       audience=audience)
 
 
 class ServiceValidation:
@@ -199,8 +202,10 @@ class ServiceValidation:
         if self.svc.health.tagged.mode != ProbeMode.OFF:
             self.starting("probe-tagged")
             target = ProbeTarget(url=f"{outcome.tag_url}{self.svc.health.tagged.path}", kind=UrlKind.TAGGED,
-                                 mode=self.svc.health.tagged.mode)
-            result = await probe_urls(self.clients.http, "probe-tagged", [target], self.settings.probes)
+                                 mode=self.svc.health.tagged.mode,
+                                 audience=probe_audience(UrlKind.TAGGED, outcome.service_url, self.settings.probes))
+            result = await probe_urls(self.clients.http, "probe-tagged", [target], self.settings.probes,
+                                      tokens=self.clients.tokens, service=self.svc.name)
             self.last_probe_at = datetime.now(UTC)
             if not self.record(result):
                 await self._rollback_if_moved(moved, revision.name, "probe-tagged")
@@ -258,9 +263,11 @@ class ServiceValidation:
                                         evidence=[Evidence(kind="traffic", summary=describe(split))]))
             self.starting(f"probe {percent}%")
             # the optional WebSocket exchange runs once the new revision serves everything
-            websocket = websocket_target(self.svc, service_url) if number == len(steps) else None
+            websocket = websocket_target(self.svc, service_url, probe_audience(
+                UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
             result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
-                                      websocket=websocket, label=f"[{percent} %] ")
+                                      websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
+                                      service=self.svc.name)
             self.last_probe_at = datetime.now(UTC)
             if missing:
                 result.criteria.extend(missing)

@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel
 
 from sandbox.runtime import docker_client, remove_labelled
-from sandbox.statefiles import INFO_FILE, LOG_FILE, PID_FILE, SERVER_FILE
+from sandbox.statefiles import INFO_FILE, KEY_FILES, LOG_FILE, PID_FILE, SERVER_FILE
 
 DEFAULT_STATE_DIR = Path(".stagecheck")
 DEFAULT_PROJECT = "stagecheck-sandbox"
@@ -48,6 +48,8 @@ class SandboxInfo(BaseModel):
     pid: int
     instance_id: str
     state_dir: str
+    credentials_file: str  # service-account key (roles/run.admin: deploys and invokes); token_uri = the sandbox
+    outsider_credentials_file: str  # a second service account with no role (authenticates, may not invoke)
 
     @property
     def parent(self) -> str:
@@ -169,7 +171,8 @@ def start(
     info = SandboxInfo(
         run_api=server["run_api"], logging_api=server["run_api"], admin_url=server["run_api"],
         lb_url=server["lb_url"], project=project, region=region, registry=registry, docker_host=host,
-        pid=proc.pid, instance_id=instance_id, state_dir=str(state),
+        pid=proc.pid, instance_id=instance_id, state_dir=str(state), credentials_file=server["credentials_file"],
+        outsider_credentials_file=server["outsider_credentials_file"],
     )
     tmp = state / (INFO_FILE + ".tmp")
     tmp.write_text(info.model_dump_json(indent=2) + "\n")
@@ -184,7 +187,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], state: Path, log_path: Path, time
             raise SandboxError(f"the sandbox server exited with code {proc.returncode}: {_tail(log_path)}")
         with contextlib.suppress(OSError, ValueError):
             server = json.loads((state / SERVER_FILE).read_text())
-            if server.get("pid") == proc.pid and _healthy(server["run_api"], timeout=1.0):
+            if server.get("pid") == proc.pid and "credentials_file" in server and _healthy(server["run_api"], timeout=1.0):
                 return dict(server)
         time.sleep(0.05)
     _terminate(proc.pid)
@@ -223,7 +226,7 @@ def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> None:
         _terminate(pid)
     if info is not None and _docker_answers(info.docker_host):
         remove_labelled(info.docker_host, info.instance_id)
-    for name in (INFO_FILE, PID_FILE, SERVER_FILE):
+    for name in (INFO_FILE, PID_FILE, SERVER_FILE, *KEY_FILES):
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()
 

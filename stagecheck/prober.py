@@ -49,6 +49,8 @@ class ProbeTarget:
     kind: UrlKind
     mode: ProbeMode = ProbeMode.REQUIRED
     headers: Mapping[str, str] | None = field(default=None, repr=False)  # never printed
+    audience: str | None = None  # the ID-token audience for this URL (None: no token)
+    auth_errors: Mapping[int, str] | None = None  # what a 401/403 means here (stagecheck.probe_auth)
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ async def _attempt(
     at_s: float,
     timeout_s: float,
     clock: Clock,
+    auth_errors: Mapping[int, str] | None = None,
 ) -> ProbeAttempt:
     started = clock()
     try:
@@ -253,6 +256,8 @@ async def _attempt(
         location = response.headers.get("location", "?")
         redirect = f"redirect to {safe_url(location)} (redirects are not followed: probe the final URL)"
         return ProbeAttempt(at_s, status, latency, error=redirect)
+    if auth_errors and status in auth_errors:  # an invoker/token problem, never a cold start
+        return ProbeAttempt(at_s, status, latency, error=auth_errors[status])
     if 200 <= status < 300:
         health, error = pp.parse_health_body(body, response.headers.get("content-type"))
         return ProbeAttempt(
@@ -317,6 +322,7 @@ async def probe_url(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     rand: Rand = random.random,
+    auth_errors: Mapping[int, str] | None = None,
 ) -> ProbeResult:
     """Probe `url` until the policy decides: K healthy answers in a row, a failure, or the deadline."""
     if mode == ProbeMode.OFF:
@@ -333,7 +339,7 @@ async def probe_url(
         timeout_s = pp.attempt_timeout(policy, at_s)
         if timeout_s is None:
             continue  # the wait overran the deadline: the next plan_next says so
-        attempts.append(await _attempt(client, url, headers, policy, at_s, timeout_s, clock))
+        attempts.append(await _attempt(client, url, headers, policy, at_s, timeout_s, clock, auth_errors))
 
 
 async def probe_many(
@@ -359,6 +365,7 @@ async def probe_many(
                     clock=clock,
                     sleep=sleep,
                     rand=rand,
+                    auth_errors=t.auth_errors,
                 )
                 for t in targets
             )

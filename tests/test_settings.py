@@ -33,7 +33,7 @@ def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert s.repo_root == tmp_path.resolve()
     assert s.traffic.steps == (100,)
     assert svc.health.tagged.mode is ProbeMode.REQUIRED
-    assert s.endpoints.run_api is None and not s.endpoints.anonymous
+    assert s.endpoints.run_api is None and s.endpoints.credentials_file is None  # real GCP: ADC
 
 
 def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
@@ -48,13 +48,15 @@ def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
 
 def test_sandbox_json_fills_target(tmp_path: Path) -> None:
     sandbox = tmp_path / "sandbox.json"
+    key = tmp_path / "key.json"
+    key.write_text("{}")
     sandbox.write_text(json.dumps({
         "run_api": "http://127.0.0.1:9", "logging_api": "http://127.0.0.1:9", "project": "stagecheck-sandbox",
         "region": "europe-west1", "registry": "127.0.0.1:5000", "docker_host": "unix:///tmp/d.sock",
-        "lb_url": "http://127.0.0.1:10"}))
+        "lb_url": "http://127.0.0.1:10", "credentials_file": str(key)}))
     cfg = write(tmp_path, '[[services]]\nname = "web"\n')
     s = load_settings(cfg, environ={}, sandbox_json=sandbox)
-    assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.anonymous
+    assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.credentials_file == str(key)
     assert s.registry == "127.0.0.1:5000" and s.lb_url == "http://127.0.0.1:10"
 
 
