@@ -14,7 +14,7 @@ from stagecheck.settings import AUTH_STATUSES, ProbeAuth, ProbePolicy, UrlKind
 
 def probe_audience(kind: UrlKind, service_url: str | None, policy: ProbePolicy) -> str | None:
     """The ID-token audience for a probe of this URL kind; None when no token is sent."""
-    if policy.auth is ProbeAuth.NONE:
+    if policy.auth == ProbeAuth.NONE:
         return None
     if kind is UrlKind.LB and policy.lb_audience:
         return policy.lb_audience
@@ -23,7 +23,7 @@ def probe_audience(kind: UrlKind, service_url: str | None, policy: ProbePolicy) 
 
 def auth_failure(status: int, *, auth: ProbeAuth, audience: str | None, identity: str, service: str) -> str:
     """Why a URL answered 401/403, naming the missing permission or the audience problem, and the fix."""
-    if status == 403 and auth is ProbeAuth.NONE:
+    if status == 403 and auth == ProbeAuth.NONE:
         return (f"the service {service} is private and the probe sent no credentials (probes.auth = \"none\"): "
                 f"grant roles/run.invoker (run.routes.invoke) to allUsers to make it public, or set "
                 f"probes.auth = \"id_token\" to probe as the run's identity")
@@ -31,7 +31,7 @@ def auth_failure(status: int, *, auth: ProbeAuth, audience: str | None, identity
         return (f"{identity} lacks run.routes.invoke on the service {service}: grant it roles/run.invoker "
                 f"(gcloud run services add-iam-policy-binding {service} --member={identity} "
                 f"--role=roles/run.invoker), or set probes.auth = \"none\" if the service is public")
-    if auth is ProbeAuth.NONE:
+    if auth == ProbeAuth.NONE:
         return f"the service {service} wants an ID token and the probe sent none (probes.auth = \"none\")"
     return (f"the ID token for audience {audience} was refused: the audience must be the service URL or one of "
             f"the service's custom_audiences (set probes.lb_audience for the load balancer), and the token "

@@ -25,8 +25,8 @@ async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, 
     identity = tokens.identity if tokens is not None else "the run's identity"
     for target in targets:
         headers = None
-        if policy.auth is ProbeAuth.ID_TOKEN and target.audience and tokens is not None \
-                and target.mode is not ProbeMode.OFF:
+        if policy.auth == ProbeAuth.ID_TOKEN and target.audience and tokens is not None \
+                and target.mode != ProbeMode.OFF:
             headers = await tokens.headers(target.audience)
         errors = auth_failures(auth=policy.auth, audience=target.audience if headers else None, identity=identity,
                                service=service)

@@ -95,6 +95,21 @@ def test_invalid_service_settings_name_the_field(tmp_path: Path, service_line: s
     assert "services.0" in str(info.value)
 
 
+def test_probe_auth_settings(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert s.probes.auth == "id_token" and s.probes.lb_audience is None  # private services: tokens by default
+    s = load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "none"\nlb_audience = "https://lb.example"\n'),
+                      environ={})
+    assert s.probes.auth == "none" and s.probes.lb_audience == "https://lb.example"
+    with pytest.raises(ConfigError, match="probes.auth"):
+        load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "basic"\n'), environ={})
+    with pytest.raises(ConfigError, match="never retried"):  # an invoker answer is not a cold start
+        load_settings(write(tmp_path, MINIMAL + "\n[probes]\nretry_statuses = [503, 403]\n"), environ={})
+    with pytest.raises(ConfigError, match="credentials file not found"):
+        load_settings(write(tmp_path, MINIMAL + '\n[endpoints]\ncredentials_file = "/no/such/key.json"\n'),
+                      environ={})
+
+
 def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="probez"):
         load_settings(write(tmp_path, MINIMAL + "\n[probez]\nx = 1\n"), environ={})
