@@ -101,7 +101,7 @@ def test_probe_auth_settings(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "none"\nlb_audience = "https://lb.example"\n'),
                       environ={})
     assert s.probes.auth == "none" and s.probes.lb_audience == "https://lb.example"
-    with pytest.raises(ConfigError, match="probes.auth"):
+    with pytest.raises(ConfigError, match=r"probes\.auth"):
         load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "basic"\n'), environ={})
     with pytest.raises(ConfigError, match="never retried"):  # an invoker answer is not a cold start
         load_settings(write(tmp_path, MINIMAL + "\n[probes]\nretry_statuses = [503, 403]\n"), environ={})
