@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from stagecheck.model import Status
 from stagecheck.probe_policy import backoff_delay
 from stagecheck.prober import (
+    ProbeResult,
     ProbeTarget,
     describe_error,
     probe_many,
@@ -513,7 +514,7 @@ class _Minter:
 
 
 async def _probe_with_auth(client: httpx.AsyncClient, url: str, policy: ProbePolicy, minter: _Minter
-                           ) -> tuple[list[object], str]:
+                           ) -> tuple[list[ProbeResult], str]:
     from stagecheck.clients.identity import IdTokens
     from tasks.probe import with_credentials
 

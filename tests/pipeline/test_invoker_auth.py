@@ -61,12 +61,12 @@ async def test_a_private_service_validates_with_id_token_probes_and_the_lb_audie
     run = await run_flow(scenario, config)
     report = run.report(service)
     assert report["verdict"] == "fail" and report["decided_by"] == "probe-serving"
-    evidence = {e["data"]["url_kind"]: e["data"] for e in run.stage(service, "probe-serving")["evidence"]
-                if e["kind"] == "http"}
-    assert evidence["service"]["status"] == "PASS"
-    assert evidence["lb"]["status"] == "FAIL" and evidence["lb"]["attempts"][-1]["status"] == 401
-    assert len(evidence["lb"]["attempts"]) == 1  # not a cold start: not retried
-    assert "audience https://not-listed.example was refused" in evidence["lb"]["reason"]
+    by_kind = {e["data"]["url_kind"]: e["data"] for e in run.stage(service, "probe-serving")["evidence"]
+               if e["kind"] == "http"}
+    assert by_kind["service"]["status"] == "PASS"
+    assert by_kind["lb"]["status"] == "FAIL" and by_kind["lb"]["attempts"][-1]["status"] == 401
+    assert len(by_kind["lb"]["attempts"]) == 1  # not a cold start: not retried
+    assert "audience https://not-listed.example was refused" in by_kind["lb"]["reason"]
     assert report["rollback"]["performed"] and report["rollback"]["ok"]
     assert serving(run_clients, service) == {new_rev: 100}
 
