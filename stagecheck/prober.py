@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from stagecheck import probe_policy as pp
 from stagecheck.model import Criterion, Evidence, Status
 from stagecheck.probe_policy import AttemptOutcome, ProbeAttempt, ProbeVerdict
+from stagecheck.redact import redact
 from stagecheck.settings import ProbeMode, ProbePolicy, UrlKind
 
 MAX_BODY_BYTES = 64 * 1024  # health answers are small; never buffer more than this
@@ -171,10 +172,11 @@ def safe_url(url: str) -> str:
 
 
 def _excerpt(body: bytes) -> str | None:
+    """At most ~200 bytes of a failing body, redacted (a server may echo the request's ID token)."""
     text = " ".join(body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace").split())
     if not text:
         return None
-    return text + ("..." if len(body) > BODY_EXCERPT_BYTES else "")
+    return redact(text) + ("..." if len(body) > BODY_EXCERPT_BYTES else "")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

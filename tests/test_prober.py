@@ -600,3 +600,16 @@ async def test_a_token_that_cannot_be_minted_is_a_stage_error_with_the_fix() -> 
     with pytest.raises(StageError, match="could not get an ID token for audience https://a") as err:
         await tokens.token("https://a")
     assert 'probes.auth = "none"' in (err.value.hint or "")
+
+
+async def test_a_body_echoing_the_id_token_is_redacted_in_the_evidence(
+    server: ScriptedServer, client: httpx.AsyncClient
+) -> None:
+    token = _fake_jwt(time.time() + 3600)
+    url = server.script(Reply(500, f"debug: authorization: Bearer {token}".encode(), "text/plain"))
+    result = await probe_url(client, url, kind=UrlKind.SERVICE, mode=ProbeMode.REQUIRED, policy=FAST,
+                             headers={"Authorization": f"Bearer {token}"})
+    assert result.status is Status.FAIL and result.attempts[0].body
+    recorded = json.dumps(result.evidence().model_dump()) + result.reason + result.summary()
+    assert token not in recorded and token.split(".")[1] not in recorded
+    assert "[REDACTED]" in recorded
