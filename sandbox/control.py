@@ -247,6 +247,7 @@ def _print_status(info: SandboxInfo, data: dict[str, Any]) -> None:
     print(f"sandbox {info.instance_id}: running (pid {info.pid})")
     print(f"  run/logging API {info.run_api}   load balancer {info.lb_url}   project {info.project} / {info.region}")
     print(f"  docker {info.docker_host}   registry {info.registry}")
+    print(f"  service-account key {info.credentials_file} (roles/run.admin); no-role key {info.outsider_credentials_file}")
     services = data.get("services", {})
     print(f"  services: {len(services)}")
     for name, svc in services.items():
