@@ -39,7 +39,15 @@ from stagecheck.probe_auth import probe_audience
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.report import render_run_markdown
-from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
+from stagecheck.settings import (
+    ConfigError,
+    ProbeAuth,
+    ProbeMode,
+    ServiceConfig,
+    Settings,
+    TrafficPlan,
+    UrlKind,
+)
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from tasks.build import build_image
@@ -218,6 +226,7 @@ class ServiceValidation:
                    "STAGECHECK_SERVICE": self.svc.name}
             if self.svc.smoke:
                 self.starting("smoke")
+                env.update(await self._smoke_token(outcome.service_url))
                 gate_ok = self.record(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root))
         if gate_ok:
             self.starting("logs")
@@ -281,6 +290,15 @@ class ServiceValidation:
                 # the canary soaks at this step before the next one; it is watched again after the hold
                 await asyncio.sleep(self.traffic_plan.hold_s)
         return True
+
+    async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
+        """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""
+        if self.settings.probes.auth != ProbeAuth.ID_TOKEN or not service_url or self.clients.tokens is None:
+            return {}
+        try:
+            return {"STAGECHECK_ID_TOKEN": await self.clients.tokens.token(service_url)}
+        except StageError:  # the probes already proved minting works; a smoke command then sees no token
+            return {}
 
     async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
         snapshot = self.snapshot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,12 @@ from tests.pipeline.test_e2e import baseline, created, run_flow, serving  # noqa
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
 LB_HOST = "https://shop.staging.example"
+SMOKE = """import os, sys, urllib.request
+request = urllib.request.Request(os.environ["STAGECHECK_BASE_URL"] + "/health",
+                                 headers={"Authorization": "Bearer " + os.environ["STAGECHECK_ID_TOKEN"]})
+with urllib.request.urlopen(request, timeout=10) as answer:
+    sys.exit(0 if answer.status == 200 else 1)
+"""
 
 
 def with_probe_settings(config: Path, **settings: str) -> Path:
@@ -38,8 +45,12 @@ async def test_a_private_service_validates_with_id_token_probes_and_the_lb_audie
     run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
 
     scenario.add_service("svc")
+    # a smoke command reaches the private service with the ID token the run hands it
+    scenario.write("smoke.py", SMOKE)
     config = with_probe_settings(scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]"),
                                  lb_audience=LB_HOST)
+    config.write_text(config.read_text() + f"[[services.smoke]]\nname = \"private-get\"\n"
+                                           f"command = '{sys.executable} smoke.py'\n")
     scenario.commit()
     run = await run_flow(scenario, config)
     report = run.report(service)
@@ -47,6 +58,7 @@ async def test_a_private_service_validates_with_id_token_probes_and_the_lb_audie
     for stage in ("probe-tagged", "probe-serving"):
         evidence = [e["data"] for e in run.stage(service, stage)["evidence"] if e["kind"] == "http"]
         assert evidence and all(d["attempts"][-1]["status"] == 200 for d in evidence)
+    assert run.stage(service, "smoke")["status"] == "PASS"
     new_rev = report["revision"]["name"]
     assert serving(run_clients, service) == {new_rev: 100}
     assert no_token_status(svc.uri) == 403  # still private: the probes got in with tokens
