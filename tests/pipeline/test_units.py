@@ -133,6 +133,18 @@ def test_probe_audiences_are_the_service_url_and_the_configured_lb_audience() ->
     assert [t.audience for t in targets] == [None, None]  # no token at all
 
 
+def test_an_unusable_key_file_is_a_stage_error_naming_it(tmp_path: Path) -> None:
+    from stagecheck.clients.identity import api_credentials, identity_of
+
+    broken = tmp_path / "key.json"
+    broken.write_text("{}")
+    with pytest.raises(StageError, match="unusable credentials file"):
+        api_credentials(str(broken))
+    assert api_credentials(None) is None  # real Google Cloud: the clients use ADC themselves
+    broken.write_text('{"client_email": "ci@p.iam.gserviceaccount.com"}')
+    assert identity_of(str(broken)) == "serviceAccount:ci@p.iam.gserviceaccount.com"
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
