@@ -113,6 +113,14 @@ def read_info(state_dir: Path | str = DEFAULT_STATE_DIR) -> SandboxInfo:
         raise SandboxError(f"unreadable {path}: {exc}") from None
 
 
+def _raw_info(state: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((state / INFO_FILE).read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
 def running_info(state_dir: Path | str = DEFAULT_STATE_DIR) -> SandboxInfo | None:
     """The recorded sandbox if its server is alive and healthy."""
     try:
@@ -149,6 +157,10 @@ def start(
     existing = running_info(state)
     if existing is not None:
         return existing
+    stale = _raw_info(state)
+    if stale.get("pid") and "credentials_file" not in stale and _alive(int(stale["pid"])):
+        raise SandboxError(f"a sandbox without service-account keys (an older version) runs for {state} "
+                           f"(pid {stale['pid']}): run `stagecheck sandbox down` first")
     state.mkdir(parents=True, exist_ok=True)
     host = resolve_docker_host(state, docker_host)
     if not _docker_answers(host):
@@ -224,8 +236,13 @@ def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> None:
             pid = int((state / PID_FILE).read_text().strip())
     if pid is not None:
         _terminate(pid)
-    if info is not None and _docker_answers(info.docker_host):
-        remove_labelled(info.docker_host, info.instance_id)
+    raw = _raw_info(state)  # also a sandbox.json of an older version (no key files recorded)
+    docker_host, instance_id = raw.get("docker_host"), raw.get("instance_id")
+    if info is None and pid is None and raw.get("pid"):
+        pid = int(raw["pid"])
+        _terminate(pid)
+    if docker_host and instance_id and _docker_answers(str(docker_host)):
+        remove_labelled(str(docker_host), str(instance_id))
     for name in (INFO_FILE, PID_FILE, SERVER_FILE, *KEY_FILES):
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()

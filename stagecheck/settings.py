@@ -393,7 +393,9 @@ def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
                           "credentials_file": info["credentials_file"]},
         }
     except KeyError as exc:
-        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}") from None
+        hint = " (a sandbox from an older version: restart it with `make down && make up`)" \
+            if exc.args[0] == "credentials_file" else ""
+        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}{hint}") from None
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

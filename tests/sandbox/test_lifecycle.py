@@ -160,3 +160,23 @@ def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> No
     assert result.stderr.strip().splitlines() == [
         f"stagecheck sandbox: no Docker Engine at unix://{own_state_dir}/no.sock: run `make up`"
     ]
+
+
+def test_a_sandbox_of_an_older_version_is_named_and_still_stopped(own_state_dir: Path, docker_env) -> None:
+    from sandbox.control import SandboxError, start
+
+    # a live process that looks like a sandbox server, recorded without key files (an older sandbox.json)
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sandbox", "serve"])
+    try:
+        (own_state_dir / "sandbox.json").write_text(json.dumps({
+            "run_api": "http://127.0.0.1:9", "pid": older.pid, "docker_host": docker_env.docker_host,
+            "instance_id": "older0000000"}))
+        with pytest.raises(SandboxError, match="older version"):
+            start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
+        stop(own_state_dir)
+        assert older.wait(timeout=20) is not None
+        assert not (own_state_dir / "sandbox.json").exists()
+    finally:
+        if older.poll() is None:
+            older.kill()
+            older.wait()
