@@ -107,8 +107,20 @@ def test_a_principal_without_invoke_permission_is_403_until_granted(
         request={"resource": resource, "permissions": ["run.routes.invoke", "run.services.get"]})
     assert list(held.permissions) == ["run.routes.invoke", "run.services.get"]  # the deployer: roles/run.admin
 
+    # the outsider may not grant itself the role: setIamPolicy needs run.services.setIamPolicy
+    outsider_clients = run_v2.ServicesClient(
+        transport="rest", client_options={"api_endpoint": sandbox.run_api},
+        credentials=service_account.Credentials.from_service_account_file(sandbox.outsider_credentials_file))
+    with pytest.raises(gexc.Forbidden):
+        outsider_clients.set_iam_policy(request={"resource": resource, "policy": policy_pb2.Policy(
+            bindings=[policy_pb2.Binding(role=INVOKER, members=[f"serviceAccount:{outsider_email(sandbox)}"])])})
+    assert not outsider_clients.test_iam_permissions(
+        request={"resource": resource, "permissions": ["run.routes.invoke"]}).permissions
+
     set_policy(run_clients, short(svc.name), {INVOKER: [f"serviceAccount:{outsider_email(sandbox)}"]})
     assert get(f"{svc.uri}/health", outsider).status_code == 200
+    assert list(outsider_clients.test_iam_permissions(
+        request={"resource": resource, "permissions": ["run.routes.invoke"]}).permissions) == ["run.routes.invoke"]
     assert get(f"{svc.uri}/health").status_code == 403  # still private for everyone else
 
 
