@@ -163,11 +163,12 @@ def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> No
 
 
 def test_a_sandbox_of_an_older_version_is_named_and_still_stopped(own_state_dir: Path, docker_env) -> None:
-    from sandbox.control import SandboxError, start
+    from sandbox.control import SandboxError, _alive, start
 
     # a live process that looks like a sandbox server, recorded without key files (an older sandbox.json)
     older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sandbox", "serve"])
     try:
+        wait_for(lambda: _alive(older.pid), timeout=10)  # its /proc entry shows the new command line
         (own_state_dir / "sandbox.json").write_text(json.dumps({
             "run_api": "http://127.0.0.1:9", "pid": older.pid, "docker_host": docker_env.docker_host,
             "instance_id": "older0000000"}))
