@@ -36,10 +36,19 @@ from stagecheck.model import (
     TrafficTarget,
     Verdict,
 )
+from stagecheck.probe_auth import probe_audience
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.report import render_run_markdown
-from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
+from stagecheck.settings import (
+    ConfigError,
+    ProbeAuth,
+    ProbeMode,
+    ServiceConfig,
+    Settings,
+    TrafficPlan,
+    UrlKind,
+)
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from tasks.build import build_image
@@ -92,12 +101,13 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
                                      observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
                                      else "the service has no URL"))
             continue
-        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode))
+        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode,
+                                   audience=probe_audience(kind, service_url, settings.probes)))
     return targets, missing
 
 
 def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: str | None,
-                   ingress: str = "") -> tuple[list[ProbeTarget], list[Criterion]]:
+                   ingress: str = "", service_url: str | None = None) -> tuple[list[ProbeTarget], list[Criterion]]:
     """Pure: the candidate's tag URL (unless the ingress closes it: an advisory row says so) and, when
     `lb_tag_url` is configured, the same tag through the load balancer (serverless NEG URL mask)."""
     check = svc.health.tagged
@@ -108,12 +118,14 @@ def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: st
         notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage="probe-tagged", status=Status.WARN,
                                expected=f"the tag URL answers ({check.mode})", observed=closed))
     elif tag_url:
-        targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode))
+        targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
+                                   audience=probe_audience(UrlKind.TAGGED, service_url, settings.probes)))
     via_lb = settings.lb_tag_target(tag, svc.name)
     if via_lb is not None and closed_by_ingress(ingress, UrlKind.LB) is None:
         url, headers = via_lb
         targets.append(ProbeTarget(url=f"{url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
-                                   headers=headers or None))
+                                   headers=headers or None,
+                                   audience=probe_audience(UrlKind.LB, service_url, settings.probes)))
     return targets, notes
 
 
@@ -127,12 +139,13 @@ def _add_advisories(result: StageResult, notes: list[Criterion], if_nothing: str
         result.summary = f"{notes[0].observed}; {if_nothing}"
 
 
-def websocket_target(svc: ServiceConfig, service_url: str | None) -> ProbeTarget | None:
+def websocket_target(svc: ServiceConfig, service_url: str | None, audience: str | None = None) -> ProbeTarget | None:
     """Pure: the WebSocket probe on the direct service URL, when the service has a websocket_path."""
     path = svc.health.websocket_path
     if not path or not service_url or svc.health.service.mode == ProbeMode.OFF:
         return None
-    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode)
+    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode,
+                       audience=audience)
 
 
 class ServiceValidation:
@@ -239,8 +252,10 @@ class ServiceValidation:
         moved = outcome.traffic_moved
         if self.svc.health.tagged.mode != ProbeMode.OFF:
             self.starting("probe-tagged")
-            tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress)
-            result = await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes)
+            tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
+                                           outcome.service_url)
+            result = await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
+                                      tokens=self.clients.tokens, service=self.svc.name)
             self.last_probe_at = datetime.now(UTC)
             _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
                                            "probe its tag through the load balancer)")
@@ -255,6 +270,7 @@ class ServiceValidation:
                    "STAGECHECK_SERVICE": self.svc.name}
             if self.svc.smoke:
                 self.starting("smoke")
+                env.update(await self._smoke_token(outcome.service_url))
                 gate_ok = self.record(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root))
         if gate_ok:
             self.starting("logs")
@@ -329,9 +345,11 @@ class ServiceValidation:
                                         evidence=[Evidence(kind="traffic", summary=describe(split))]))
             self.starting(f"probe {percent}%")
             # the optional WebSocket exchange runs once the new revision serves everything
-            websocket = websocket_target(self.svc, service_url) if number == len(steps) else None
+            websocket = websocket_target(self.svc, service_url, probe_audience(
+                UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
             result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
-                                      websocket=websocket, label=f"[{percent} %] ")
+                                      websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
+                                      service=self.svc.name)
             self.last_probe_at = datetime.now(UTC)
             if missing:
                 result.criteria.extend(missing)
@@ -348,6 +366,15 @@ class ServiceValidation:
                 # the canary soaks at this step before the next one; it is watched again after the hold
                 await asyncio.sleep(self.traffic_plan.hold_s)
         return True
+
+    async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
+        """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""
+        if self.settings.probes.auth != ProbeAuth.ID_TOKEN or not service_url or self.clients.tokens is None:
+            return {}
+        try:
+            return {"STAGECHECK_ID_TOKEN": await self.clients.tokens.token(service_url)}
+        except StageError:  # the probes already proved minting works; a smoke command then sees no token
+            return {}
 
     async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
         snapshot = self.snapshot

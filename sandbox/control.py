@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel
 
 from sandbox.runtime import docker_client, remove_labelled
-from sandbox.statefiles import INFO_FILE, LOG_FILE, PID_FILE, SERVER_FILE
+from sandbox.statefiles import INFO_FILE, KEY_FILES, LOG_FILE, PID_FILE, SERVER_FILE
 
 DEFAULT_STATE_DIR = Path(".stagecheck")
 DEFAULT_PROJECT = "stagecheck-sandbox"
@@ -48,6 +48,8 @@ class SandboxInfo(BaseModel):
     pid: int
     instance_id: str
     state_dir: str
+    credentials_file: str  # service-account key (roles/run.admin: deploys and invokes); token_uri = the sandbox
+    outsider_credentials_file: str  # a second service account with no role (authenticates, may not invoke)
 
     @property
     def parent(self) -> str:
@@ -111,6 +113,14 @@ def read_info(state_dir: Path | str = DEFAULT_STATE_DIR) -> SandboxInfo:
         raise SandboxError(f"unreadable {path}: {exc}") from None
 
 
+def _raw_info(state: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((state / INFO_FILE).read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
 def running_info(state_dir: Path | str = DEFAULT_STATE_DIR) -> SandboxInfo | None:
     """The recorded sandbox if its server is alive and healthy."""
     try:
@@ -147,6 +157,10 @@ def start(
     existing = running_info(state)
     if existing is not None:
         return existing
+    stale = _raw_info(state)
+    if stale.get("pid") and "credentials_file" not in stale and _alive(int(stale["pid"])):
+        raise SandboxError(f"a sandbox without service-account keys (an older version) runs for {state} "
+                           f"(pid {stale['pid']}): run `stagecheck sandbox down` first")
     state.mkdir(parents=True, exist_ok=True)
     host = resolve_docker_host(state, docker_host)
     if not _docker_answers(host):
@@ -169,7 +183,8 @@ def start(
     info = SandboxInfo(
         run_api=server["run_api"], logging_api=server["run_api"], admin_url=server["run_api"],
         lb_url=server["lb_url"], project=project, region=region, registry=registry, docker_host=host,
-        pid=proc.pid, instance_id=instance_id, state_dir=str(state),
+        pid=proc.pid, instance_id=instance_id, state_dir=str(state), credentials_file=server["credentials_file"],
+        outsider_credentials_file=server["outsider_credentials_file"],
     )
     tmp = state / (INFO_FILE + ".tmp")
     tmp.write_text(info.model_dump_json(indent=2) + "\n")
@@ -184,7 +199,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], state: Path, log_path: Path, time
             raise SandboxError(f"the sandbox server exited with code {proc.returncode}: {_tail(log_path)}")
         with contextlib.suppress(OSError, ValueError):
             server = json.loads((state / SERVER_FILE).read_text())
-            if server.get("pid") == proc.pid and _healthy(server["run_api"], timeout=1.0):
+            if server.get("pid") == proc.pid and "credentials_file" in server and _healthy(server["run_api"], timeout=1.0):
                 return dict(server)
         time.sleep(0.05)
     _terminate(proc.pid)
@@ -221,9 +236,14 @@ def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> None:
             pid = int((state / PID_FILE).read_text().strip())
     if pid is not None:
         _terminate(pid)
-    if info is not None and _docker_answers(info.docker_host):
-        remove_labelled(info.docker_host, info.instance_id)
-    for name in (INFO_FILE, PID_FILE, SERVER_FILE):
+    raw = _raw_info(state)  # also a sandbox.json of an older version (no key files recorded)
+    docker_host, instance_id = raw.get("docker_host"), raw.get("instance_id")
+    if info is None and pid is None and raw.get("pid"):
+        pid = int(raw["pid"])
+        _terminate(pid)
+    if docker_host and instance_id and _docker_answers(str(docker_host)):
+        remove_labelled(str(docker_host), str(instance_id))
+    for name in (INFO_FILE, PID_FILE, SERVER_FILE, *KEY_FILES):
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()
 
@@ -244,6 +264,7 @@ def _print_status(info: SandboxInfo, data: dict[str, Any]) -> None:
     print(f"sandbox {info.instance_id}: running (pid {info.pid})")
     print(f"  run/logging API {info.run_api}   load balancer {info.lb_url}   project {info.project} / {info.region}")
     print(f"  docker {info.docker_host}   registry {info.registry}")
+    print(f"  service-account key {info.credentials_file} (roles/run.admin); no-role key {info.outsider_credentials_file}")
     services = data.get("services", {})
     print(f"  services: {len(services)}")
     for name, svc in services.items():

@@ -236,6 +236,7 @@ class ProxyHub:
         self.lb = LbConfig()
         self.lb_port: int | None = None
         self._backend: Backend | None = None
+        self.invoker: Callable[[model.Service, Scope], Response | None] | None = None  # IAM (sandbox/iam.py)
         self._service_ports: dict[str, int] = {}
         self._tag_ports: dict[tuple[str, str], int] = {}
         self._client = httpx.AsyncClient(
@@ -349,6 +350,10 @@ class ProxyHub:
         body = b""
         instance_id: str | None = None
         try:
+            denied = self.invoker(svc, scope) if self.invoker is not None else None  # 403/401 before the revision
+            if denied is not None:
+                await denied(scope, receive, counting)
+                return
             fault = await self.faults.apply(target.fault_key)
             if fault is not None:
                 await fault(scope, receive, counting)

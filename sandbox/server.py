@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
+from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
 from sandbox.listeners import ListenerPool
 from sandbox.logapi import logging_routes
 from sandbox.logstore import LogStore
@@ -89,6 +90,9 @@ class SandboxServer:
         self.hub = ProxyHub(self.faults, self.log, self.pool)
         self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
         self.hub.attach(self.orch)
+        self.iam = Iam(options.project)
+        self.hub.invoker = self.iam.invoke_gate
+        self.key_files: dict[str, str] = {}
         self.stopping = asyncio.Event()
         self.api_url = ""
         self.lb_url = ""
@@ -159,12 +163,15 @@ class SandboxServer:
             return google_error(500, f"Internal sandbox error: {type(exc).__name__}: {exc}")
 
         routes = [
+            *iam_routes(self.iam, self.orch.service, self.faults.apply),  # before run_routes: ":getIamPolicy"
             *run_routes(self.orch, self.faults),
             *logging_routes(self.store, self.faults),
             *fault_routes(self.faults),
             *self.admin_routes(),
         ]
-        return Starlette(routes=routes, exception_handlers={ApiError: api_error_handler, Exception: internal_error})
+        app = Starlette(routes=routes, exception_handlers={ApiError: api_error_handler, Exception: internal_error})
+        app.add_middleware(ApiAuthMiddleware, iam=self.iam)
+        return app
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,6 +186,7 @@ class SandboxServer:
             api_port = await self.pool.open(self.app(), self.options.port)
             self.api_url = f"http://127.0.0.1:{api_port}"
             self.lb_url = await self.hub.open_lb(self.options.lb_port)
+            self.key_files = self.iam.write_key_files(self.options.state_dir, f"{self.api_url}/token")
             self._write_server_file()
             self.log.system("sandbox", None, "INFO", f"Sandbox {self.options.instance_id} serving on {self.api_url}.")
             await self.stopping.wait()
@@ -201,7 +209,7 @@ class SandboxServer:
     def _write_server_file(self) -> None:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         data = {"pid": os.getpid(), "instance_id": self.options.instance_id, "run_api": self.api_url,
-                "lb_url": self.lb_url}
+                "lb_url": self.lb_url, **self.key_files}
         tmp = self.options.state_dir / (SERVER_FILE + ".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.options.state_dir / SERVER_FILE)

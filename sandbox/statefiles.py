@@ -4,3 +4,6 @@ INFO_FILE = "sandbox.json"  # written by `up` once healthy: endpoints, pid, inst
 PID_FILE = "sandbox.pid"
 LOG_FILE = "sandbox.log"
 SERVER_FILE = "sandbox.server.json"  # written by the server once it listens (ports, pid, instance id)
+DEPLOYER_KEY_FILE = "sandbox-deployer-key.json"  # service-account key written by the server (token_uri = the sandbox)
+OUTSIDER_KEY_FILE = "sandbox-outsider-key.json"  # a second account without any role
+KEY_FILES = (DEPLOYER_KEY_FILE, OUTSIDER_KEY_FILE)

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from stagecheck import probe_policy as pp
 from stagecheck.model import Criterion, Evidence, Status
 from stagecheck.probe_policy import AttemptOutcome, ProbeAttempt, ProbeVerdict
+from stagecheck.redact import redact
 from stagecheck.settings import ProbeMode, ProbePolicy, UrlKind
 
 MAX_BODY_BYTES = 64 * 1024  # health answers are small; never buffer more than this
@@ -49,6 +50,8 @@ class ProbeTarget:
     kind: UrlKind
     mode: ProbeMode = ProbeMode.REQUIRED
     headers: Mapping[str, str] | None = field(default=None, repr=False)  # never printed
+    audience: str | None = None  # the ID-token audience for this URL (None: no token)
+    auth_errors: Mapping[int, str] | None = None  # what a 401/403 means here (stagecheck.probe_auth)
 
 
 @dataclass(frozen=True)
@@ -169,10 +172,11 @@ def safe_url(url: str) -> str:
 
 
 def _excerpt(body: bytes) -> str | None:
+    """At most ~200 bytes of a failing body, redacted (a server may echo the request's ID token)."""
     text = " ".join(body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace").split())
     if not text:
         return None
-    return text + ("..." if len(body) > BODY_EXCERPT_BYTES else "")
+    return redact(text) + ("..." if len(body) > BODY_EXCERPT_BYTES else "")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -232,6 +236,7 @@ async def _attempt(
     at_s: float,
     timeout_s: float,
     clock: Clock,
+    auth_errors: Mapping[int, str] | None = None,
 ) -> ProbeAttempt:
     started = clock()
     try:
@@ -253,6 +258,8 @@ async def _attempt(
         location = response.headers.get("location", "?")
         redirect = f"redirect to {safe_url(location)} (redirects are not followed: probe the final URL)"
         return ProbeAttempt(at_s, status, latency, error=redirect)
+    if auth_errors and status in auth_errors:  # an invoker/token problem, never a cold start
+        return ProbeAttempt(at_s, status, latency, error=auth_errors[status])
     if 200 <= status < 300:
         health, error = pp.parse_health_body(body, response.headers.get("content-type"))
         return ProbeAttempt(
@@ -317,6 +324,7 @@ async def probe_url(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     rand: Rand = random.random,
+    auth_errors: Mapping[int, str] | None = None,
 ) -> ProbeResult:
     """Probe `url` until the policy decides: K healthy answers in a row, a failure, or the deadline."""
     if mode == ProbeMode.OFF:
@@ -333,7 +341,7 @@ async def probe_url(
         timeout_s = pp.attempt_timeout(policy, at_s)
         if timeout_s is None:
             continue  # the wait overran the deadline: the next plan_next says so
-        attempts.append(await _attempt(client, url, headers, policy, at_s, timeout_s, clock))
+        attempts.append(await _attempt(client, url, headers, policy, at_s, timeout_s, clock, auth_errors))
 
 
 async def probe_many(
@@ -359,6 +367,7 @@ async def probe_many(
                     clock=clock,
                     sleep=sleep,
                     rand=rand,
+                    auth_errors=t.auth_errors,
                 )
                 for t in targets
             )

@@ -106,6 +106,14 @@ class HealthChecks(Strict):
         return {UrlKind.TAGGED: self.tagged, UrlKind.SERVICE: self.service, UrlKind.LB: self.lb}[kind]
 
 
+class ProbeAuth(StrEnum):
+    ID_TOKEN = "id_token"  # a Google ID token of the run's identity (private services: the Cloud Run default)
+    NONE = "none"  # no credentials: only for a public service (allUsers invoker or invoker IAM check disabled)
+
+
+AUTH_STATUSES = (401, 403)  # an invoker/token problem, never a cold start
+
+
 class ProbePolicy(Strict):
     deadline_s: float = Field(60.0, gt=0, description="give up on a URL after this long")
     consecutive_successes: int = Field(3, ge=1, description="K healthy answers in a row pass the probe")
@@ -116,6 +124,18 @@ class ProbePolicy(Strict):
     jitter: float = Field(0.3, ge=0, le=1, description="fraction of the backoff randomised")
     success_interval_s: float = Field(0.2, ge=0, description="pause between consecutive successful probes")
     degraded: DegradedPolicy = DegradedPolicy.WARN
+    auth: ProbeAuth = Field(ProbeAuth.ID_TOKEN, description="id_token: send an ID token (audience = service URL); "
+                                                            "none: no credentials (public services only)")
+    lb_audience: str | None = Field(None, description="ID-token audience for load-balancer probes (one of the "
+                                                      "service's custom_audiences); default: the service URL")
+
+    @field_validator("retry_statuses")
+    @classmethod
+    def _not_auth(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        auth = sorted(set(v) & set(AUTH_STATUSES))
+        if auth:
+            raise ValueError(f"{auth} are invoker/token answers, not cold starts: they are never retried")
+        return v
 
 
 class TrafficPlan(Strict):
@@ -296,8 +316,17 @@ class Endpoints(Strict):
 
     run_api: str | None = None
     logging_api: str | None = None
-    anonymous: bool = Field(False, description="anonymous credentials (the sandbox); never for real GCP")
+    credentials_file: str | None = Field(
+        None, description="service-account key file for the API calls and ID tokens (the sandbox writes one); "
+                          "unset: Application Default Credentials")
     console_base: str = "https://console.cloud.google.com"
+
+    @field_validator("credentials_file")
+    @classmethod
+    def _key_file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"credentials file not found: {v}")
+        return v
 
     @field_validator("run_api", "logging_api")
     @classmethod
@@ -446,10 +475,13 @@ def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
             "registry": info["registry"],
             "lb_url": info["lb_url"],
             "docker_host": info.get("docker_host"),
-            "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"], "anonymous": True},
+            "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"],
+                          "credentials_file": info["credentials_file"]},
         }
     except KeyError as exc:
-        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}") from None
+        hint = " (a sandbox from an older version: restart it with `make down && make up`)" \
+            if exc.args[0] == "credentials_file" else ""
+        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}{hint}") from None
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

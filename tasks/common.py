@@ -13,6 +13,7 @@ import httpx
 
 from stagecheck.clients.cloudlogging import LogReader
 from stagecheck.clients.cloudrun import CloudRun
+from stagecheck.clients.identity import IdTokens
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
@@ -27,6 +28,7 @@ class Clients:
     logs: LogReader
     images: Images
     http: httpx.AsyncClient
+    tokens: IdTokens | None = None  # ID tokens for the probes (probes.auth = "id_token")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
@@ -36,6 +38,7 @@ class Clients:
             images=Images(settings.docker_host),
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
+            tokens=IdTokens(settings.endpoints.credentials_file),
         )
 
     async def aclose(self) -> None:

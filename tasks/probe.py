@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from stagecheck.clients.identity import IdTokens
 from stagecheck.model import StageResult, Status
+from stagecheck.probe_auth import auth_failures
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
-from stagecheck.settings import ProbeMode, ProbePolicy
+from stagecheck.settings import ProbeAuth, ProbeMode, ProbePolicy
 from tasks.common import guarded
+
+
+async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, tokens: IdTokens | None,
+                           service: str) -> list[ProbeTarget]:
+    """The targets with their ID-token header (probes.auth = "id_token") and the meaning of a 401/403.
+    A token that cannot be minted raises StageError (the stage fails with the reason)."""
+    out: list[ProbeTarget] = []
+    identity = tokens.identity if tokens is not None else "the run's identity"
+    for target in targets:
+        headers = None
+        if policy.auth == ProbeAuth.ID_TOKEN and target.audience and tokens is not None \
+                and target.mode != ProbeMode.OFF:
+            headers = await tokens.headers(target.audience)
+        errors = auth_failures(auth=policy.auth, audience=target.audience if headers else None, identity=identity,
+                               service=service)
+        out.append(replace(target, headers=headers, auth_errors=errors))
+    return out
 
 
 def probe_stage_result(name: str, results: Sequence[ProbeResult], label: str = "") -> StageResult:
@@ -36,13 +56,16 @@ def probe_stage_result(name: str, results: Sequence[ProbeResult], label: str = "
 
 @task(name="probe", cache_policy=NO_CACHE)
 async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarget], policy: ProbePolicy,
-                     websocket: ProbeTarget | None = None, label: str = "") -> StageResult:
+                     websocket: ProbeTarget | None = None, label: str = "", tokens: IdTokens | None = None,
+                     service: str = "") -> StageResult:
+    """Probe the URLs (ID tokens per probes.auth; a 401/403 fails naming the permission or audience)."""
     async def body() -> StageResult:
-        results = await probe_many(http, targets, policy)
+        results = await probe_many(http, await with_credentials(targets, policy, tokens, service), policy)
         # the WebSocket exchange runs after the HTTP probes warmed the revision up
         if websocket is not None:
-            results.append(await probe_websocket(websocket.url, timeout_s=policy.request_timeout_s * 2,
-                                                 kind=websocket.kind, mode=websocket.mode))
+            ws = (await with_credentials([websocket], policy, tokens, service))[0]
+            results.append(await probe_websocket(ws.url, timeout_s=policy.request_timeout_s * 2,
+                                                 kind=ws.kind, mode=ws.mode, headers=ws.headers))
         return probe_stage_result(name, results, label)
 
     return await guarded(name, body)

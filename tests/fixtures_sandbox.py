@@ -16,12 +16,14 @@ import httpx
 import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.future import polling
-from google.auth.credentials import AnonymousCredentials
+from google.auth.transport.requests import Request as AuthRequest
 from google.cloud import run_v2
+from google.oauth2 import service_account
 
 from sandbox.control import SandboxError, SandboxInfo, start, stop
 
-__all__ = ["FAST_POLL", "RunClients", "deploy", "new_service", "run_clients", "sandbox", "unique_name"]
+__all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "id_token", "new_service", "run_clients", "sandbox",
+           "unique_name"]
 
 # Operation polling for tests: every 10-50 ms instead of the client's 1 s x1.5 backoff.
 FAST_POLL = polling.DEFAULT_POLLING.with_delay(initial=0.01, maximum=0.05, multiplier=1.0)
@@ -35,6 +37,12 @@ class RunClients:
     parent: str
     admin_url: str
     lb_url: str
+    credentials_file: str = ""
+
+    def invoke_headers(self, audience: str) -> dict[str, str]:
+        """An Authorization header with a Google ID token of the sandbox's deployer for `audience`
+        (the service URL): what every request to a private service needs."""
+        return {"Authorization": f"Bearer {id_token(self.credentials_file, audience)}"}
 
     def service_name(self, service_id: str) -> str:
         return f"{self.parent}/services/{service_id}"
@@ -64,16 +72,37 @@ def sandbox(docker_env: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stop(state_dir)
 
 
+_ID_TOKENS: dict[tuple[str, str], str] = {}
+
+
+def id_token(credentials_file: str, audience: str) -> str:
+    """A Google ID token minted by google-auth's ordinary code from the key file (cached per audience)."""
+    key = (credentials_file, audience)
+    if key not in _ID_TOKENS:
+        creds = service_account.IDTokenCredentials.from_service_account_file(credentials_file,
+                                                                              target_audience=audience)
+        creds.refresh(AuthRequest())
+        _ID_TOKENS[key] = str(creds.token)
+    return _ID_TOKENS[key]
+
+
+def clients_for(info: SandboxInfo) -> RunClients:
+    """run_v2 REST clients with the sandbox's service-account key, as a deployer would use them."""
+    credentials = service_account.Credentials.from_service_account_file(info.credentials_file)
+    options = {"api_endpoint": info.run_api}
+    return RunClients(
+        services=run_v2.ServicesClient(transport="rest", credentials=credentials, client_options=options),
+        revisions=run_v2.RevisionsClient(transport="rest", credentials=credentials, client_options=options),
+        parent=info.parent,
+        admin_url=info.admin_url,
+        lb_url=info.lb_url,
+        credentials_file=info.credentials_file,
+    )
+
+
 @pytest.fixture(scope="session")
 def run_clients(sandbox: SandboxInfo) -> RunClients:
-    options = {"api_endpoint": sandbox.run_api}
-    return RunClients(
-        services=run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
-        revisions=run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
-        parent=sandbox.parent,
-        admin_url=sandbox.admin_url,
-        lb_url=sandbox.lb_url,
-    )
+    return clients_for(sandbox)
 
 
 def deploy(

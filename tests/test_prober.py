@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from stagecheck.model import Status
 from stagecheck.probe_policy import backoff_delay
 from stagecheck.prober import (
+    ProbeResult,
     ProbeTarget,
     describe_error,
     probe_many,
@@ -36,7 +37,7 @@ from stagecheck.prober import (
     safe_url,
     websocket_url,
 )
-from stagecheck.settings import DegradedPolicy, ProbeMode, ProbePolicy, UrlKind
+from stagecheck.settings import DegradedPolicy, ProbeAuth, ProbeMode, ProbePolicy, UrlKind
 
 HEALTHY = b'{"status": "healthy"}'
 FAST = ProbePolicy(
@@ -487,3 +488,128 @@ async def test_websocket_rejected_handshake_fails(server: ScriptedServer) -> Non
 async def test_websocket_off_is_skipped() -> None:
     result = await probe_websocket(f"ws://127.0.0.1:{closed_port()}/ws", timeout_s=2, mode=ProbeMode.OFF)
     assert result.status is Status.SKIP and result.attempts == ()
+
+
+# --- ID tokens and invoker answers (probes.auth) ------------------------------------------------------
+
+
+def _fake_jwt(exp: float) -> str:
+    """A JWT-shaped token with an `exp` (the prober reads expiry without verifying: only the issuer can)."""
+    import base64
+
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'exp': int(exp), 'aud': 'x'})}.c2lnbmF0dXJl"
+
+
+class _Minter:
+    def __init__(self, lifetime_s: float = 3600) -> None:
+        self.audiences: list[str] = []
+        self.lifetime_s = lifetime_s
+
+    def __call__(self, audience: str) -> str:
+        self.audiences.append(audience)
+        return _fake_jwt(time.time() + self.lifetime_s)
+
+
+async def _probe_with_auth(client: httpx.AsyncClient, url: str, policy: ProbePolicy, minter: _Minter
+                           ) -> tuple[list[ProbeResult], str]:
+    from stagecheck.clients.identity import IdTokens
+    from tasks.probe import with_credentials
+
+    tokens = IdTokens("/nonexistent-key.json", mint=minter)
+    tokens.identity = "serviceAccount:ci@p.iam.gserviceaccount.com"
+    targets = await with_credentials([ProbeTarget(url, UrlKind.SERVICE, audience="https://svc.a.run.app")],
+                                     policy, tokens, "checkout")
+    results = await probe_many(client, targets, policy)
+    return list(results), (await tokens.token("https://svc.a.run.app"))
+
+
+async def test_403_with_a_token_fails_at_once_naming_the_invoker_permission(
+    server: ScriptedServer, client: httpx.AsyncClient
+) -> None:
+    url = server.script(Reply(403, b"<html><title>403 Forbidden</title></html>", "text/html"))
+    minter = _Minter()
+    results, token = await _probe_with_auth(client, url, FAST, minter)
+    result = results[0]
+    assert result.status is Status.FAIL and len(result.attempts) == 1  # not a cold start: never retried
+    assert "serviceAccount:ci@p.iam.gserviceaccount.com lacks run.routes.invoke" in result.reason
+    assert "roles/run.invoker" in result.reason and 'probes.auth = "none"' in result.reason
+    assert server.headers_seen(url)[0]["authorization"] == f"Bearer {token}"
+    recorded = json.dumps(result.evidence().model_dump()) + repr(result) + result.criterion("p").model_dump_json()
+    assert token not in recorded and token.split(".")[1] not in recorded
+    assert minter.audiences == ["https://svc.a.run.app"]  # minted once, reused by the second call
+
+
+async def test_401_fails_naming_the_audience(server: ScriptedServer, client: httpx.AsyncClient) -> None:
+    url = server.script(Reply(401, b"<html><title>401 Unauthorized</title></html>", "text/html"))
+    results, _ = await _probe_with_auth(client, url, FAST, _Minter())
+    result = results[0]
+    assert result.status is Status.FAIL and len(result.attempts) == 1
+    assert "401 Unauthorized" in result.reason and "audience https://svc.a.run.app was refused" in result.reason
+    assert "custom_audiences" in result.reason
+
+
+async def test_auth_none_sends_no_token_and_a_403_names_the_public_invoker_binding(
+    server: ScriptedServer, client: httpx.AsyncClient
+) -> None:
+    url = server.script(Reply(403, b"forbidden", "text/html"))
+    minter = _Minter()
+    results, _ = await _probe_with_auth(client, url, FAST.model_copy(update={"auth": ProbeAuth.NONE}), minter)
+    result = results[0]
+    assert "authorization" not in server.headers_seen(url)[0]
+    assert result.status is Status.FAIL
+    assert 'probes.auth = "none"' in result.reason and "roles/run.invoker" in result.reason
+    assert "allUsers" in result.reason
+
+
+async def test_id_tokens_are_minted_once_per_audience_and_renewed_near_expiry() -> None:
+    from stagecheck.clients.identity import REFRESH_MARGIN_S, IdTokens
+
+    now = [1_000_000.0]
+    minted: list[str] = []
+
+    def mint(audience: str) -> str:
+        minted.append(audience)
+        return _fake_jwt(now[0] + 3600)
+
+    tokens = IdTokens(None, clock=lambda: now[0], mint=mint)
+    first = await asyncio.gather(*(tokens.token("https://a") for _ in range(5)))  # concurrent: one mint
+    assert len(set(first)) == 1 and minted == ["https://a"]
+    await tokens.token("https://b")
+    assert minted == ["https://a", "https://b"]
+    now[0] += 3600 - REFRESH_MARGIN_S - 1  # still outside the margin: reused
+    await tokens.token("https://a")
+    assert minted.count("https://a") == 1
+    now[0] += 2  # inside the margin: a new one
+    await tokens.token("https://a")
+    assert minted.count("https://a") == 2
+
+
+async def test_a_token_that_cannot_be_minted_is_a_stage_error_with_the_fix() -> None:
+    from google.auth import exceptions as auth_exc
+
+    from stagecheck.clients.identity import IdTokens
+    from stagecheck.errors import StageError
+
+    def refuse(audience: str) -> str:
+        raise auth_exc.RefreshError("invalid_grant: Invalid JWT Signature.")
+
+    tokens = IdTokens(None, mint=refuse)
+    with pytest.raises(StageError, match="could not get an ID token for audience https://a") as err:
+        await tokens.token("https://a")
+    assert 'probes.auth = "none"' in (err.value.hint or "")
+
+
+async def test_a_body_echoing_the_id_token_is_redacted_in_the_evidence(
+    server: ScriptedServer, client: httpx.AsyncClient
+) -> None:
+    token = _fake_jwt(time.time() + 3600)
+    url = server.script(Reply(500, f"debug: authorization: Bearer {token}".encode(), "text/plain"))
+    result = await probe_url(client, url, kind=UrlKind.SERVICE, mode=ProbeMode.REQUIRED, policy=FAST,
+                             headers={"Authorization": f"Bearer {token}"})
+    assert result.status is Status.FAIL and result.attempts[0].body
+    recorded = json.dumps(result.evidence().model_dump()) + result.reason + result.summary()
+    assert token not in recorded and token.split(".")[1] not in recorded
+    assert "[REDACTED]" in recorded

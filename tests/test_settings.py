@@ -33,7 +33,7 @@ def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert s.repo_root == tmp_path.resolve()
     assert s.traffic.steps == (100,)
     assert svc.health.tagged.mode is ProbeMode.REQUIRED
-    assert s.endpoints.run_api is None and not s.endpoints.anonymous
+    assert s.endpoints.run_api is None and s.endpoints.credentials_file is None  # real GCP: ADC
 
 
 def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
@@ -48,13 +48,15 @@ def test_env_overrides_file_and_explicit_overrides_win(tmp_path: Path) -> None:
 
 def test_sandbox_json_fills_target(tmp_path: Path) -> None:
     sandbox = tmp_path / "sandbox.json"
+    key = tmp_path / "key.json"
+    key.write_text("{}")
     sandbox.write_text(json.dumps({
         "run_api": "http://127.0.0.1:9", "logging_api": "http://127.0.0.1:9", "project": "stagecheck-sandbox",
         "region": "europe-west1", "registry": "127.0.0.1:5000", "docker_host": "unix:///tmp/d.sock",
-        "lb_url": "http://127.0.0.1:10"}))
+        "lb_url": "http://127.0.0.1:10", "credentials_file": str(key)}))
     cfg = write(tmp_path, '[[services]]\nname = "web"\n')
     s = load_settings(cfg, environ={}, sandbox_json=sandbox)
-    assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.anonymous
+    assert s.endpoints.run_api == "http://127.0.0.1:9" and s.endpoints.credentials_file == str(key)
     assert s.registry == "127.0.0.1:5000" and s.lb_url == "http://127.0.0.1:10"
 
 
@@ -91,6 +93,21 @@ def test_invalid_service_settings_name_the_field(tmp_path: Path, service_line: s
         load_settings(write(tmp_path, text), environ={})
     assert message in str(info.value)
     assert "services.0" in str(info.value)
+
+
+def test_probe_auth_settings(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, MINIMAL), environ={})
+    assert s.probes.auth == "id_token" and s.probes.lb_audience is None  # private services: tokens by default
+    s = load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "none"\nlb_audience = "https://lb.example"\n'),
+                      environ={})
+    assert s.probes.auth == "none" and s.probes.lb_audience == "https://lb.example"
+    with pytest.raises(ConfigError, match=r"probes\.auth"):
+        load_settings(write(tmp_path, MINIMAL + '\n[probes]\nauth = "basic"\n'), environ={})
+    with pytest.raises(ConfigError, match="never retried"):  # an invoker answer is not a cold start
+        load_settings(write(tmp_path, MINIMAL + "\n[probes]\nretry_statuses = [503, 403]\n"), environ={})
+    with pytest.raises(ConfigError, match="credentials file not found"):
+        load_settings(write(tmp_path, MINIMAL + '\n[endpoints]\ncredentials_file = "/no/such/key.json"\n'),
+                      environ={})
 
 
 def test_unknown_keys_are_rejected(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
 
 from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
+from stagecheck.clients.identity import api_credentials
 from stagecheck.settings import Settings
 
 
@@ -42,8 +42,7 @@ class LogReader:
         self._kwargs: dict[str, Any] = {"project": settings.project, "_use_grpc": False}
         if settings.endpoints.logging_api:
             self._kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.logging_api)
-        if settings.endpoints.anonymous:
-            self._kwargs["credentials"] = AnonymousCredentials()
+        self._credentials_file = settings.endpoints.credentials_file
         self._client: Any = None
 
     @property
@@ -51,6 +50,9 @@ class LogReader:
         if self._client is None:
             import google.cloud.logging
 
+            credentials = api_credentials(self._credentials_file)  # None: ADC
+            if credentials is not None:
+                self._kwargs["credentials"] = credentials
             self._client = google.cloud.logging.Client(**self._kwargs)
         return self._client
 

@@ -1,7 +1,7 @@
 """Cloud Run Admin API v2, through the unmodified google-cloud-run REST client.
 
 The same code talks to real Cloud Run (default endpoint, Application Default Credentials) and to the
-sandbox (endpoint + anonymous credentials from Settings.endpoints). The client is synchronous; the
+sandbox (endpoint + the service-account key file it writes, from Settings.endpoints). The client is synchronous; the
 async methods run it in a worker thread so waits never block the event loop.
 """
 
@@ -22,10 +22,10 @@ from google.api_core.client_options import ClientOptions
 from google.api_core.future import polling
 from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exc
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 
+from stagecheck.clients.identity import api_credentials
 from stagecheck.errors import StageError
 from stagecheck.model import RevisionInfo, TrafficTarget
 from stagecheck.settings import ServiceConfig, Settings
@@ -292,23 +292,28 @@ class CloudRun:
         kwargs: dict[str, Any] = {"transport": "rest"}
         if settings.endpoints.run_api:
             kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.run_api)
-        if settings.endpoints.anonymous:
-            kwargs["credentials"] = AnonymousCredentials()
+        self._credentials_file = settings.endpoints.credentials_file
         self._kwargs = kwargs
         self._services: run_v2.ServicesClient | None = None
         self._revisions: run_v2.RevisionsClient | None = None
 
     # -- clients are built lazily (credentials lookup happens once, on first use)
+    def _client_kwargs(self) -> dict[str, Any]:
+        """The key file's service account when the settings name one, else ADC (the client's default)."""
+        if "credentials" not in self._kwargs and self._credentials_file:
+            self._kwargs["credentials"] = api_credentials(self._credentials_file)
+        return self._kwargs
+
     @property
     def services(self) -> run_v2.ServicesClient:
         if self._services is None:
-            self._services = run_v2.ServicesClient(**self._kwargs)
+            self._services = run_v2.ServicesClient(**self._client_kwargs())
         return self._services
 
     @property
     def revisions(self) -> run_v2.RevisionsClient:
         if self._revisions is None:
-            self._revisions = run_v2.RevisionsClient(**self._kwargs)
+            self._revisions = run_v2.RevisionsClient(**self._client_kwargs())
         return self._revisions
 
     @property

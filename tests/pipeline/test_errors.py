@@ -14,6 +14,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
+from sandbox.iam import Principal, write_key_file
 from stagecheck.clients.cloudrun import describe_api_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,9 @@ def test_missing_sandbox_and_bad_flags_exit_2(tmp_path: Path) -> None:
 
 def test_unreachable_api_fails_the_first_gate_with_a_reason(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    key = tmp_path / "key.json"  # a well-formed service-account key: the clients sign with it, then cannot connect
+    write_key_file(key, Principal.generate("stagecheck-test", "stagecheck-sandbox").key_file("stagecheck-sandbox",
+                                                                                             f"{dead}/token"))
     (tmp_path / "stagecheck.toml").write_text(f"""
 project = "stagecheck-sandbox"
 region = "europe-west1"
@@ -77,7 +81,7 @@ registry = "127.0.0.1:5000"
 [endpoints]
 run_api = "{dead}"
 logging_api = "{dead}"
-anonymous = true
+credentials_file = "{key}"
 [[services]]
 name = "web"
 """)

@@ -15,6 +15,7 @@ from stagecheck.clients.images import ImageRef, registry_base_url
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
 from stagecheck.model import TrafficTarget
+from stagecheck.probe_auth import probe_audience
 from stagecheck.settings import ServiceConfig, Settings, UrlKind
 from tasks.deploy import revision_name
 
@@ -116,6 +117,32 @@ def test_serving_targets_build_urls_and_fail_on_missing_required_lb() -> None:
     targets, missing = serving_targets(no_lb, no_lb.services[0], "http://127.0.0.1:9999")
     assert [t.kind for t in targets] == [UrlKind.SERVICE]
     assert missing[0].status.value == "FAIL" and "lb_url" in missing[0].observed
+
+
+def test_probe_audiences_are_the_service_url_and_the_configured_lb_audience() -> None:
+    s = settings(lb_url="http://127.0.0.1:8781")
+    targets, _ = serving_targets(s, s.services[0], "http://127.0.0.1:9999")
+    assert [(t.kind, t.audience) for t in targets] == [
+        (UrlKind.SERVICE, "http://127.0.0.1:9999"), (UrlKind.LB, "http://127.0.0.1:9999")]
+    lb_aud = settings(lb_url="http://127.0.0.1:8781", probes={"lb_audience": "https://shop.example"})
+    targets, _ = serving_targets(lb_aud, lb_aud.services[0], "http://127.0.0.1:9999")
+    assert [t.audience for t in targets] == ["http://127.0.0.1:9999", "https://shop.example"]
+    assert probe_audience(UrlKind.TAGGED, "http://127.0.0.1:9999", lb_aud.probes) == "http://127.0.0.1:9999"
+    none = settings(lb_url="http://127.0.0.1:8781", probes={"auth": "none", "lb_audience": "https://shop.example"})
+    targets, _ = serving_targets(none, none.services[0], "http://127.0.0.1:9999")
+    assert [t.audience for t in targets] == [None, None]  # no token at all
+
+
+def test_an_unusable_key_file_is_a_stage_error_naming_it(tmp_path: Path) -> None:
+    from stagecheck.clients.identity import api_credentials, identity_of
+
+    broken = tmp_path / "key.json"
+    broken.write_text("{}")
+    with pytest.raises(StageError, match="unusable credentials file"):
+        api_credentials(str(broken))
+    assert api_credentials(None) is None  # real Google Cloud: the clients use ADC themselves
+    broken.write_text('{"client_email": "ci@p.iam.gserviceaccount.com"}')
+    assert identity_of(str(broken)) == "serviceAccount:ci@p.iam.gserviceaccount.com"
 
 
 def _git(repo: Path, *args: str) -> str:

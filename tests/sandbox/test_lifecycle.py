@@ -15,11 +15,10 @@ from typing import Any
 import docker
 import httpx
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from sandbox.control import read_info, stop
-from tests.fixtures_sandbox import RunClients, deploy, wait_for
+from tests.fixtures_sandbox import RunClients, clients_for, deploy, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
@@ -37,17 +36,17 @@ def test_cold_start_is_held_then_503_then_200(
     assert behavior == {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5, "reconcile_delay_s": 0.2,
                         "warm_instances": 2, "queue_timeout_s": 60.0}
     svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "1.5"})
-    assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).status_code == 200
+    assert httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False).status_code == 200
 
     # idle past scale_to_zero_after_s: the instance stops
     wait_for(lambda: all(i["state"] == "STOPPED" for i in instances_of(run_clients, name)), timeout=10)
 
     started = time.monotonic()
-    first = httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)
+    first = httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False)
     held = time.monotonic() - started
     assert first.status_code == 503 and "Service Unavailable" in first.text
     assert 0.25 <= held < 1.5  # held for cold_start_hold_s, then answered
-    ok = wait_for(lambda: (r := httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)).status_code == 200 and r,
+    ok = wait_for(lambda: (r := httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False)).status_code == 200 and r,
                   timeout=15)
     assert ok.json()["revision"] == svc.latest_ready_revision.rsplit("/", 1)[-1]
 
@@ -67,7 +66,7 @@ def test_a_crashed_instance_restarts_on_the_next_request(
     run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"cold_start_hold_s": 10})
     svc = deploy(run_clients, name, sample_image.ref, env={"CRASH_AFTER_S": "1"})
     wait_for(lambda: all(i["state"] == "STOPPED" for i in instances_of(run_clients, name)), timeout=10)
-    resp = httpx.get(f"{svc.uri}/health", timeout=15, trust_env=False)  # cold start within the hold
+    resp = httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=15, trust_env=False)  # cold start within the hold
     assert resp.status_code == 200
 
 
@@ -103,19 +102,18 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_en
     info = read_info(own_state_dir)
     recorded = json.loads((own_state_dir / "sandbox.json").read_text())
     for key in ("run_api", "logging_api", "project", "region", "registry", "docker_host", "lb_url", "admin_url",
-                "pid", "instance_id"):
+                "pid", "instance_id", "credentials_file", "outsider_credentials_file"):
         assert recorded[key]
+    key = json.loads(Path(info.credentials_file).read_text())
+    assert key["type"] == "service_account" and key["token_uri"] == f"{info.run_api}/token"
+    assert Path(info.credentials_file).stat().st_mode & 0o077 == 0  # a private key: owner only
     assert info.docker_host == docker_env.docker_host
 
     again = cli("up", *common, "--port", "0", "--lb-port", "0", env=env)
     assert again.returncode == 0 and "already running" in again.stdout
     assert read_info(own_state_dir).pid == info.pid
 
-    services = run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(),
-                                     client_options={"api_endpoint": info.run_api})
-    clients = RunClients(services, run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
-                                                          client_options={"api_endpoint": info.run_api}),
-                         info.parent, info.admin_url, info.lb_url)
+    clients = clients_for(info)
     deploy(clients, "lifecycle-svc", sample_image.ref)
 
     status = cli("status", *common, env=env)
@@ -132,6 +130,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_en
     finally:
         client.close()
     assert not (own_state_dir / "sandbox.json").exists()
+    assert not Path(info.credentials_file).exists() and not Path(info.outsider_credentials_file).exists()
     assert cli("status", *common, env=env).returncode == 3
     assert process_gone(info.pid)
 
@@ -140,12 +139,7 @@ def test_down_cleans_up_after_a_dead_server(own_state_dir: Path, docker_env, sam
     from sandbox.control import start
 
     info = start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
-    clients = RunClients(
-        run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": info.run_api}),
-        run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
-                               client_options={"api_endpoint": info.run_api}),
-        info.parent, info.admin_url, info.lb_url)
+    clients = clients_for(info)
     deploy(clients, "orphan-svc", sample_image.ref)
     os.kill(info.pid, signal.SIGKILL)  # no chance to clean up
     wait_for(lambda: process_gone(info.pid), timeout=10)
@@ -167,3 +161,24 @@ def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> No
     assert result.stderr.strip().splitlines() == [
         f"stagecheck sandbox: no Docker Engine at unix://{own_state_dir}/no.sock: run `make up`"
     ]
+
+
+def test_a_sandbox_of_an_older_version_is_named_and_still_stopped(own_state_dir: Path, docker_env) -> None:
+    from sandbox.control import SandboxError, _alive, start
+
+    # a live process that looks like a sandbox server, recorded without key files (an older sandbox.json)
+    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sandbox", "serve"])
+    try:
+        wait_for(lambda: _alive(older.pid), timeout=10)  # its /proc entry shows the new command line
+        (own_state_dir / "sandbox.json").write_text(json.dumps({
+            "run_api": "http://127.0.0.1:9", "pid": older.pid, "docker_host": docker_env.docker_host,
+            "instance_id": "older0000000"}))
+        with pytest.raises(SandboxError, match="older version"):
+            start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
+        stop(own_state_dir)
+        assert older.wait(timeout=20) is not None
+        assert not (own_state_dir / "sandbox.json").exists()
+    finally:
+        if older.poll() is None:
+            older.kill()
+            older.wait()

@@ -227,7 +227,7 @@ def test_bad_paging_arguments_are_400s_naming_the_field(sandbox: LoggingSandbox)
         "unknownThing": {**base, "unknownThing": 1},
         "resource_names": {},
     }
-    with httpx.Client() as http:
+    with httpx.Client(headers=sandbox.auth_headers()) as http:
         answers = {field: http.post(url, json=body) for field, body in cases.items()}
     for field, answer in answers.items():
         assert answer.status_code == 400, field
@@ -242,7 +242,7 @@ def test_legacy_project_ids_and_raw_paging(sandbox: LoggingSandbox) -> None:
         sandbox.store.append(stdout(REV_A, f"n={n}", now - timedelta(seconds=10 - n)))
     url = f"{sandbox.endpoint}/v2/entries:list"
 
-    with httpx.Client() as http:
+    with httpx.Client(headers=sandbox.auth_headers()) as http:
         first = http.post(url, json={"projectIds": [PROJECT], "pageSize": 2}).json()
         second = http.post(
             url, json={"projectIds": [PROJECT], "pageSize": 2, "pageToken": first["nextPageToken"]}

@@ -44,7 +44,7 @@ def test_create_service_then_reach_it(run_clients: RunClients, sample_image, new
     assert svc.uri.startswith("http://127.0.0.1:")
     assert [(t.revision, t.percent) for t in svc.traffic_statuses] == [(revision, 100)]
 
-    resp = httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)
+    resp = httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False)
     assert resp.status_code == 200
     assert resp.json()["revision"] == revision
     assert resp.headers["x-sandbox-revision"] == revision
@@ -65,7 +65,7 @@ def test_update_makes_new_revision_and_lists_them_paged(
     rev2 = short(second.latest_ready_revision)
     assert re.fullmatch(rf"{name}-00002-[a-z]{{3}}", rev2)
     assert int(second.generation) == 2 and int(second.observed_generation) == 2
-    assert httpx.get(f"{second.uri}/health", timeout=10, trust_env=False).json()["revision"] == rev2
+    assert httpx.get(f"{second.uri}/health", headers=run_clients.invoke_headers(second.uri), timeout=10, trust_env=False).json()["revision"] == rev2
 
     # a traffic-only change makes no revision
     second.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=rev2, percent=100, tag="current")]
@@ -140,7 +140,8 @@ def test_env_secret_placeholder_and_memory_limit_reach_the_container(
             assert env["PORT"] != "8080"  # an allocated port; the instance listens on it
             ports.add(env["PORT"])
         assert len(ports) == 2
-        assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).status_code == 200
+        assert httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10,
+                         trust_env=False).status_code == 200
     finally:
         client.close()
 
@@ -202,7 +203,7 @@ def test_failing_revisions_keep_traffic_on_the_previous_one(
     assert "failed to start and listen on the port" in ready.message
     assert svc.terminal_condition.state == run_v2.Condition.State.CONDITION_FAILED
     assert short(svc.latest_ready_revision) == good_rev
-    assert httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False).json()["revision"] == good_rev
+    assert httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False).json()["revision"] == good_rev
 
     # 2) the container never listens: a short startup probe gives up quickly
     svc.template.containers[0].env = [run_v2.EnvVar(name="STARTUP_DELAY_S", value="60")]
@@ -217,7 +218,7 @@ def test_failing_revisions_keep_traffic_on_the_previous_one(
     after = run_clients.services.get_service(name=good.name)
     assert short(after.latest_ready_revision) == good_rev
     assert [t.revision for t in after.traffic_statuses] == [good_rev]
-    assert httpx.get(f"{after.uri}/health", timeout=10, trust_env=False).json()["revision"] == good_rev
+    assert httpx.get(f"{after.uri}/health", headers=run_clients.invoke_headers(after.uri), timeout=10, trust_env=False).json()["revision"] == good_rev
 
 
 def test_delete_service_stops_its_containers(
@@ -236,7 +237,7 @@ def test_delete_service_stops_its_containers(
     with pytest.raises(gexc.NotFound):
         run_clients.services.get_service(name=svc.name, retry=None, timeout=10)
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{svc.uri}/health", timeout=5, trust_env=False)
+        httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=5, trust_env=False)
 
 
 def test_injected_api_faults_reach_the_client(run_clients: RunClients) -> None:

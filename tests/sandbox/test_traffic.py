@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import logging as gcl
 from google.cloud import run_v2
+from google.oauth2 import service_account
 
 from sandbox.control import SandboxInfo
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
@@ -49,7 +49,7 @@ def test_fifty_fifty_split_and_tag_urls(run_clients: RunClients, sample_image, n
     n = 200
     counts: Counter[str] = Counter()
     started = time.monotonic()
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
         for _ in range(n):
             resp = client.get(f"{svc.uri}/health")
             assert resp.status_code == 200
@@ -63,7 +63,7 @@ def test_fifty_fifty_split_and_tag_urls(run_clients: RunClients, sample_image, n
 
     tag_uris = {t.tag: t.uri for t in svc.traffic_statuses if t.tag}
     assert set(tag_uris) == {"old", "new"} and len(set(tag_uris.values())) == 2
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
         for tag, revision in (("old", rev_a), ("new", rev_b)):
             seen = {client.get(f"{tag_uris[tag]}/health").headers["x-sandbox-revision"] for _ in range(20)}
             assert seen == {revision}
@@ -83,14 +83,15 @@ def test_load_balancer_routes_by_path_and_host(
     cart = deploy(run_clients, new_service("cart"), sample_image.ref)
     shop_id, cart_id = short(shop.name), short(cart.name)
     lb = run_clients.lb_url
+    shop_auth, cart_auth = run_clients.invoke_headers(shop.uri), run_clients.invoke_headers(cart.uri)
     try:
         with httpx.Client(timeout=10, trust_env=False) as client:
             # defaults: /<service>/... (an explicit rewrite of /<service> to /) and Host <service>.<anything>
-            resp = client.get(f"{lb}/{shop_id}/health")
+            resp = client.get(f"{lb}/{shop_id}/health", headers=shop_auth)
             assert resp.status_code == 200 and resp.json()["service"] == shop_id
-            resp = client.get(f"{lb}/health", headers={"Host": f"{cart_id}.staging.example"})
+            resp = client.get(f"{lb}/health", headers={"Host": f"{cart_id}.staging.example", **cart_auth})
             assert resp.status_code == 200 and resp.json()["service"] == cart_id
-            assert client.get(f"{lb}/no-such-service/health").status_code == 404
+            assert client.get(f"{lb}/no-such-service/health", headers=shop_auth).status_code == 404
 
             routes = [
                 {"service": shop_id, "path_prefix": "/api"},
@@ -98,13 +99,13 @@ def test_load_balancer_routes_by_path_and_host(
                 {"service": cart_id, "host": "checkout.example.test"},
             ]
             assert run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": routes, "default_routes": False})["routes"]
-            resp = client.get(f"{lb}/api/health")  # not stripped: the service answers /api/health
+            resp = client.get(f"{lb}/api/health", headers=shop_auth)  # not stripped: the service answers /api/health
             assert resp.status_code == 200 and resp.json()["service"] == shop_id
-            resp = client.get(f"{lb}/cart/health")
+            resp = client.get(f"{lb}/cart/health", headers=cart_auth)
             assert resp.status_code == 200 and resp.json()["service"] == cart_id
-            resp = client.get(f"{lb}/health", headers={"Host": "checkout.example.test"})
+            resp = client.get(f"{lb}/health", headers={"Host": "checkout.example.test", **cart_auth})
             assert resp.status_code == 200 and resp.json()["service"] == cart_id
-            assert client.get(f"{lb}/{shop_id}/health").status_code == 404  # defaults are off
+            assert client.get(f"{lb}/{shop_id}/health", headers=shop_auth).status_code == 404  # defaults are off
 
             bad = httpx.put(f"{run_clients.admin_url}/sandbox/v1/lb", json={"routes": [{"service": "x", "path_prefix": "nope"}]},
                             timeout=10, trust_env=False)
@@ -119,13 +120,14 @@ def test_proxy_faults_hit_only_their_route_and_every_request_is_logged(
     svc = deploy(run_clients, new_service("faulty"), sample_image.ref)
     service_id = short(svc.name)
     run_clients.admin("POST", "/sandbox/v1/faults", {"method": f"proxy.service.{service_id}", "count": 2, "status": 503})
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
         direct = [client.get(f"{svc.uri}/health?n={i}").status_code for i in range(3)]
         via_lb = client.get(f"{run_clients.lb_url}/{service_id}/health").status_code
     assert direct == [503, 503, 200]
     assert via_lb == 200
 
-    logging_client = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
+    credentials = service_account.Credentials.from_service_account_file(sandbox.credentials_file)
+    logging_client = gcl.Client(project=sandbox.project, credentials=credentials, _use_grpc=False,
                                 client_options={"api_endpoint": sandbox.logging_api})
     log_filter = (f'logName="projects/{sandbox.project}/logs/run.googleapis.com%2Frequests" AND '
                   f'resource.labels.service_name="{service_id}"')

@@ -1,0 +1,117 @@
+"""Credentials of the run's identity: for the API clients, and Google ID tokens for the probes.
+
+One code path for real Google Cloud and the sandbox: a service-account key file when the settings name
+one (`endpoints.credentials_file`; the sandbox writes one whose `token_uri` is its own token endpoint),
+else Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, the metadata server, ...).
+ID tokens are minted through google-auth in a worker thread (never on the event loop), once per audience,
+and reused until shortly before they expire. A token is never logged, stored or put in evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.auth import exceptions as auth_exc
+from google.auth import jwt
+from google.auth.credentials import Credentials
+
+from stagecheck.errors import StageError
+
+REFRESH_MARGIN_S = 300.0  # mint a new token when the cached one has less than this left
+
+
+def api_credentials(credentials_file: str | None) -> Credentials | None:
+    """Credentials for the Cloud Run / Logging clients: the key file's service account, or None (the
+    clients then use Application Default Credentials themselves)."""
+    if credentials_file is None:
+        return None
+    from google.oauth2 import service_account
+
+    try:
+        creds: Credentials = service_account.Credentials.from_service_account_file(credentials_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise StageError(f"unusable credentials file {credentials_file}: {type(exc).__name__}",
+                         hint="point endpoints.credentials_file at a service-account key file") from None
+    return creds
+
+
+def identity_of(credentials_file: str | None) -> str:
+    """Who the probes act as, for messages: the key's service account, else "the ADC identity"."""
+    if credentials_file is not None:
+        try:
+            email = json.loads(Path(credentials_file).read_text()).get("client_email")
+        except (OSError, ValueError, AttributeError):
+            email = None
+        if email:
+            return f"serviceAccount:{email}"
+    return "the Application Default Credentials identity"
+
+
+def _mint_with_key(credentials_file: str, audience: str) -> str:
+    from google.auth.transport.requests import Request
+    from google.oauth2 import service_account
+
+    creds = service_account.IDTokenCredentials.from_service_account_file(credentials_file, target_audience=audience)
+    creds.refresh(Request())
+    return str(creds.token)
+
+
+def _mint_with_adc(audience: str) -> str:
+    from google.auth.transport.requests import Request
+    from google.oauth2 import id_token
+
+    return str(id_token.fetch_id_token(Request(), audience))
+
+
+def token_expiry(token: str) -> float:
+    """The `exp` claim (epoch seconds) of a JWT, read without verifying it (only the issuer can)."""
+    claims = jwt.decode(token, verify=False)
+    return float(claims["exp"])
+
+
+@dataclass
+class _Cached:
+    token: str
+    expires_at: float
+
+
+class IdTokens:
+    """Google ID tokens per audience, minted once and reused until REFRESH_MARGIN_S before expiry."""
+
+    def __init__(self, credentials_file: str | None, *, clock: Callable[[], float] = time.time,
+                 mint: Callable[[str], str] | None = None) -> None:
+        self.credentials_file = credentials_file
+        self.identity = identity_of(credentials_file)
+        self._clock = clock
+        self._mint = mint or (
+            (lambda aud: _mint_with_key(credentials_file, aud)) if credentials_file else _mint_with_adc)
+        self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.minted = 0  # how many tokens were minted (tests check the reuse)
+
+    async def token(self, audience: str) -> str:
+        lock = self._locks.setdefault(audience, asyncio.Lock())
+        async with lock:  # concurrent probes of one audience wait for one mint
+            cached = self._cache.get(audience)
+            if cached is not None and cached.expires_at - self._clock() > REFRESH_MARGIN_S:
+                return cached.token
+            try:
+                token = await asyncio.to_thread(self._mint, audience)
+                expires_at = token_expiry(token)
+            except (auth_exc.GoogleAuthError, ValueError, KeyError, OSError) as exc:
+                # the exception text may quote the server's answer but never a token we hold
+                raise StageError(f"could not get an ID token for audience {audience} as {self.identity}: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 hint='the probes need an identity that can mint ID tokens (a service account); '
+                                      'for a public service set probes.auth = "none"') from None
+            self.minted += 1
+            self._cache[audience] = _Cached(token, expires_at)
+            return token
+
+    async def headers(self, audience: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.token(audience)}"}
