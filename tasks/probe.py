@@ -24,12 +24,14 @@ async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, 
     out: list[ProbeTarget] = []
     identity = tokens.identity if tokens is not None else "the run's identity"
     for target in targets:
-        headers = None
+        token = None
         if policy.auth == ProbeAuth.ID_TOKEN and target.audience and tokens is not None \
                 and target.mode != ProbeMode.OFF:
-            headers = await tokens.headers(target.audience)
-        errors = auth_failures(auth=policy.auth, audience=target.audience if headers else None, identity=identity,
+            token = await tokens.headers(target.audience)
+        errors = auth_failures(auth=policy.auth, audience=target.audience if token else None, identity=identity,
                                service=service)
+        # the target's own headers (e.g. the Host of a load-balancer tag route) stay; the token joins them
+        headers = {**(target.headers or {}), **(token or {})} or None
         out.append(replace(target, headers=headers, auth_errors=errors))
     return out
 

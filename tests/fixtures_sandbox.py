@@ -22,7 +22,7 @@ from google.oauth2 import service_account
 
 from sandbox.control import SandboxError, SandboxInfo, start, stop
 
-__all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "id_token", "new_service", "run_clients", "sandbox",
+__all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "id_token", "logging_client_for", "new_service", "run_clients", "sandbox",
            "unique_name"]
 
 # Operation polling for tests: every 10-50 ms instead of the client's 1 s x1.5 backoff.
@@ -98,6 +98,15 @@ def clients_for(info: SandboxInfo) -> RunClients:
         lb_url=info.lb_url,
         credentials_file=info.credentials_file,
     )
+
+
+def logging_client_for(info: SandboxInfo) -> Any:
+    """google-cloud-logging's HTTP client with the sandbox's service-account key (the Logging API wants it)."""
+    from google.cloud import logging as gcl
+
+    credentials = service_account.Credentials.from_service_account_file(info.credentials_file)
+    return gcl.Client(project=info.project, credentials=credentials, _use_grpc=False,
+                      client_options={"api_endpoint": info.logging_api})
 
 
 @pytest.fixture(scope="session")

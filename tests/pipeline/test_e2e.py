@@ -409,12 +409,10 @@ async def test_passed_release_returns_to_latest_and_prunes_old_own_tags(
     assert serving(run_clients, service) == {candidate: 100}
     assert release["data"]["removed_tags"] == ["sc-0000002", "sc-0000001"]
     # the probes reached the candidate's two instances: its request log names both
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import logging as gcl
+    from tests.fixtures_sandbox import logging_client_for
 
     sandbox = scenario.sandbox
-    logs = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
-                      client_options={"api_endpoint": sandbox.logging_api})
+    logs = logging_client_for(sandbox)
     entries = logs.list_entries(filter_=(f'logName="projects/{sandbox.project}/logs/run.googleapis.com%2Frequests" '
                                          f'AND resource.labels.revision_name="{candidate}"'))
     assert len({e.labels["instanceId"] for e in entries}) == 2

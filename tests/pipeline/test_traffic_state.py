@@ -26,7 +26,7 @@ def cloudrun_for(sandbox: SandboxInfo, service: str) -> CloudRun:
     return CloudRun(Settings(project=sandbox.project, region=sandbox.region, registry=sandbox.registry,
                              services=({"name": service},),  # type: ignore[arg-type]
                              endpoints={"run_api": sandbox.run_api, "logging_api": sandbox.logging_api,  # type: ignore[arg-type]
-                                        "anonymous": True}))
+                                        "credentials_file": sandbox.credentials_file}))
 
 
 async def test_a_shift_is_verified_against_traffic_statuses_not_traffic(

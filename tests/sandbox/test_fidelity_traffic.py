@@ -12,12 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import logging as gcl
 from google.cloud import run_v2
 
 from sandbox.control import SandboxInfo
-from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, wait_for
+from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, logging_client_for, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
@@ -51,7 +49,8 @@ def test_traffic_statuses_keep_the_old_split_while_reconciling(
 ) -> None:
     name = new_service("recon")
     svc, rev_a, rev_b = two_revisions(run_clients, name, sample_image.ref)
-    assert served_by(f"{svc.uri}/health") == {rev_b}
+    auth = run_clients.invoke_headers(svc.uri)
+    assert served_by(f"{svc.uri}/health", headers=auth) == {rev_b}
     run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"reconcile_delay_s": 2.0})
     svc.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=rev_a, percent=100)]
     op = run_clients.services.update_service(service=svc)
@@ -61,13 +60,13 @@ def test_traffic_statuses_keep_the_old_split_while_reconciling(
     assert [(t.revision, t.percent) for t in during.traffic] == [(rev_a, 100)]  # what was asked ...
     assert [(t.revision, t.percent) for t in during.traffic_statuses] == [(rev_b, 100)]  # ... is not what serves
     assert during.observed_generation < during.generation
-    assert served_by(f"{svc.uri}/health", 5) == {rev_b}  # the proxy still routes by the old split
+    assert served_by(f"{svc.uri}/health", 5, auth) == {rev_b}  # the proxy still routes by the old split
     assert not op.done()
 
     done = op.result(polling=FAST_POLL, timeout=60)  # the operation completes once reconciled
     assert done.reconciling is False and done.observed_generation == done.generation
     assert [(t.revision, t.percent) for t in done.traffic_statuses] == [(rev_a, 100)]
-    assert served_by(f"{svc.uri}/health") == {rev_a}
+    assert served_by(f"{svc.uri}/health", headers=auth) == {rev_a}
 
 
 # ---------------------------------------------------------------- failed revisions
@@ -126,7 +125,8 @@ def test_ingress_closes_run_app_urls_but_not_the_load_balancer(
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     assert svc.ingress == run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER
     tag_uri = next(t.uri for t in svc.traffic_statuses if t.tag == "cur")
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    auth = run_clients.invoke_headers(svc.uri)
+    with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
         assert client.get(f"{svc.uri}/health").status_code == 404  # run.app URL closed (404 as observed)
         assert client.get(f"{tag_uri}/health").status_code == 404  # tag URLs too
         resp = client.get(f"{run_clients.lb_url}/{name}/health")  # the load balancer still reaches it
@@ -134,12 +134,12 @@ def test_ingress_closes_run_app_urls_but_not_the_load_balancer(
 
     svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
         assert client.get(f"{run_clients.lb_url}/{name}/health").status_code == 404  # external LB closed too
 
     svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
         assert client.get(f"{svc.uri}/health").status_code == 200
         assert client.get(f"{tag_uri}/health").status_code == 200
 
@@ -154,14 +154,15 @@ def test_lb_url_mask_routes_to_a_tag_and_forwards_the_path_unchanged(
     svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER  # type: ignore[assignment]
     run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     lb = run_clients.lb_url
+    auth = run_clients.invoke_headers(svc.uri)
     try:
         run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": [
             {"url_mask": "<tag>.<service>.tags.example.test"},
             {"url_mask": "<tag>.paths.example.test/<service>"},
         ]})
         # host mask: the tag's revision answers, the path is forwarded as received
-        assert served_by(f"{lb}/health", 5, {"Host": f"old.{name}.tags.example.test"}) == {rev_a}
-        with httpx.Client(timeout=10, trust_env=False) as client:
+        assert served_by(f"{lb}/health", 5, {"Host": f"old.{name}.tags.example.test", **auth}) == {rev_a}
+        with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
             resp = client.get(f"{lb}/health", headers={"Host": f"old.{name}.tags.example.test"})
             assert resp.status_code == 200 and resp.json()["revision"] == rev_a
             assert client.get(f"{lb}/health", headers={"Host": f"nope.{name}.tags.example.test"}).status_code == 503
@@ -176,10 +177,10 @@ def test_url_map_strips_no_prefix_unless_a_rewrite_says_so(
     run_clients: RunClients, sample_image, new_service: Callable[[str], str]
 ) -> None:
     name = new_service("rw")
-    deploy(run_clients, name, sample_image.ref)
+    svc = deploy(run_clients, name, sample_image.ref)
     lb = run_clients.lb_url
     try:
-        with httpx.Client(timeout=10, trust_env=False) as client:
+        with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
             run_clients.admin("PUT", "/sandbox/v1/lb", {"routes": [{"service": name, "path_prefix": "/shop"}]})
             resp = client.get(f"{lb}/shop/health")  # forwarded as /shop/health: the service has no such path
             assert resp.status_code == 404 and resp.headers["x-sandbox-revision"]
@@ -198,11 +199,10 @@ def test_url_map_strips_no_prefix_unless_a_rewrite_says_so(
 
 
 def _entries(sandbox: SandboxInfo, service: str, log: str) -> list[Any]:
-    client = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
-                        client_options={"api_endpoint": sandbox.logging_api})
+    client = logging_client_for(sandbox)
     log_filter = (f'logName="projects/{sandbox.project}/logs/run.googleapis.com%2F{log}" AND '
                   f'resource.labels.service_name="{service}"')
-    return list(client.list_entries(filter_=log_filter, order_by=gcl.ASCENDING))
+    return list(client.list_entries(filter_=log_filter, order_by="timestamp asc"))
 
 
 def test_two_instances_serve_a_revision_and_log_their_instance_ids(
@@ -213,7 +213,7 @@ def test_two_instances_serve_a_revision_and_log_their_instance_ids(
     instances = next(i for i in run_clients.admin("GET", "/sandbox/v1/status")["instances"] if i["service"] == name)
     ports = {i["port"] for i in instances["instances"] if i["state"] == "READY"}
     assert len(ports) == 2  # two containers, each on its own port
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
         for _ in range(10):
             assert client.get(f"{svc.uri}/health").status_code == 200
 
@@ -233,9 +233,10 @@ def test_requests_beyond_capacity_are_queued_then_429(
                  scaling=run_v2.RevisionScaling(max_instance_count=1), max_instance_request_concurrency=1)
     run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"queue_timeout_s": 0.5})
     slow: dict[str, int] = {}
+    auth = run_clients.invoke_headers(svc.uri)
 
     def hold_the_slot() -> None:
-        slow["status"] = httpx.get(f"{svc.uri}/slow", timeout=20, trust_env=False).status_code
+        slow["status"] = httpx.get(f"{svc.uri}/slow", headers=auth, timeout=20, trust_env=False).status_code
 
     def in_flight() -> bool:
         status = run_clients.admin("GET", "/sandbox/v1/status")
@@ -246,7 +247,7 @@ def test_requests_beyond_capacity_are_queued_then_429(
     try:
         wait_for(in_flight, timeout=10)
         started = time.monotonic()
-        resp = httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)
+        resp = httpx.get(f"{svc.uri}/health", headers=auth, timeout=10, trust_env=False)
         waited = time.monotonic() - started
         assert resp.status_code == 429 and NO_INSTANCE in resp.text
         assert waited >= 0.45  # held in the queue before the answer
@@ -260,6 +261,6 @@ def test_requests_beyond_capacity_are_queued_then_429(
     holder.start()
     try:
         wait_for(in_flight, timeout=10)
-        assert httpx.get(f"{svc.uri}/health", timeout=20, trust_env=False).status_code == 200
+        assert httpx.get(f"{svc.uri}/health", headers=auth, timeout=20, trust_env=False).status_code == 200
     finally:
         holder.join(timeout=20)
