@@ -38,7 +38,15 @@ from stagecheck.model import (
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.report import render_run_markdown
-from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
+from stagecheck.settings import (
+    ConfigError,
+    ProbeMode,
+    ServiceConfig,
+    Settings,
+    TrafficPlan,
+    UrlKind,
+    check_sources,
+)
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from tasks.build import build_image
@@ -333,6 +341,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     try:
         settings = request.load()
         services = [settings.service(name) for name in request.services] or list(settings.services)
+        check_sources(settings, services)  # the build inputs exist, before any stage
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
