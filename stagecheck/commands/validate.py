@@ -153,9 +153,9 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
-    # before Prefect is imported; a value the user set explicitly wins (stagecheck/cli.py does the same)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from stagecheck.cli import offline_defaults
+
+    offline_defaults(os.environ)  # before Prefect is imported (also for `python -m flows.validate`)
     # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not args.verbose:  # the live display replaces Prefect's console log; the API still gets every log
@@ -175,6 +175,51 @@ def main(argv: list[str]) -> int:
         print(f"stagecheck validate: {exc}", file=sys.stderr)
         return 2
 
+    from stagecheck.prefect_server import TemporaryServerError
+
+    try:
+        server = temporary_api()
+    except TemporaryServerError as exc:
+        print(f"stagecheck validate: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, request, settings)
+    finally:
+        if server is not None:
+            _drain_prefect_workers()  # logs and events reach the server before it stops
+            server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for drain in (APILogWorker.drain_all, EventsWorker.drain_all):
+        try:
+            drain(timeout=10)
+        except Exception:  # nothing started, or the server is already gone: nothing to flush
+            pass
+
+
+def temporary_api() -> Any:
+    """Without a configured Prefect API, start a temporary server that dies with this process (SIGKILL
+    included) and point Prefect at it; Prefect's own temporary server would outlive a killed CLI."""
+    from prefect.settings import get_current_settings
+
+    current = get_current_settings()
+    if current.api.url or not current.server.ephemeral.enabled:
+        return None
+    from prefect.context import refresh_global_settings_context
+
+    from stagecheck.prefect_server import start_temporary_server
+
+    server = start_temporary_server(float(current.server.ephemeral.startup_timeout_seconds))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    refresh_global_settings_context()
+    return server
+
+
+def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     import asyncio
 
     from flows.validate import validate
