@@ -29,6 +29,7 @@ MAX_MEMORY_MIB = 32 * 1024  # Cloud Run's maximum memory per instance
 CPU_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]{1,3})?|[0-9]+m)$")
 MAX_WAIT_S = 3600.0  # no single wait of a validation (deploy, probe deadline, settle, hold, smoke) beyond an hour
 MAX_SLOT_WAIT_S = 86400.0
+MAX_CONFIG_BYTES = 1024 * 1024
 # What stagecheck itself puts in the environment of smoke commands (and its own runtime knobs): never config.
 NOT_CONFIG_ENV = {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL", "STAGECHECK_BASE_URL",
                   "STAGECHECK_TAG_URL", "STAGECHECK_LB_URL", "STAGECHECK_REVISION", "STAGECHECK_SERVICE"}
@@ -496,6 +497,10 @@ def describe_error(err: Mapping[str, Any]) -> str:
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file as a dict; ConfigError naming the file (and the line) when it is missing or malformed."""
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
+            raise ConfigError(f"{what} {path} is not a regular file")
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a stagecheck config")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None

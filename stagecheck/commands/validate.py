@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from stagecheck.model import ServiceReport, StageResult, Status
 from stagecheck.report import merge_not_run
@@ -71,8 +71,13 @@ class LiveDisplay:
         return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line naming the flag, not the whole usage
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.")
+    parser = _Parser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.")
     parser.add_argument("--config", default=os.environ.get("STAGECHECK_CONFIG", "stagecheck.toml"),
                         help="stagecheck.toml to use (default: %(default)s)")
     parser.add_argument("--service", action="append", default=[], help="only this service (repeatable)")
