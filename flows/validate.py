@@ -143,7 +143,7 @@ class ServiceValidation:
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
             try:
-                async with service_slot(self.svc.name):  # one validation per service at a time
+                async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
                     self.started_at = datetime.now(UTC)
                     image, revision = await self._stages(syntax)
             except ServiceLockError as exc:
