@@ -69,6 +69,8 @@ def start_temporary_server(timeout_s: float, attempts: int = 3) -> TemporaryServ
     """Start the server on a free port and wait (at most `timeout_s`) until `/api/health` answers."""
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false")):
+        env.setdefault(key, value)  # offline: no telemetry errors; an explicit user value is kept
     deadline = time.monotonic() + timeout_s
     last = "no attempt"
     for _ in range(attempts):
