@@ -403,9 +403,9 @@ def check_sources(settings: Settings, services: Iterable[ServiceConfig] | None =
         where = f"services.{index}"
         if not svc.source_dir.is_dir():
             what = "is not a directory" if svc.source_dir.exists() else "does not exist"
-            problems.append(f"  {where}.source_dir: the build context {svc.source_dir} {what}")
+            problems.append(f"  {where}.source_dir: the build context {svc.source_dir.resolve()} {what}")
         elif not (svc.source_dir / svc.dockerfile).is_file():
-            problems.append(f"  {where}.dockerfile: {svc.dockerfile!r} not found in {svc.source_dir}")
+            problems.append(f"  {where}.dockerfile: {svc.dockerfile!r} not found in {svc.source_dir.resolve()}")
     if problems:
         raise ConfigError("invalid configuration (build inputs):\n" + "\n".join(problems))
 
