@@ -89,3 +89,20 @@ async def test_a_webhook_that_never_answers_is_given_up_with_the_time_waited() -
             writer.close()
         server.close()
     assert problem == "no answer from the webhook within 0.3 s (3 attempt(s))"
+
+
+def test_the_temporary_prefect_server_start_is_bounded_and_its_process_stopped() -> None:
+    from stagecheck.prefect_server import TemporaryServerError, start_temporary_server
+
+    with pytest.raises(TemporaryServerError, match=r"did not answer /api/health within 0\.05 s") as info:
+        start_temporary_server(timeout_s=0.05)
+    port = str(info.value).split("127.0.0.1:")[1].split()[0]
+    # the child it started is gone too: nothing listens on its port, no process carries its port argument
+    assert not any(f"--port {port}" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit() and _alive(int(p.name)))
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
