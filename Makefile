@@ -8,6 +8,7 @@
 #   make test       lint + typecheck + pytest (starts the engine/registry first)
 #   make lint | typecheck | pytest
 #   make demo       set up, start the sandbox, validate the example service end to end
+#   make clean-registry   untag what test sessions left in the local registry (older than an hour)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -28,7 +29,7 @@ MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -p
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve
+.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve clean-registry
 
 help:
 	@sed -n '/^#/!q; s/^# \{0,1\}//p' Makefile
@@ -93,3 +94,8 @@ test: lint typecheck pytest
 # The README's first command: set up, bring the sandbox up, validate the example service end to end.
 demo: up
 	$(STAGECHECK) validate --config examples/stagecheck.sandbox.toml --sandbox --state-dir $(STATE_DIR)
+
+# Session tags (test-/bench-/soak-<hex>) of the sample image and the tests' one-off repositories not pushed to
+# for an hour; the running sessions' own tags stay (each session also removes its own at the end).
+clean-registry: setup
+	$(BIN)/python -m sandbox.cleanup --state-dir $(STATE_DIR) --older-than 3600

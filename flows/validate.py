@@ -48,6 +48,7 @@ from stagecheck.settings import (
     Settings,
     TrafficPlan,
     UrlKind,
+    check_sources,
 )
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
@@ -187,7 +188,7 @@ class ServiceValidation:
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
             try:
-                async with service_slot(self.svc.name):  # one validation per service at a time
+                async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
                     self.started_at = datetime.now(UTC)
                     image, revision = await self._stages(syntax)
             except ServiceLockError as exc:
@@ -434,6 +435,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     try:
         settings = request.load()
         services = [settings.service(name) for name in request.services] or list(settings.services)
+        check_sources(settings, services)  # the build inputs exist, before any stage
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))

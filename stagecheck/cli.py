@@ -4,7 +4,9 @@ only dispatches (imports are lazy so `stagecheck --help` stays fast)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import MutableMapping
 
 # sub-command -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,7 +23,19 @@ USAGE = "usage: stagecheck COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
 )
 
 
+# A temporary Prefect server on an offline machine would log "Failed to send telemetry" at ERROR on
+# every run; stagecheck sends nothing anywhere. A value the user set explicitly is kept.
+OFFLINE_DEFAULTS = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def offline_defaults(environ: MutableMapping[str, str]) -> None:
+    """Set the no-telemetry defaults in `environ` (before Prefect is imported), never overriding."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
+    offline_defaults(os.environ)
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help", "help"}:
         print(USAGE)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 
 from stagecheck.model import Criterion, StageResult, Status
@@ -55,22 +56,84 @@ async def ensure_limits(client: PrefectClient, services: Iterable[str]) -> list[
     return names
 
 
+DEFAULT_SLOT_WAIT_S = 1800.0  # Settings.slot_wait_s
+LEASE_S = 300.0  # a crashed holder's slot comes free after this (the lease is no longer renewed)
+
+
 @asynccontextmanager
-async def service_slot(service: str) -> AsyncIterator[float]:
+async def service_slot(service: str, timeout_s: float = DEFAULT_SLOT_WAIT_S) -> AsyncIterator[float]:
     """Hold the service's slot for the body; yields how long it waited for it (seconds).
 
-    Raises ServiceLockError (with what to do) when the limit does not exist."""
+    Waits at most `timeout_s` for another validation of the service to finish. Raises
+    ServiceLockError (with what to do) when the limit does not exist or the wait gives up; the
+    latter names the slot, how long it waited and, when the API shows it, the flow run holding it."""
     name = limit_name(service)
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         try:
-            await stack.enter_async_context(concurrency(name, occupy=1, strict=True))
+            await stack.enter_async_context(concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s,
+                                                        lease_duration=LEASE_S, holder=_this_flow_run()))
         except ConcurrencySlotAcquisitionError as exc:
             raise ServiceLockError(
                 f"cannot take the concurrency slot {name!r} for service {service!r}: {exc}. "
                 f"Create it with `prefect gcl create {name} --limit 1` (or run `stagecheck serve` / "
                 "`stagecheck validate`, which create the limits of the services they validate)") from None
+        except TimeoutError:  # AcquireConcurrencySlotTimeoutError
+            holders = await slot_holders(service)
+            raise ServiceLockError(slot_timeout_message(service, timeout_s, holders)) from None
         yield time.monotonic() - started
+
+
+def slot_timeout_message(service: str, timeout_s: float, holders: list[str] | None) -> str:
+    """Pure: why the wait for a service's slot gave up, naming the holder when it is known."""
+    if holders:
+        held = f"held by {', '.join(holders)}"
+    elif holders is None:
+        held = "the holder could not be read from the Prefect API"
+    else:
+        held = "no running flow run of this service found: a crashed run's lease frees it after at most " \
+               f"{LEASE_S:g} s"
+    return (f"waited {timeout_s:g} s for the concurrency slot {limit_name(service)!r} of service {service!r} "
+            f"(another validation of it is running), then gave up: {held}; raise slot_wait_s to wait longer")
+
+
+def _this_flow_run() -> ConcurrencyLeaseHolder | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+
+
+async def slot_holders(service: str) -> list[str] | None:
+    """Running flow runs (other than this one) with task runs of this service: who holds its slot.
+
+    Prefect's API does not expose a lease's holder; a validation tags its service's task runs
+    `service:<name>` while it holds the slot, so those runs are the holder. None when the API fails."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    me = _this_flow_run()
+    run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+                               id=FlowRunFilterId(not_any_=[me.id]) if me else None)
+    try:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=run_filter, limit=5,
+                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[f"service:{service}"])))
+    except Exception:  # the message still says what was waited for and how long
+        return None
+    return [f"flow run {run.name!r} ({run.id}, started {run.start_time:%Y-%m-%d %H:%M:%S} UTC)"
+            if run.start_time else f"flow run {run.name!r} ({run.id})" for run in runs]
 
 
 def lock_failed(service: str, error: ServiceLockError) -> StageResult:

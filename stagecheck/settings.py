@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,22 @@ def memory_ceiling_mib(cpus: float) -> int:
     if cpus < 1:
         return 1024
     return {1.0: 4, 2.0: 8, 4.0: 16, 6.0: 24, 8.0: 32}.get(cpus, 32) * 1024
+MAX_MEMORY_MIB = 32 * 1024  # Cloud Run's maximum memory per instance
+CPU_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]{1,3})?|[0-9]+m)$")
+MAX_WAIT_S = 3600.0  # no single wait of a validation (deploy, probe deadline, settle, hold, smoke) beyond an hour
+MAX_SLOT_WAIT_S = 86400.0
+MAX_CONFIG_BYTES = 1024 * 1024
+# What stagecheck itself puts in the environment of smoke commands (and its own runtime knobs): never config.
+NOT_CONFIG_ENV = {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL", "STAGECHECK_BASE_URL",
+                  "STAGECHECK_TAG_URL", "STAGECHECK_LB_URL", "STAGECHECK_REVISION", "STAGECHECK_SERVICE"}
+
+
+def cpu_is_valid(value: str) -> bool:
+    """Cloud Run CPU: 0.08-1 in fractions (or 80m-1000m), above 1 only 2, 4, 6 or 8."""
+    if not CPU_RE.match(value):
+        return False
+    cpus = int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    return 0.08 <= cpus <= 1 or cpus in {2.0, 4.0, 6.0, 8.0}
 
 
 class ConfigError(Exception):
@@ -174,6 +190,18 @@ class LogRules(Strict):
             raise ValueError(f"unknown severity {v!r}")
         return v
 
+    @field_validator("tolerated_signatures")
+    @classmethod
+    def _regexes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # the same rule as log_analysis.compile_tolerated: '/.../' is a regex, checked here, before anything moves
+        for index, pattern in enumerate(v):
+            if len(pattern) > 2 and pattern.startswith("/") and pattern.endswith("/"):
+                try:
+                    re.compile(pattern[1:-1])
+                except re.error as exc:
+                    raise ValueError(f"[{index}] {pattern!r} is not a valid regular expression: {exc}") from None
+        return v
+
 
 class SmokeCommand(Strict):
     name: str
@@ -238,14 +266,22 @@ class ServiceConfig(Strict):
             raise ValueError("memory is like '512Mi' or '2Gi'")
         return v
 
+    @field_validator("memory")
+    @classmethod
+    def _memory_cap(cls, v: str) -> str:
+        mib = int(v[:-2]) * (1024 if v.endswith("Gi") else 1)
+        if not 0 < mib <= MAX_MEMORY_MIB:
+            raise ValueError(f"memory is more than 0 and at most 32Gi on Cloud Run (got {v!r})")
+        return v
+
     @field_validator("cpu")
     @classmethod
     def _cpu(cls, v: str) -> str:
         cpus = cpu_amount(v)
         if not 0.08 <= cpus <= 8:
-            raise ValueError("Cloud Run CPU is between 0.08 and 8")
+            raise ValueError(f"Cloud Run CPU is between 0.08 and 8 (got {v!r})")
         if cpus > 1 and cpus not in (2, 4, 6, 8):
-            raise ValueError("CPU above 1 must be a whole number: 1, 2, 4, 6 or 8")
+            raise ValueError(f"CPU above 1 must be a whole number: 1, 2, 4, 6 or 8 (got {v!r})")
         return v
 
     @field_validator("env")
@@ -367,6 +403,8 @@ class Settings(BaseModel):
     extra_tags: tuple[str, ...] = ()
     git_sha: str | None = Field(None, description="commit to validate; default: HEAD of repo_root")
     dry_run: bool = Field(False, description="validate config, syntax and build; deploy nothing")
+    slot_wait_s: float = Field(1800.0, gt=0, description="max wait for the service's concurrency slot "
+                                                         "(another validation of the same service running)")
 
     @field_validator("project")
     @classmethod
@@ -382,6 +420,13 @@ class Settings(BaseModel):
     def _region(cls, v: str) -> str:
         if not REGION_RE.match(v):
             raise ValueError("region is like 'europe-west1'")
+        return v
+
+    @field_validator("git_sha")
+    @classmethod
+    def _git_sha(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{7,40}", v):
+            raise ValueError(f"a commit SHA is 7 to 40 lowercase hex digits (got {v[:60]!r})")
         return v
 
     @field_validator("lb_url")
@@ -420,6 +465,30 @@ class Settings(BaseModel):
             raise ValueError(f"duplicate service names: {names}")
         return self
 
+    @model_validator(mode="after")
+    def _bounded_waits(self) -> Settings:
+        """Every wait has a bound: an infinite or absurd timeout is refused before anything moves."""
+        waits: list[tuple[str, float, float]] = [
+            ("deploy_timeout_s", self.deploy_timeout_s, MAX_WAIT_S),
+            ("slot_wait_s", self.slot_wait_s, MAX_SLOT_WAIT_S),
+            ("probes.deadline_s", self.probes.deadline_s, MAX_WAIT_S),
+            ("probes.request_timeout_s", self.probes.request_timeout_s, MAX_WAIT_S),
+            ("probes.max_backoff_s", self.probes.max_backoff_s, MAX_WAIT_S),
+            ("probes.initial_backoff_s", self.probes.initial_backoff_s, MAX_WAIT_S),
+            ("probes.success_interval_s", self.probes.success_interval_s, MAX_WAIT_S),
+            ("traffic.hold_s", self.traffic.hold_s, MAX_WAIT_S),
+            ("logs.settle_s", self.logs.settle_s, MAX_WAIT_S),
+        ]
+        for i, svc in enumerate(self.services):
+            if svc.traffic is not None:
+                waits.append((f"services.{i}.traffic.hold_s", svc.traffic.hold_s, MAX_WAIT_S))
+            waits += [(f"services.{i}.smoke.{j}.timeout_s", smoke.timeout_s, MAX_WAIT_S)
+                      for j, smoke in enumerate(svc.smoke)]
+        for where, value, limit in waits:
+            if not value <= limit:  # also catches inf and nan
+                raise ValueError(f"{where}: at most {limit:g} seconds (got {value})")
+        return self
+
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
             if svc.name == name:
@@ -428,6 +497,25 @@ class Settings(BaseModel):
 
     def traffic_for(self, svc: ServiceConfig) -> TrafficPlan:
         return svc.traffic or self.traffic
+
+
+def check_sources(settings: Settings, services: Iterable[ServiceConfig] | None = None) -> None:
+    """The build inputs exist: each service's source_dir is a directory holding its Dockerfile.
+
+    A separate check (not a model validator): the model describes a target, this checks the checkout
+    the run builds from. Raises ConfigError naming every missing input."""
+    problems = []
+    chosen = list(settings.services if services is None else services)
+    for svc in chosen:
+        index = settings.services.index(svc)
+        where = f"services.{index}"
+        if not svc.source_dir.is_dir():
+            what = "is not a directory" if svc.source_dir.exists() else "does not exist"
+            problems.append(f"  {where}.source_dir: the build context {svc.source_dir.resolve()} {what}")
+        elif not (svc.source_dir / svc.dockerfile).is_file():
+            problems.append(f"  {where}.dockerfile: {svc.dockerfile!r} not found in {svc.source_dir.resolve()}")
+    if problems:
+        raise ConfigError("invalid configuration (build inputs):\n" + "\n".join(problems))
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -441,12 +529,18 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> dict[str, Any]:
-    """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces)."""
+    """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces).
+
+    Only the documented keys are read: a variable whose first part names a Settings field. The
+    variables stagecheck itself exports to smoke commands (STAGECHECK_BASE_URL, ..._LB_URL, ...) and
+    its runtime knobs (STAGECHECK_STATE_DIR, ...) are never configuration, nor is anything else."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL"}:
+        if not key.startswith(prefix) or key in NOT_CONFIG_ENV:
             continue
         path = key[len(prefix) :].lower().split("__")
+        if path[0] not in Settings.model_fields:
+            continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -487,20 +581,54 @@ def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {loc}: {describe_error(err)}" if loc else f"  {describe_error(err)}")
     missing = {str(e["loc"][0]) for e in exc.errors() if e["type"] == "missing" and e["loc"]}
     if missing & {"project", "region", "registry"}:
         lines.append("  hint: set project/region/registry in the config, or use --sandbox for the local sandbox")
     return "\n".join(lines)
 
 
+def describe_error(err: Mapping[str, Any]) -> str:
+    """One pydantic error as a short rule: no error-type prefix, no documentation URL."""
+    kind = str(err.get("type", ""))
+    if kind == "extra_forbidden":
+        return "unknown key (not a stagecheck setting)"
+    if kind == "missing":
+        return "required, not set"
+    message = str(err.get("msg", ""))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if kind.endswith("_parsing") or kind.endswith("_type"):
+        got = repr(err.get("input"))
+        message = f"{message} (got {got if len(got) <= 60 else got[:57] + '...'})"
+    return message
+
+
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file as a dict; ConfigError naming the file (and the line) when it is missing or malformed."""
     try:
-        return tomllib.loads(path.read_text())
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
+            raise ConfigError(f"{what} {path} is not a regular file")
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a stagecheck config")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} is not readable (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a UTF-8 text file (binary?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what} {path} is not a text file (it contains NUL bytes)")
+    if not text.strip():
+        raise ConfigError(f"{what} {path} is empty")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

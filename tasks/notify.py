@@ -52,6 +52,9 @@ async def post_summary(http: httpx.AsyncClient, url: str, body: dict[str, object
             await asyncio.sleep(RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)])
         try:
             resp = await http.post(url, json=body)
+        except httpx.TimeoutException:
+            problem = f"no answer from the webhook within {http.timeout.read or TIMEOUT_S:g} s ({attempt + 1} attempt(s))"
+            continue
         except httpx.HTTPError as exc:
             problem = f"{type(exc).__name__} reaching the webhook"
             continue

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +30,10 @@ async def run_command(cmd: SmokeCommand, env: Mapping[str, str], cwd: Path) -> t
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=cmd.timeout_s)
     except TimeoutError:
-        proc.kill()
+        # the command runs in its own session: end its whole process group, not only the shell (a child
+        # left running would also hold the output pipe open, and waiting for the shell would wait for it)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         return None, "", time.monotonic() - started
     return proc.returncode, out.decode(errors="replace")[-TAIL_CHARS:], time.monotonic() - started
@@ -43,7 +48,8 @@ async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: 
         evidence, criteria = [], []
         for cmd, (code, tail, seconds) in zip(commands, results, strict=True):
             ok = code == 0
-            observed = "timed out" if code is None else f"exit {code} in {seconds:.1f}s"
+            observed = (f"timed out: no exit within {cmd.timeout_s:g} s (killed with its process group)"
+                        if code is None else f"exit {code} in {seconds:.1f}s")
             evidence.append(Evidence(kind="command", summary=f"{cmd.name}: {observed}",
                                      data={"command": redact(cmd.command), "exit_code": code, "output_tail": redact(tail)}))
             criteria.append(Criterion(name=f"Smoke: {cmd.name}", stage="smoke", status=Status.PASS if ok else Status.FAIL,

@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from sandbox.cleanup import SAMPLE_REPOSITORY, remove_local_images, remove_tag
 from sandbox.infra import DEFAULT_REGISTRY, InfraError, InfraInfo, ensure_up
 from sandbox.sample_image import SampleImage, SampleImageError, build_sample_image
 
@@ -25,10 +26,9 @@ __all__ = ["docker_client", "docker_env", "sample_image"]
 
 @pytest.fixture(scope="session")
 def docker_env() -> InfraInfo:
-    state_dir = Path(os.environ.get("STAGECHECK_STATE_DIR") or REPO_ROOT / ".stagecheck")
     registry = os.environ.get("STAGECHECK_REGISTRY") or DEFAULT_REGISTRY
     try:
-        return ensure_up(state_dir, registry_addr=registry)
+        return ensure_up(infra_state_dir(), registry_addr=registry)
     except InfraError as exc:
         pytest.fail(f"local infrastructure unavailable: {exc}", pytrace=False)
 
@@ -41,10 +41,18 @@ def docker_client(docker_env: InfraInfo) -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def sample_image(docker_env: InfraInfo, docker_client: docker.DockerClient) -> SampleImage:
-    """The sample service, built and pushed once per session under a unique tag."""
+def sample_image(docker_env: InfraInfo, docker_client: docker.DockerClient) -> Iterator[SampleImage]:
+    """The sample service, built and pushed once per session under a unique tag, untagged at the end
+    (in the registry and the engine) so that sessions do not pile up `test-<hex>` tags."""
     tag = f"test-{uuid.uuid4().hex[:12]}"
     try:
-        return build_sample_image(docker_client, docker_env.registry, tag)
+        image = build_sample_image(docker_client, docker_env.registry, tag)
     except SampleImageError as exc:
         pytest.fail(f"sample image: {exc}", pytrace=False)
+    yield image
+    remove_tag(infra_state_dir(), SAMPLE_REPOSITORY, tag)
+    remove_local_images(docker_env.docker_host, [image.ref])
+
+
+def infra_state_dir() -> Path:
+    return Path(os.environ.get("STAGECHECK_STATE_DIR") or REPO_ROOT / ".stagecheck")

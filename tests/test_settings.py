@@ -139,3 +139,32 @@ def test_example_configs_load() -> None:
     gcp = load_settings(root / "examples" / "stagecheck.gcp.toml", environ={})
     assert gcp.services[0].secrets == {"API_TOKEN": "sample-api-token:latest"}
     assert gcp.services[0].health.service.mode is ProbeMode.ADVISORY
+
+
+def test_env_reads_only_settings_keys_never_the_smoke_exports(tmp_path: Path) -> None:
+    # what stagecheck exports to smoke commands (a smoke step may run stagecheck itself) is not config
+    cfg = write(tmp_path, 'lb_url = "http://lb.example"\n' + MINIMAL)
+    env = {"STAGECHECK_BASE_URL": "http://127.0.0.1:1", "STAGECHECK_TAG_URL": "http://127.0.0.1:2",
+           "STAGECHECK_LB_URL": "http://127.0.0.1:3/web", "STAGECHECK_REVISION": "web-00001-abc",
+           "STAGECHECK_SERVICE": "web", "STAGECHECK_STATE_DIR": "/x", "STAGECHECK_WEBHOOK_URL": "http://h",
+           "STAGECHECK_SOMETHING_ELSE": "1", "STAGECHECK_PROBES__DEADLINE_S": "42"}
+    s = load_settings(cfg, environ=env)
+    assert s.lb_url == "http://lb.example"
+    assert s.probes.deadline_s == 42
+
+
+def test_tolerated_regex_checked_at_load_substrings_untouched(tmp_path: Path) -> None:
+    ok = load_settings(write(tmp_path, MINIMAL + '[logs]\ntolerated_signatures = ["(unbalanced", "/dep(r|l)ecated/"]\n'),
+                       environ={})
+    assert ok.logs.tolerated_signatures == ("(unbalanced", "/dep(r|l)ecated/")
+    with pytest.raises(ConfigError, match=r"logs\.tolerated_signatures: \[1\] '/\[a-/' is not a valid regular"):
+        load_settings(write(tmp_path, MINIMAL + '[logs]\ntolerated_signatures = ["x", "/[a-/"]\n'), environ={})
+
+
+@pytest.mark.parametrize(("cpu", "valid"), [("1", True), ("0.5", True), ("0.08", True), ("500m", True), ("2", True),
+                                            ("8", True), ("0.05", False), ("3", False), ("1.5", False),
+                                            ("16", False), ("fast", False), ("", False)])
+def test_cpu_rule(cpu: str, valid: bool) -> None:
+    from stagecheck.settings import cpu_is_valid
+
+    assert cpu_is_valid(cpu) is valid

@@ -409,7 +409,14 @@ class CloudRun:
 
     async def finish(self, op: operation.Operation, what: str, timeout_s: float) -> run_v2.Service:
         """Wait for a long-running operation; its error becomes a StageError with the API's message."""
-        return await self._call(what, lambda: op.result(timeout=timeout_s, polling=_OP_POLLING))
+        def wait() -> run_v2.Service:
+            try:
+                return op.result(timeout=timeout_s, polling=_OP_POLLING)
+            except TimeoutError:  # still running at the deadline (google.api_core raises TimeoutError)
+                raise StageError(f"{what}: the operation {op.operation.name or '(unnamed)'} did not complete "
+                                 f"within {timeout_s:g} s") from None
+
+        return await self._call(what, wait)
 
     async def set_traffic(self, service: str, split: Sequence[TrafficTarget], timeout_s: float) -> run_v2.Service:
         current = await self.get_service(service)

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from stagecheck.model import ServiceReport, StageResult, Status
 from stagecheck.report import merge_not_run
@@ -71,8 +71,13 @@ class LiveDisplay:
         return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line naming the flag, not the whole usage
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.")
+    parser = _Parser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.")
     parser.add_argument("--config", default=os.environ.get("STAGECHECK_CONFIG", "stagecheck.toml"),
                         help="stagecheck.toml to use (default: %(default)s)")
     parser.add_argument("--service", action="append", default=[], help="only this service (repeatable)")
@@ -80,10 +85,72 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=os.environ.get("STAGECHECK_STATE_DIR", ".stagecheck"))
     parser.add_argument("--git-sha", help="commit to validate (default: HEAD)")
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
-    parser.add_argument("--hold", type=float, help="seconds to hold each canary step")
+    parser.add_argument("--hold", help="seconds to hold each canary step")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
     return parser.parse_args(argv)
+
+
+class UsageError(Exception):
+    """A flag is invalid; the message names the flag and its rule."""
+
+
+# ValidationRequest field -> the flag that sets it
+FLAGS = {"config": "--config", "services": "--service", "git_sha": "--git-sha", "traffic_steps": "--traffic",
+         "canary_hold_s": "--hold", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
+
+
+def parse_traffic(text: str) -> list[int]:
+    """`10,50,100` -> [10, 50, 100], checked against the traffic plan's rules (UsageError naming --traffic)."""
+    from pydantic import ValidationError
+
+    from stagecheck.settings import TrafficPlan, describe_error
+
+    try:
+        steps = [int(part.strip()) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--traffic {text!r}: whole percents separated by commas, like 10,50,100") from None
+    try:
+        TrafficPlan(steps=tuple(steps))
+    except ValidationError as exc:
+        raise UsageError(f"--traffic {text}: {describe_error(exc.errors()[0])}") from None
+    return steps
+
+
+def parse_hold(text: str) -> float:
+    """Seconds to hold each canary step: a number from 0 to the wait bound (UsageError naming --hold)."""
+    from stagecheck.settings import MAX_WAIT_S
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--hold {text!r}: seconds, a number like 30") from None
+    if not 0 <= value <= MAX_WAIT_S:  # also refuses nan and inf
+        raise UsageError(f"--hold {text}: seconds from 0 to {MAX_WAIT_S:g}")
+    return value
+
+
+def build_request(args: argparse.Namespace) -> Any:
+    """The flow's ValidationRequest from the flags; UsageError naming the flag and its rule."""
+    import re
+
+    from pydantic import ValidationError
+
+    from flows.params import ValidationRequest
+    from stagecheck.settings import describe_error
+
+    if args.git_sha is not None and not re.fullmatch(r"[0-9a-f]{7,40}", args.git_sha):
+        raise UsageError(f"--git-sha {args.git_sha[:60]!r}: a commit SHA, 7 to 40 lowercase hex digits")
+    steps = parse_traffic(args.traffic) if args.traffic is not None else None
+    hold = parse_hold(args.hold) if args.hold is not None else None
+    try:
+        return ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
+                                 traffic_steps=steps, canary_hold_s=hold, dry_run=args.dry_run,
+                                 sandbox=args.sandbox, state_dir=args.state_dir)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        raise UsageError(f"{FLAGS.get(field, field)}: {describe_error(err)}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -91,31 +158,73 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from stagecheck.cli import offline_defaults
+
+    offline_defaults(os.environ)  # before Prefect is imported (also for `python -m flows.validate`)
     # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not args.verbose:  # the live display replaces Prefect's console log; the API still gets every log
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
-    from flows.params import ValidationRequest
-    from stagecheck.settings import ConfigError
+    from stagecheck.settings import ConfigError, check_sources
 
     try:
-        steps = [int(x) for x in args.traffic.split(",")] if args.traffic else None
-        request = ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                    traffic_steps=steps, canary_hold_s=args.hold, dry_run=args.dry_run,
-                                    sandbox=args.sandbox, state_dir=args.state_dir)
+        request = build_request(args)
         settings = request.load()
-        for name in request.services:
-            settings.service(name)
-    except ValueError as exc:
-        print(f"stagecheck validate: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
+        try:
+            chosen = [settings.service(name) for name in request.services]
+        except ConfigError as exc:
+            raise UsageError(f"--service: {exc}") from None
+        check_sources(settings, chosen or None)
+    except (UsageError, ConfigError) as exc:
         print(f"stagecheck validate: {exc}", file=sys.stderr)
         return 2
 
+    from stagecheck.prefect_server import TemporaryServerError
+
+    try:
+        server = temporary_api()
+    except TemporaryServerError as exc:
+        print(f"stagecheck validate: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, request, settings)
+    finally:
+        if server is not None:
+            _drain_prefect_workers()  # logs and events reach the server before it stops
+            server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for drain in (APILogWorker.drain_all, EventsWorker.drain_all):
+        try:
+            drain(timeout=10)
+        except Exception:  # nothing started, or the server is already gone: nothing to flush
+            pass
+
+
+def temporary_api() -> Any:
+    """Without a configured Prefect API, start a temporary server that dies with this process (SIGKILL
+    included) and point Prefect at it; Prefect's own temporary server would outlive a killed CLI."""
+    from prefect.settings import get_current_settings
+
+    current = get_current_settings()
+    if current.api.url or not current.server.ephemeral.enabled:
+        return None
+    from prefect.context import refresh_global_settings_context
+
+    from stagecheck.prefect_server import start_temporary_server
+
+    server = start_temporary_server(float(current.server.ephemeral.startup_timeout_seconds))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    refresh_global_settings_context()
+    return server
+
+
+def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     import asyncio
 
     from flows.validate import validate

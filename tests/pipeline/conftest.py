@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from sandbox.cleanup import remove_local_repository, remove_repository
+from tests.fixtures_docker import infra_state_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "examples" / "sample-service"
 
@@ -33,6 +36,7 @@ class Scenario:
     def __init__(self, root: Path, sandbox: Any) -> None:
         self.root = root
         self.sandbox = sandbox
+        self.repositories: set[str] = set()  # what the runs push to; removed after the test
         subprocess.run(["git", "init", "-q", str(root)], check=True)
         _git(root, "config", "user.email", "ci@example.com")
         _git(root, "config", "user.name", "ci")
@@ -58,6 +62,7 @@ class Scenario:
             extra,
         ]
         for svc in services:
+            self.repositories.add(str(svc.get("image_name") or svc["name"]))
             lines.append("[[services]]")
             for key, value in svc.items():
                 if isinstance(value, dict):
@@ -76,7 +81,12 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(tmp_path: Path, sandbox: Any, sample_image: Any) -> Scenario:
+def scenario(tmp_path: Path, sandbox: Any, sample_image: Any) -> Iterator[Scenario]:
     # sample_image makes sure examples/sample-service/bin/busybox exists (it is gitignored)
     assert (SAMPLE / "bin" / "busybox").exists()
-    return Scenario(tmp_path / "repo", sandbox)
+    scenario = Scenario(tmp_path / "repo", sandbox)
+    yield scenario
+    # the images the runs pushed and built: one-off repositories, gone with the test
+    for repository in scenario.repositories:
+        remove_repository(infra_state_dir(), repository)
+        remove_local_repository(sandbox.docker_host, f"{sandbox.registry}/{repository}")

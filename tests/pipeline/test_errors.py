@@ -85,6 +85,7 @@ credentials_file = "{key}"
 [[services]]
 name = "web"
 """)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")  # the build inputs exist: the API is what fails
     for cmd in (["init", "-q"], ["add", "."], ["-c", "user.email=t@e.x", "-c", "user.name=t", "commit", "-qm", "x"]):
         subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
     proc = _cli("validate", "--config", "stagecheck.toml", cwd=tmp_path)
