@@ -66,7 +66,7 @@ def cpu_is_valid(value: str) -> bool:
     """Cloud Run CPU: 0.08-1 in fractions (or 80m-1000m), above 1 only 2, 4, 6 or 8."""
     if not CPU_RE.match(value):
         return False
-    cpus = int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    cpus = cpu_amount(value)
     return 0.08 <= cpus <= 1 or cpus in {2.0, 4.0, 6.0, 8.0}
 
 
@@ -277,6 +277,8 @@ class ServiceConfig(Strict):
     @field_validator("cpu")
     @classmethod
     def _cpu(cls, v: str) -> str:
+        if not CPU_RE.match(v):
+            raise ValueError(f"cpu is 0.08 to 1 in fractions (or 80m-1000m), or 2, 4, 6 or 8 (got {v!r})")
         cpus = cpu_amount(v)
         if not 0.08 <= cpus <= 8:
             raise ValueError(f"Cloud Run CPU is between 0.08 and 8 (got {v!r})")

@@ -144,8 +144,13 @@ CASES = [
 def _nothing_moved(sandbox: Any, name: str, image: str) -> None:
     repo = httpx.get(f"http://{sandbox.registry}/v2/{image}/tags/list", timeout=10, trust_env=False)
     assert repo.status_code == 404, f"the registry has {image}: {repo.text}"
-    svc = httpx.get(f"{sandbox.run_api}/v2/{sandbox.parent}/services/{name}", timeout=10, trust_env=False)
-    assert svc.status_code == 404, f"the sandbox has a service {name}: {svc.text}"
+    from google.api_core import exceptions as gexc
+
+    from tests.fixtures_sandbox import clients_for
+
+    clients = clients_for(sandbox)  # the API wants the sandbox's credentials
+    with pytest.raises(gexc.NotFound):
+        clients.services.get_service(name=clients.service_name(name))
 
 
 class StageRecorder:
