@@ -336,7 +336,8 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
+    traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
+                        or request.bake_s is not None)
 
     syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
     clients = Clients.from_settings(settings)

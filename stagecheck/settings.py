@@ -89,6 +89,8 @@ class ProbePolicy(Strict):
 class TrafficPlan(Strict):
     steps: tuple[int, ...] = Field((100,), description="percent to the new revision per step; last is 100")
     hold_s: float = Field(0.0, ge=0, description="wait (and watch) this long after each canary step")
+    bake_s: float = Field(60.0, ge=0, description="watch the release this long after the last step (0: no bake)")
+    bake_interval_s: float = Field(2.0, gt=0, description="pause between bake probes of the serving URLs")
 
     @field_validator("steps")
     @classmethod
@@ -111,6 +113,10 @@ class LogRules(Strict):
     tolerated_signatures: tuple[str, ...] = Field((), description="known signatures (substring or regex)")
     max_5xx_rate: float = Field(0.0, ge=0, le=1, description="share of 5xx request logs tolerated (after cold start)")
     max_entries: int = Field(5000, ge=1)
+    reads_per_minute: float = Field(
+        30.0, gt=0, le=60,
+        description="entries.list budget per project for the whole run (Cloud Logging allows 60/min/project)")
+    read_retries: int = Field(5, ge=0, description="retries of a read answered 429 or 503 (with backoff)")
 
     @field_validator("severity_threshold")
     @classmethod
