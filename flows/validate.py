@@ -41,6 +41,7 @@ from stagecheck.report import render_run_markdown
 from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
+from tasks.bake import watch_release
 from tasks.build import build_image
 from tasks.common import Clients
 from tasks.deploy import deploy_revision
@@ -114,6 +115,7 @@ class ServiceValidation:
         self.traffic_after: list[TrafficTarget] = []
         self.urls: dict[str, str] = {}
         self.last_probe_at: datetime | None = None
+        self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
 
     @property
     def tag(self) -> str:
@@ -179,6 +181,8 @@ class ServiceValidation:
         result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
                                                 tag=self.tag, snapshot=snapshot)
         revision = outcome.revision
+        if revision is not None:
+            self.revision_started = revision.created_at or outcome.started_at
         if outcome.traffic:
             self.traffic_after = outcome.traffic
         if outcome.service_url:
@@ -270,9 +274,28 @@ class ServiceValidation:
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, "probe-serving")
                 return False
-            if self.traffic_plan.hold_s and number < len(steps):
-                # the canary soaks at this step before the next one; it is watched again after the hold
-                await asyncio.sleep(self.traffic_plan.hold_s)
+            last = number == len(steps)
+            watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
+            if watch_s:  # the canary holds (and the release bakes) under watch: probes and logs
+                label = f"bake after {percent} %" if last else f"canary hold at {percent} %"
+                if not await self._bake(snapshot, revision, targets, watch_s, label):
+                    return False
+        return True
+
+    async def _bake(self, snapshot: ServiceSnapshot, revision: str, targets: list[ProbeTarget], seconds: float,
+                    label: str) -> bool:
+        """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
+        self.starting(label)
+        result = await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
+                                     revision=revision,
+                                     previous_revision=snapshot.previous.name if snapshot.previous else None,
+                                     since=self.revision_started or self.started_at, targets=targets,
+                                     duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
+                                     probes=self.settings.probes, rules=self.settings.logs)
+        self.last_probe_at = datetime.now(UTC)
+        if not self.record(result):
+            await self._rollback_if_moved(True, revision, "bake")
+            return False
         return True
 
     async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
@@ -298,7 +321,10 @@ class ServiceValidation:
                                  message=result.summary)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
-        verdict, decided_by, reasons, warnings = decide(self.stages, required_for(self.settings, self.svc))
+        required = required_for(self.settings, self.svc)
+        if self.traffic_plan.bake_s and not self.settings.dry_run:  # the bake window must have watched
+            required = (*required, "bake")
+        verdict, decided_by, reasons, warnings = decide(self.stages, required)
         snapshot = self.snapshot
         price = self.settings.price
         return ServiceReport(

@@ -434,3 +434,15 @@ async def probe_websocket(
     result = _result(ws_url, kind, mode, policy, verdict, [attempt], clock() - start, method="WS")
     first = attempt.latency_s if verdict.status == Status.PASS else None
     return replace(result, first_success_s=first, cold_start_retries=0)
+
+
+async def probe_once(
+    client: httpx.AsyncClient,
+    target: ProbeTarget,
+    policy: ProbePolicy,
+    *,
+    at_s: float = 0.0,
+    clock: Clock = time.monotonic,
+) -> ProbeAttempt:
+    """One GET of `target` with the policy's request timeout, as the bake window sends them."""
+    return await _attempt(client, target.url, target.headers, policy, at_s, policy.request_timeout_s, clock)
