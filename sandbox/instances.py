@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -170,6 +171,8 @@ class RevisionInstance:
         self._starts += 1
         self.port = free_port()
         self.container_name = f"sbx-{self._runtime.instance_id[:8]}-{self.revision}-{self._starts}"
+        # labels.instanceId of this container's log lines (Cloud Run: one opaque id per instance)
+        instance_label = hashlib.sha256(self.container_name.encode()).hexdigest()[:32]
         env = {v.name: v.value for v in self.spec.env}
         env.update({"PORT": str(self.port), "K_SERVICE": self.service, "K_REVISION": self.revision,
                     "K_CONFIGURATION": self.service})
@@ -189,7 +192,7 @@ class RevisionInstance:
                          f"Starting new instance of revision {self.revision} (PORT={self.port}).")
         run = asyncio.ensure_future(self._runtime.run(
             launch,
-            lambda stream, line: self._log.container(self.service, self.revision, stream, line),
+            lambda stream, line: self._log.container(self.service, self.revision, stream, line, instance_label),
             lambda code: self._on_exit(exited, code),
         ))
         try:

@@ -108,6 +108,17 @@ def _unavailable() -> Response:
     return PlainTextResponse("Service Unavailable", status_code=503)
 
 
+NO_INSTANCE = "The request was aborted because there was no available instance."
+
+
+def _no_instance(instance: RevisionInstance | None) -> Response:
+    """Cloud Run's answer when no instance took the request within the hold: 429 "no available instance"
+    while one is still starting, 503 when the start failed (or nothing can serve)."""
+    if instance is not None and instance.state == "STARTING":
+        return PlainTextResponse(NO_INSTANCE, status_code=429)
+    return _unavailable()
+
+
 def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
@@ -271,7 +282,7 @@ class ProxyHub:
             instance = self.backend.instance(target.service, revision) if revision else None
             port = await instance.acquire(self.backend.behavior(target.service).cold_start_hold_s) if instance else None
             if instance is None or port is None:
-                await _unavailable()(scope, receive, counting)
+                await _no_instance(instance)(scope, receive, counting)
                 return
             instance.begin_request()
             try:

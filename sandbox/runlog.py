@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sandbox.logstore import LogStore, container_entry, request_entry, system_entry
+from sandbox.logstore import LogStore, audit_entry, container_entry, request_entry, system_entry
 
 
 @dataclass
@@ -18,9 +18,18 @@ class RunLog:
         self.store.append(system_entry(project=self.project, location=self.location, service=service,
                                        revision=revision, severity=severity, message=message))
 
-    def container(self, service: str, revision: str, stream: Literal["stdout", "stderr"], line: str) -> None:
+    def container(self, service: str, revision: str, stream: Literal["stdout", "stderr"], line: str,
+                  instance_id: str | None = None) -> None:
         self.store.append(container_entry(project=self.project, location=self.location, service=service,
-                                          revision=revision, stream=stream, line=line))
+                                          revision=revision, stream=stream, line=line, instance_id=instance_id))
+
+    def ready_changed(self, service: str, revision: str | None, ready: bool, detail: str | None = None) -> None:
+        """The system_event audit entry of a Ready condition change (revision, or service when None)."""
+        what = f"Revision {revision}" if revision else f"Service {service}"
+        message = f"Ready condition status changed to {ready} for {what}" + (
+            f" with message: {detail}" if detail else ".")
+        self.store.append(audit_entry(project=self.project, location=self.location, service=service,
+                                      revision=revision, ready=ready, message=message))
 
     def request(
         self,

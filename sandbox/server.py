@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
 from sandbox.listeners import ListenerPool
-from sandbox.logapi import logging_routes
+from sandbox.logapi import ListQuota, logging_routes
 from sandbox.logstore import LogStore
 from sandbox.orchestrator import Behavior, Orchestrator, SandboxConfig
 from sandbox.proxy import LbConfig, ProxyHub
@@ -44,6 +44,7 @@ class ServeOptions:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     startup_timeout_s: float = 240.0
     cold_start_hold_s: float = 10.0
+    log_list_per_minute: int = 60  # Cloud Logging's entries.list quota per project (cannot be raised)
 
 
 class BehaviorBody(BaseModel):
@@ -153,7 +154,7 @@ class SandboxServer:
 
         routes = [
             *run_routes(self.orch, self.faults),
-            *logging_routes(self.store, self.faults),
+            *logging_routes(self.store, self.faults, ListQuota(self.options.log_list_per_minute)),
             *fault_routes(self.faults),
             *self.admin_routes(),
         ]

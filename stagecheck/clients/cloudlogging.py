@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,11 @@ class ReadBudget:
 
     In any 60 s window at most `burst + per_minute` requests start, so 30/min with a burst of 3 stays
     far below Cloud Logging's 60/min per project even when every service of a run reads at once.
-    Waiters are served in arrival order."""
+    Each caller reserves the next free slot under a (thread) lock and sleeps outside it, so waiters are
+    served in arrival order and the budget works across event loops and threads."""
+
+    _shared: dict[tuple[str, str, float], ReadBudget] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self, per_minute: float, burst: int = 3, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -59,30 +64,40 @@ class ReadBudget:
             raise ValueError("a read budget needs per_minute > 0 and burst >= 1")
         self.per_minute, self.burst = per_minute, burst
         self._clock, self._sleep = clock, sleep
-        self._tokens = float(burst)
+        self._tokens = float(burst)  # may go negative: slots reserved by waiting callers
         self._updated = clock()
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
         self.granted = 0
         self.waited_s = 0.0
 
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_minute / 60.0)
-        self._updated = now
+    @classmethod
+    def for_project(cls, endpoint: str, project: str, per_minute: float) -> ReadBudget:
+        """The one budget of a project (per Logging endpoint) in this process, shared by every reader."""
+        key = (endpoint, project, per_minute)
+        with cls._shared_lock:
+            budget = cls._shared.get(key)
+            if budget is None:
+                budget = cls._shared[key] = cls(per_minute)
+            return budget
+
+    def reserve(self) -> float:
+        """Take the next slot; the seconds to wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_minute / 60.0)
+            self._updated = now
+            self._tokens -= 1.0
+            wait = max(0.0, -self._tokens * 60.0 / self.per_minute)
+            self.granted += 1
+            self.waited_s += wait
+            return wait
 
     async def acquire(self) -> float:
-        """Wait for a token; the seconds waited."""
-        async with self._lock:
-            self._refill()
-            waited = 0.0
-            if self._tokens < 1.0:
-                waited = (1.0 - self._tokens) * 60.0 / self.per_minute
-                await self._sleep(waited)
-                self._refill()
-            self._tokens = max(0.0, self._tokens - 1.0)
-            self.granted += 1
-            self.waited_s += waited
-            return waited
+        """Wait for a slot; the seconds waited."""
+        wait = self.reserve()
+        if wait > 0:
+            await self._sleep(wait)
+        return wait
 
 
 def retry_delay(attempt: int, rand: float) -> float:
@@ -114,7 +129,9 @@ class LogReader:
         if settings.endpoints.anonymous:
             self._kwargs["credentials"] = AnonymousCredentials()
         self._client: Any = None
-        self.budget = ReadBudget(settings.logs.reads_per_minute)  # one per project, shared by the run
+        # one budget per project, shared by every service of the run (and every run in this process)
+        self.budget = ReadBudget.for_project(settings.endpoints.logging_api or "https://logging.googleapis.com",
+                                             settings.project, settings.logs.reads_per_minute)
         self.retries = settings.logs.read_retries
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 

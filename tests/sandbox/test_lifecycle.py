@@ -28,7 +28,7 @@ def instances_of(clients: RunClients, service_id: str) -> list[dict[str, Any]]:
     return [i for i in clients.admin("GET", "/sandbox/v1/status")["instances"] if i["service"] == service_id]
 
 
-def test_cold_start_is_held_then_503_then_200(
+def test_cold_start_is_held_then_429_then_200(
     run_clients: RunClients, sample_image, new_service: Callable[[str], str]
 ) -> None:
     name = new_service("cold")
@@ -44,7 +44,9 @@ def test_cold_start_is_held_then_503_then_200(
     started = time.monotonic()
     first = httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)
     held = time.monotonic() - started
-    assert first.status_code == 503 and "Service Unavailable" in first.text
+    # Cloud Run holds the request, then: 429 "no available instance" while the instance still starts
+    assert first.status_code == 429
+    assert first.text == "The request was aborted because there was no available instance."
     assert 0.25 <= held < 1.5  # held for cold_start_hold_s, then answered
     ok = wait_for(lambda: (r := httpx.get(f"{svc.uri}/health", timeout=10, trust_env=False)).status_code == 200 and r,
                   timeout=15)
@@ -166,3 +168,35 @@ def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> No
     assert result.stderr.strip().splitlines() == [
         f"stagecheck sandbox: no Docker Engine at unix://{own_state_dir}/no.sock: run `make up`"
     ]
+
+
+def test_container_output_and_lifecycle_are_logged_as_cloud_run_does(
+    run_clients: RunClients, sandbox: Any, sample_image: Any, new_service: Callable[[str], str]
+) -> None:
+    import google.cloud.logging as gcl
+
+    name = new_service("logs")
+    svc = deploy(run_clients, name, sample_image.ref, env={"TRACEBACK_EVERY_S": "0.3"})
+    revision = svc.latest_ready_revision.rsplit("/", 1)[-1]
+    client = gcl.Client(project=sandbox.project, credentials=AnonymousCredentials(), _use_grpc=False,
+                        client_options={"api_endpoint": sandbox.logging_api})
+
+    def entries() -> list[Any]:
+        return list(client.list_entries(filter_=f'resource.labels.revision_name="{revision}"', order_by=gcl.ASCENDING))
+
+    found = wait_for(lambda: (e := entries()) and sum(
+        1 for x in e if x.payload == "KeyError: 'discount_code'") >= 1 and e, timeout=15, interval=1.0)
+    stderr = [e for e in found if e.log_name.endswith("run.googleapis.com%2Fstderr")]
+    # one plain-text entry per line, at DEFAULT (never ERROR), each with the instance it came from
+    assert stderr[0].payload == "Traceback (most recent call last):"
+    assert {e.severity for e in stderr} == {"DEFAULT"}
+    assert all(isinstance(e.payload, str) for e in stderr)
+    assert len({e.labels["instanceId"] for e in stderr}) == 1
+    # structured stdout lines are jsonPayload with their severity lifted
+    starting = next(e for e in found if isinstance(e.payload, dict) and "starting" in e.payload.get("message", ""))
+    assert starting.severity == "INFO" and starting.labels["instanceId"] == stderr[0].labels["instanceId"]
+    # the revision's Ready change is a system_event audit entry
+    audit = [e for e in found if e.log_name.endswith("cloudaudit.googleapis.com%2Fsystem_event")]
+    assert len(audit) == 1 and audit[0].severity == "INFO"
+    assert audit[0].payload["status"]["message"].startswith(
+        f"Ready condition status changed to True for Revision {revision} with message: Deploying revision succeeded in")
