@@ -84,6 +84,7 @@ class SandboxServer:
         self.log = RunLog(self.store, options.project, options.region)
         self.runtime = DockerRuntime(options.docker_host, options.instance_id)
         self.pool = ListenerPool()
+        self.list_quota = ListQuota(options.log_list_per_minute)
         self.hub = ProxyHub(self.faults, self.log, self.pool)
         self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
         self.hub.attach(self.orch)
@@ -104,6 +105,8 @@ class SandboxServer:
                 "region": self.options.region, "run_api": self.api_url, "lb_url": self.lb_url,
                 "listeners": self.pool.ports, "proxy": self.hub.describe(), **self.orch.describe(),
                 "containers": containers,
+                "logging": {"list_quota_per_minute": self.list_quota.per_minute,
+                            "list_rejected": self.list_quota.rejected},
             })
 
         async def shutdown(request: Request) -> Response:
@@ -154,7 +157,7 @@ class SandboxServer:
 
         routes = [
             *run_routes(self.orch, self.faults),
-            *logging_routes(self.store, self.faults, ListQuota(self.options.log_list_per_minute)),
+            *logging_routes(self.store, self.faults, self.list_quota),
             *fault_routes(self.faults),
             *self.admin_routes(),
         ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from stagecheck import probe_policy as pp
 from stagecheck.model import Criterion, Evidence, StageResult, Status
@@ -49,6 +50,7 @@ class BakeWatch:
     log_entries: int = 0
     last_log_status: Status | None = None
     last_log_summary: str = ""
+    new_signatures: list[dict[str, Any]] = field(default_factory=list)  # the failing logs' new groups
     finding: BakeFinding | None = None
     error: str | None = None  # the watch could not run (e.g. logs unreadable): fail closed
 
@@ -105,6 +107,7 @@ def bake_result(watch: BakeWatch) -> StageResult:
         "detected_at": finding.detected_at.isoformat() if finding else None,
         "first_evidence_at": finding.first_evidence_at.isoformat() if finding and finding.first_evidence_at else None,
         "reason": finding.reason if finding else watch.error,
+        "new_signatures": list(watch.new_signatures),
     }
     observed = (f"failed after {finding.at_s:.1f} s: {finding.reason}" if finding
                 else f"not watched: {watch.error}" if watch.error else f"healthy for {window}")
@@ -118,5 +121,7 @@ def bake_result(watch: BakeWatch) -> StageResult:
     if finding is not None:
         evidence.append(Evidence(kind="note", summary=f"first seen {finding.at_s:.1f} s into the bake "
                                                       f"({finding.source}): {finding.reason}"))
+    evidence += [Evidence(kind="log", summary=f"new {g.get('severity')} x{g.get('count')}: {g.get('signature')}",
+                          data=dict(g)) for g in watch.new_signatures[:10]]
     return StageResult(name=STAGE_NAME, status=status, summary=summary, evidence=evidence, criteria=[criterion],
                        data=data)

@@ -322,9 +322,10 @@ def test_quota_window_slides() -> None:
 
 def test_plain_stdout_and_stderr_lines_are_text_at_default_with_the_instance(sandbox: LoggingSandbox) -> None:
     now = datetime.now(UTC)
-    for offset, (stream, line) in enumerate([("stderr", "Traceback (most recent call last):"),
-                                             ("stderr", "KeyError: 'x'"),
-                                             ("stdout", '{"severity": "WARNING", "message": "slow"}')]):
+    lines: list[tuple[Literal["stdout", "stderr"], str]] = [
+        ("stderr", "Traceback (most recent call last):"), ("stderr", "KeyError: 'x'"),
+        ("stdout", '{"severity": "WARNING", "message": "slow"}')]
+    for offset, (stream, line) in enumerate(lines):
         sandbox.store.append(container_entry(project=PROJECT, location=LOCATION, service="shop", revision=REV_A,
                                              stream=stream, line=line, timestamp=now - timedelta(seconds=5 - offset),
                                              instance_id="0069c5"))
