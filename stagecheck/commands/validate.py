@@ -81,6 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--git-sha", help="commit to validate (default: HEAD)")
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
     parser.add_argument("--hold", type=float, help="seconds to hold each canary step")
+    parser.add_argument("--bake", type=float, help="seconds to watch the release after the last step")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
     return parser.parse_args(argv)
@@ -104,7 +105,8 @@ def main(argv: list[str]) -> int:
     try:
         steps = [int(x) for x in args.traffic.split(",")] if args.traffic else None
         request = ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                    traffic_steps=steps, canary_hold_s=args.hold, dry_run=args.dry_run,
+                                    traffic_steps=steps, canary_hold_s=args.hold, bake_s=args.bake,
+                                    dry_run=args.dry_run,
                                     sandbox=args.sandbox, state_dir=args.state_dir)
         settings = request.load()
         for name in request.services:
