@@ -17,15 +17,20 @@ pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
 FAILING_BAKE_S = 45.0  # longer than the slowest failure (a crash 20 s after start) takes to be seen
 HEALTHY_BAKE_S = 20.0
+HOLD_S = 5.0
 
 
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _bakes(run: Any, service: str) -> list[dict[str, Any]]:
+    return [s for s in run.report(service)["stages"] if s["name"] == "bake"]
+
+
 def _bake(run: Any, service: str) -> dict[str, Any]:
-    (stage,) = [s for s in run.report(service)["stages"] if s["name"] == "bake"]
-    return dict(stage)
+    (stage,) = _bakes(run, service)
+    return stage
 
 
 async def test_bake_fails_at_once_on_a_crash_a_late_error_and_a_traceback(
@@ -91,8 +96,9 @@ async def test_three_services_bake_within_the_logging_quota(
     for name in names:
         baseline(run_clients, name, sample_image.digest_ref)
         scenario.add_service(name)
-    config = scenario.config([{"name": name, "source_dir": name} for name in names], steps="[100]",
-                             bake_s=HEALTHY_BAKE_S)
+    # a canary: the hold at 50 % is watched too, then the bake at 100 %
+    config = scenario.config([{"name": name, "source_dir": name} for name in names], steps="[50, 100]",
+                             hold_s=HOLD_S, bake_s=HEALTHY_BAKE_S)
     scenario.commit()
     status = run_clients.admin("GET", "/sandbox/v1/status")
     assert status["logging"]["list_quota_per_minute"] == 60  # the sandbox enforces Cloud Logging's quota
@@ -105,15 +111,18 @@ async def test_three_services_bake_within_the_logging_quota(
     for name in names:
         report = run.report(name)
         assert report["verdict"] == "pass", report["reasons"]
-        bake = _bake(run, name)
-        assert bake["status"] == "PASS"
+        hold, bake = _bakes(run, name)
+        assert [hold["data"]["label"], bake["data"]["label"]] == ["canary hold at 50 %", "bake after 100 %"]
+        assert hold["status"] == bake["status"] == "PASS"
+        assert hold["data"]["watched_s"] >= HOLD_S and hold["data"]["probes"] >= 2
+        assert run.stage_names(name).index("bake") > run.stage_names(name).index("traffic")
         # the whole window was watched: probes all along, logs read incrementally
         assert bake["data"]["watched_s"] >= HEALTHY_BAKE_S and bake["data"]["time_to_detect_s"] is None
         assert bake["data"]["probes"] >= len(bake["data"]["urls"]) * 5
         assert bake["data"]["log_reads"] >= 2 and bake["data"]["log_retries"] == 0
         assert run.stage(name, "logs")["status"] in ("PASS", "WARN")
         assert "429" not in " ".join(report["reasons"] + report["warnings"])
-        reads += bake["data"]["log_reads"]
+        reads += bake["data"]["log_reads"] + hold["data"]["log_reads"]
         assert_common_artifacts(run, name, "pass")
     status = run_clients.admin("GET", "/sandbox/v1/status")
     assert status["logging"]["list_rejected"] == rejected_before  # the budget kept every read under the quota
