@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudlogging import LogReader
+from stagecheck.clients.cloudlogging import PAGE_SIZE_MAX, LogReader
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -44,15 +44,19 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
     Each poll costs entries.list requests from the project's read budget, so the polls back off."""
     deadline = time.monotonic() + rules.settle_s
     interval = 0.5
+    page = min(PAGE_SIZE_MAX, rules.max_entries)  # one entries.list request per poll
     while True:
         end = datetime.now(UTC)
         read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
-                                          max_entries=rules.max_entries, newest_first=True)
+                                          max_entries=page, newest_first=True)
         records = _records(read.entries)
-        if last_probe_at is None or ingested_since(records, last_probe_at - timedelta(seconds=1)):
-            return records, True, read.truncated
-        if time.monotonic() >= deadline:
-            return records, False, read.truncated
+        settled = last_probe_at is None or ingested_since(records, last_probe_at - timedelta(seconds=1))
+        if settled or time.monotonic() >= deadline:
+            if read.truncated and rules.max_entries > page:  # the rest, up to max_entries, newest first
+                read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
+                                                  max_entries=rules.max_entries, newest_first=True)
+                records = _records(read.entries)
+            return records, settled, read.truncated
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 2, 4.0)
 

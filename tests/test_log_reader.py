@@ -107,3 +107,21 @@ def test_newest_first_reads_keep_the_newest_and_say_they_were_truncated(logging_
     assert newest.truncated and newest.requests == 1
     whole = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=10))
     assert len(whole.entries) == 10 and not whole.truncated
+
+
+def test_the_settle_check_sees_the_last_probe_on_a_busy_revision_and_reports_the_cap(
+        logging_api: LoggingSandbox) -> None:
+    from sandbox.logstore import request_entry
+    from tasks.logs import read_settled
+
+    start = add_lines(logging_api, 20)  # more than max_entries before the last probe
+    probe_at = datetime.now(UTC)
+    logging_api.store.append(request_entry(project=PROJECT, location="europe-west1", service="shop", revision=REV,
+                                           method="GET", url="http://shop/health", status=200, latency_s=0.01,
+                                           timestamp=probe_at))
+    reader = LogReader(settings(logging_api.endpoint))
+    records, settled, truncated = asyncio.run(read_settled(
+        reader, service="shop", revision=REV, start=start, last_probe_at=probe_at,
+        rules=LogRules(max_entries=5, settle_s=2)))
+    assert settled and truncated
+    assert len(records) == 5 and any(r.stream == "requests" for r in records)
