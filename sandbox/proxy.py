@@ -318,6 +318,9 @@ class ProxyHub:
             except httpx.TimeoutException:
                 await PlainTextResponse("Gateway Timeout", status_code=504)(scope, _no_receive, send)
                 return
+            except httpx.TransportError:  # e.g. reset by an instance stopping under the request: as Cloud Run, 503
+                await _unavailable()(scope, _no_receive, send)
+                return
         assert response is not None
         try:
             out_headers = [(k.lower(), v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
