@@ -21,6 +21,7 @@ class ValidationRequest(BaseModel):
     traffic_steps: list[int] | None = Field(
         None, description="Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]")
     canary_hold_s: float | None = Field(None, ge=0, description="Override the wait after each canary step (seconds)")
+    bake_s: float | None = Field(None, ge=0, description="Override the bake window after the last step (seconds)")
     dry_run: bool = Field(False, description="Check syntax and build the image only; deploy nothing")
     sandbox: bool = Field(False, description="Target the local sandbox (endpoints from STATE_DIR/sandbox.json)")
     state_dir: str = Field(".stagecheck", description="Where the sandbox writes sandbox.json")
@@ -37,6 +38,8 @@ class ValidationRequest(BaseModel):
             traffic["steps"] = self.traffic_steps
         if self.canary_hold_s is not None:
             traffic["hold_s"] = self.canary_hold_s
+        if self.bake_s is not None:
+            traffic["bake_s"] = self.bake_s
         if traffic:
             out["traffic"] = traffic
         if self.dry_run:

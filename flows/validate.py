@@ -52,6 +52,7 @@ from stagecheck.settings import (
 )
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
+from tasks.bake import watch_release
 from tasks.build import build_image
 from tasks.common import Clients
 from tasks.deploy import deploy_revision
@@ -167,6 +168,7 @@ class ServiceValidation:
         self.traffic_after: list[TrafficTarget] = []
         self.urls: dict[str, str] = {}
         self.last_probe_at: datetime | None = None
+        self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
 
     @property
     def tag(self) -> str:
@@ -232,6 +234,8 @@ class ServiceValidation:
         result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
                                                 tag=self.tag, snapshot=snapshot)
         revision = outcome.revision
+        if revision is not None:
+            self.revision_started = revision.created_at or outcome.started_at
         if outcome.traffic:
             self.traffic_after = outcome.traffic
         if outcome.service_url:
@@ -363,9 +367,29 @@ class ServiceValidation:
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, "probe-serving")
                 return False
-            if self.traffic_plan.hold_s and number < len(steps):
-                # the canary soaks at this step before the next one; it is watched again after the hold
-                await asyncio.sleep(self.traffic_plan.hold_s)
+            last = number == len(steps)
+            watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
+            if watch_s:  # the canary holds (and the release bakes) under watch: probes and logs
+                label = f"bake after {percent} %" if last else f"canary hold at {percent} %"
+                if not await self._bake(snapshot, revision, targets, watch_s, label):
+                    return False
+        return True
+
+    async def _bake(self, snapshot: ServiceSnapshot, revision: str, targets: list[ProbeTarget], seconds: float,
+                    label: str) -> bool:
+        """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
+        self.starting(label)
+        result = await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
+                                     revision=revision,
+                                     previous_revision=snapshot.previous.name if snapshot.previous else None,
+                                     since=self.revision_started or self.started_at, targets=targets,
+                                     duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
+                                     probes=self.settings.probes, rules=self.settings.logs,
+                                     tokens=self.clients.tokens)
+        self.last_probe_at = datetime.now(UTC)
+        if not self.record(result):
+            await self._rollback_if_moved(True, revision, "bake")
+            return False
         return True
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
@@ -400,7 +424,10 @@ class ServiceValidation:
                                  message=result.summary)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
-        verdict, decided_by, reasons, warnings = decide(self.stages, required_for(self.settings, self.svc))
+        required = required_for(self.settings, self.svc)
+        if self.traffic_plan.bake_s and not self.settings.dry_run:  # the bake window must have watched
+            required = (*required, "bake")
+        verdict, decided_by, reasons, warnings = decide(self.stages, required)
         snapshot = self.snapshot
         price = self.settings.price
         return ServiceReport(
@@ -439,7 +466,8 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
+    traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
+                        or request.bake_s is not None)
 
     syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
     clients = Clients.from_settings(settings)

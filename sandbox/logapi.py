@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -67,7 +71,45 @@ def list_request(body: Any) -> dict[str, Any]:
     }
 
 
-def logging_routes(store: LogStore, faults: FaultInjector) -> list[BaseRoute]:
+LIST_QUOTA_PER_MINUTE = 60  # "Number of entries.list requests: 60 per minute, per Google Cloud project"
+
+
+class ListQuota:
+    """Cloud Logging's entries.list quota: at most `per_minute` requests in any 60 s, per project; past it
+    a 429 RESOURCE_EXHAUSTED Google error (the limit cannot be raised on a real project)."""
+
+    def __init__(self, per_minute: int = LIST_QUOTA_PER_MINUTE, *, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute, self.window_s, self._clock = per_minute, window_s, clock
+        self._calls: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self.rejected = 0
+
+    def take(self, project: str) -> None:
+        """Count one request of `project`; ApiError 429 when the last minute already holds the limit."""
+        now = self._clock()
+        with self._lock:
+            calls = self._calls.setdefault(project, deque())
+            while calls and calls[0] <= now - self.window_s:
+                calls.popleft()
+            if len(calls) >= self.per_minute:
+                self.rejected += 1
+                raise ApiError(
+                    429,
+                    "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute' of "
+                    f"service 'logging.googleapis.com' for consumer 'project:{project}'.",
+                    status="RESOURCE_EXHAUSTED",
+                )
+            calls.append(now)
+
+
+def _projects(resource_names: list[str]) -> list[str]:
+    return sorted({name.split("/")[1] for name in resource_names if name.count("/") >= 1}) or ["?"]
+
+
+def logging_routes(store: LogStore, faults: FaultInjector, quota: ListQuota | None = None) -> list[BaseRoute]:
+    quota = quota or ListQuota()
+
     async def list_entries(request: Request) -> Response:
         injected = await faults.apply(LIST_METHOD)
         if injected is not None:
@@ -77,6 +119,8 @@ def logging_routes(store: LogStore, faults: FaultInjector) -> list[BaseRoute]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Invalid JSON payload received: {exc}") from None
         arguments = list_request(body)
+        for project in _projects(arguments["resource_names"]):
+            quota.take(project)
         # a filter over many entries is CPU work: keep the event loop (and the proxy) responsive
         entries, token = await run_in_threadpool(lambda: store.list_entries(**arguments))
         answer: dict[str, Any] = {"entries": entries} if entries else {}

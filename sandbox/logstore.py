@@ -244,6 +244,40 @@ def system_entry(
     }
 
 
+AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
+
+
+def audit_entry(
+    *,
+    project: str,
+    location: str,
+    service: str,
+    revision: str | None,
+    ready: bool,
+    message: str,
+    timestamp: datetime | None = None,
+) -> Entry:
+    """A Cloud Run `system_event` audit entry for a Ready condition change, as Cloud Run writes them:
+    protoPayload (AuditLog) with status.message "Ready condition status changed to True|False for
+    Revision X with message: ..." (INFO when True, ERROR when False); `revision_name` is "" for a
+    service-level event."""
+    kind = "Revision" if revision else "Service"
+    return {
+        "logName": log_name(project, "cloudaudit.googleapis.com/system_event"),
+        "resource": _resource(project, location, service, revision or ""),
+        "timestamp": _now_text(timestamp),
+        "severity": "INFO" if ready else "ERROR",
+        "protoPayload": {
+            "@type": AUDIT_LOG_TYPE,
+            "status": {"message": message},
+            "serviceName": "run.googleapis.com",
+            "methodName": "/Services.ReplaceService",
+            "resourceName": f"namespaces/{project}/{kind.lower()}s/{revision or service}",
+            "response": {"kind": kind, "metadata": {"name": revision or service, "namespace": project}},
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------------------------
 # Page tokens: an opaque cursor (position of the last entry returned, and the direction)
 

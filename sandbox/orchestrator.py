@@ -352,9 +352,12 @@ class Orchestrator:
                 revision.phase = "FAILED"
                 revision.ready = model.Condition("Ready", "CONDITION_FAILED", failure.message, failure.reason,
                                                  "revisionReason", now)
+                self.log.ready_changed(svc.service_id, revision.name, False, failure.message)
                 return model.revision_not_ready_message(revision.name, failure.message)
             revision.phase = "READY"
             revision.ready = model.Condition("Ready", "CONDITION_SUCCEEDED", last_transition=now)
+            took = (now - revision.create_time).total_seconds()
+            self.log.ready_changed(svc.service_id, revision.name, True, f"Deploying revision succeeded in {took:.2f}s.")
             svc.latest_ready = revision.name
         return await self._apply_traffic(svc)
 

@@ -184,12 +184,18 @@ def _unavailable() -> Response:
     return PlainTextResponse("Service Unavailable", status_code=503)
 
 
+def cold_start_answer(starting: bool) -> Response:
+    """Cloud Run's answer to a request no instance took within the cold-start hold: 429 "no available
+    instance" while an instance is still starting, 503 when the start failed (nothing can serve)."""
+    return _no_instance() if starting else _unavailable()
+
+
 def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
 
 def _no_instance() -> Response:
-    return PlainTextResponse(f"Rate exceeded.\n{NO_INSTANCE_MESSAGE}\n", status_code=429)
+    return PlainTextResponse(NO_INSTANCE_MESSAGE, status_code=429)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -374,7 +380,8 @@ class ProxyHub:
             if instance is None or instance.port is None:
                 if instance is not None:
                     instance.end_request()
-                await _unavailable()(scope, receive, counting)
+                starting = instances is not None and any(i.state == "STARTING" for i in instances.instances)
+                await cold_start_answer(starting)(scope, receive, counting)
                 return
             instance_id = instance.instance_id
             try:
@@ -409,6 +416,9 @@ class ProxyHub:
                     return
             except httpx.TimeoutException:
                 await PlainTextResponse("Gateway Timeout", status_code=504)(scope, _no_receive, send)
+                return
+            except httpx.TransportError:  # e.g. reset by an instance stopping under the request: as Cloud Run, 503
+                await _unavailable()(scope, _no_receive, send)
                 return
         assert response is not None
         try:

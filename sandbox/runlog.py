@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sandbox.logstore import LogStore, container_entry, request_entry, system_entry
+from sandbox.logstore import LogStore, audit_entry, container_entry, request_entry, system_entry
 
 
 @dataclass
@@ -22,6 +22,14 @@ class RunLog:
                   instance_id: str | None = None) -> None:
         self.store.append(container_entry(project=self.project, location=self.location, service=service,
                                           revision=revision, stream=stream, line=line, instance_id=instance_id))
+
+    def ready_changed(self, service: str, revision: str | None, ready: bool, detail: str | None = None) -> None:
+        """The system_event audit entry of a Ready condition change (revision, or service when None)."""
+        what = f"Revision {revision}" if revision else f"Service {service}"
+        message = f"Ready condition status changed to {ready} for {what}" + (
+            f" with message: {detail}" if detail else ".")
+        self.store.append(audit_entry(project=self.project, location=self.location, service=service,
+                                      revision=revision, ready=ready, message=message))
 
     def request(
         self,

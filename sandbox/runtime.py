@@ -182,8 +182,15 @@ class DockerRuntime:
 
     async def containers(self) -> list[ContainerInfo]:
         def _list() -> list[ContainerInfo]:
-            found = self._client.containers.list(all=True, filters={"label": f"{LABEL_SANDBOX}={self.instance_id}"})
-            return [ContainerInfo(str(c.id), str(c.name), str(c.status), dict(c.labels)) for c in found]
+            for attempt in range(5):
+                try:
+                    found = self._client.containers.list(all=True,
+                                                         filters={"label": f"{LABEL_SANDBOX}={self.instance_id}"})
+                    return [ContainerInfo(str(c.id), str(c.name), str(c.status), dict(c.labels)) for c in found]
+                except docker.errors.NotFound:  # removed between the list and its inspect (e.g. scaled to zero)
+                    if attempt == 4:
+                        raise
+            return []
 
         result: list[ContainerInfo] = await self._call(_list)
         return result

@@ -23,7 +23,7 @@ from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
 from sandbox.listeners import ListenerPool
-from sandbox.logapi import logging_routes
+from sandbox.logapi import ListQuota, logging_routes
 from sandbox.logstore import LogStore
 from sandbox.orchestrator import Behavior, Orchestrator, SandboxConfig
 from sandbox.proxy import LbConfig, ProxyHub
@@ -45,6 +45,7 @@ class ServeOptions:
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     startup_timeout_s: float = 240.0
     cold_start_hold_s: float = 10.0
+    log_list_per_minute: int = 60  # Cloud Logging's entries.list quota per project (cannot be raised)
 
 
 class BehaviorBody(BaseModel):
@@ -87,6 +88,7 @@ class SandboxServer:
         self.log = RunLog(self.store, options.project, options.region)
         self.runtime = DockerRuntime(options.docker_host, options.instance_id)
         self.pool = ListenerPool()
+        self.list_quota = ListQuota(options.log_list_per_minute)
         self.hub = ProxyHub(self.faults, self.log, self.pool)
         self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
         self.hub.attach(self.orch)
@@ -110,6 +112,8 @@ class SandboxServer:
                 "region": self.options.region, "run_api": self.api_url, "lb_url": self.lb_url,
                 "listeners": self.pool.ports, "proxy": self.hub.describe(), **self.orch.describe(),
                 "containers": containers,
+                "logging": {"list_quota_per_minute": self.list_quota.per_minute,
+                            "list_rejected": self.list_quota.rejected},
             })
 
         async def shutdown(request: Request) -> Response:
@@ -165,7 +169,7 @@ class SandboxServer:
         routes = [
             *iam_routes(self.iam, self.orch.service, self.faults.apply),  # before run_routes: ":getIamPolicy"
             *run_routes(self.orch, self.faults),
-            *logging_routes(self.store, self.faults),
+            *logging_routes(self.store, self.faults, self.list_quota),
             *fault_routes(self.faults),
             *self.admin_routes(),
         ]

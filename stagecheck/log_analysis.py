@@ -3,6 +3,8 @@
 Pure functions over `LogRecord`s (built from Cloud Logging API entries by `record_from_entry_dict`;
 a google-cloud-logging `LogEntry` gives that shape with `entry.to_api_repr()`):
 
+- `group_tracebacks` joins the lines of a multi-line traceback (Cloud Run writes every plain-text line
+  as an entry of its own, at DEFAULT) per instance and stream into one record keyed on its exception line;
 - `summarise` counts entries by severity, groups container/system lines by a normalised signature,
   flags crash signatures and computes the 5xx rate from request logs (cold-start 503/429 apart);
 - `compare` sorts the groups into new / pre-existing (seen on the previous revision over an equal
@@ -76,6 +78,8 @@ class LogRecord:
     http_status: int | None = None
     latency_s: float | None = None
     request_url: str | None = None
+    instance_id: str = ""  # labels.instanceId: lines of one instance belong together
+    insert_ids: tuple[str, ...] = ()  # every entry of a grouped record (a multi-line traceback)
 
 
 def _stream_of(log_name: str) -> str:
@@ -88,6 +92,8 @@ def _stream_of(log_name: str) -> str:
         return "requests"
     if name.endswith("system"):
         return "system"
+    if name.startswith("cloudaudit.googleapis.com"):
+        return "audit"  # system_event / activity: revision lifecycle ("Ready condition status changed ...")
     return "other"
 
 
@@ -140,6 +146,10 @@ def record_from_entry_dict(entry: Mapping[str, Any]) -> LogRecord:
             message = str(payload["message"])
         else:
             message = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    elif isinstance(entry.get("protoPayload"), Mapping):  # audit entries: the AuditLog's status message
+        proto = entry["protoPayload"]
+        status_message = (proto.get("status") or {}).get("message") if isinstance(proto.get("status"), Mapping) else None
+        message = str(status_message or proto.get("methodName") or "")
     else:
         message = ""
     http = entry.get("httpRequest") or {}
@@ -155,6 +165,7 @@ def record_from_entry_dict(entry: Mapping[str, Any]) -> LogRecord:
         http_status=int(status) if status not in (None, "") else None,
         latency_s=_duration_s(http.get("latency")),
         request_url=http.get("requestUrl"),
+        instance_id=str((entry.get("labels") or {}).get("instanceId", "")),
     )
 
 
@@ -215,6 +226,79 @@ def normalise_signature(message: str) -> str:
     if len(text) > MAX_SIGNATURE_LEN:
         text = text[: MAX_SIGNATURE_LEN - 1] + "…"
     return text
+
+
+# ------------------------------------------------------------------------------- multi-line tracebacks
+
+_CHAIN = re.compile(r"^(During handling of the above exception|The above exception was the direct cause)")
+MAX_TRACEBACK_LINES = 300
+
+
+def _continues(line: str) -> bool:
+    """A traceback body line: indented frame/source lines, carets, blank lines."""
+    return not line.strip() or line[:1] in (" ", "\t")
+
+
+def _joined(lines: list[LogRecord]) -> LogRecord:
+    first = lines[0]
+    worst = max(lines, key=lambda r: severity_rank(r.severity))
+    ids = tuple(i for r in lines for i in (r.insert_ids or ((r.insert_id,) if r.insert_id else ())))
+    return LogRecord(timestamp=first.timestamp, severity=worst.severity,
+                     message="\n".join(r.message.rstrip("\n") for r in lines), stream=first.stream,
+                     revision=first.revision, insert_id=first.insert_id, instance_id=first.instance_id,
+                     insert_ids=ids)
+
+
+def group_tracebacks(records: Iterable[LogRecord]) -> list[LogRecord]:
+    """Join the one-entry-per-line pieces of multi-line Python tracebacks into one record each.
+
+    Lines are grouped per (instance, stream) in time order: a "Traceback (most recent call last):" line
+    opens a block, indented and blank lines continue it, the first other line (the exception line,
+    e.g. "KeyError: 'price'") closes it; a chained traceback ("During handling of the above exception
+    ...") stays one block. Records that are not part of a traceback pass through unchanged. The result
+    is in time order (ties in input order)."""
+    ordered = sorted(enumerate(records), key=lambda pair: (pair[1].timestamp, pair[0]))
+    out: list[tuple[int, LogRecord]] = []
+    open_blocks: dict[tuple[str, str], tuple[int, list[LogRecord], bool]] = {}  # key -> (pos, lines, closed)
+
+    def flush(key: tuple[str, str]) -> None:
+        pos, lines, _ = open_blocks.pop(key)
+        out.append((pos, _joined(lines)))
+
+    for position, record in ordered:
+        if record.stream not in ("stdout", "stderr") or record.http_status is not None or "\n" in record.message:
+            out.append((position, record))
+            continue
+        key = (record.instance_id, record.stream)
+        block = open_blocks.get(key)
+        head = _TRACEBACK_HEAD.match(record.message) is not None
+        if block is not None:
+            pos, lines, closed = block
+            if len(lines) >= MAX_TRACEBACK_LINES:
+                flush(key)
+            elif not closed and (_continues(record.message) or head or _CHAIN.match(record.message.strip())):
+                lines.append(record)
+                continue
+            elif not closed:  # the exception line
+                lines.append(record)
+                open_blocks[key] = (pos, lines, True)
+                continue
+            elif _CHAIN.match(record.message.strip()):
+                lines.append(record)  # a chained exception follows: reopen
+                open_blocks[key] = (pos, lines, False)
+                continue
+            elif not record.message.strip():
+                lines.append(record)  # a blank line after the exception line (maybe before a chain)
+                continue
+            else:
+                flush(key)
+        if head:
+            open_blocks[key] = (position, [record], False)
+        else:
+            out.append((position, record))
+    for key in list(open_blocks):
+        flush(key)
+    return [record for _, record in sorted(out, key=lambda pair: (pair[1].timestamp, pair[0]))]
 
 
 # --------------------------------------------------------------------------------------------- crashes
@@ -375,10 +459,8 @@ def summarise(
     """
     _check_window(window)
     start, end = window
-    selected = sorted(
-        (r for r in records if r.revision in ("", revision) and start <= r.timestamp <= end),
-        key=lambda r: r.timestamp,
-    )
+    raw = [r for r in records if r.revision in ("", revision) and start <= r.timestamp <= end]
+    selected = group_tracebacks(raw)
     by_severity: dict[str, int] = {}
     groups: dict[str, SignatureGroup] = {}
     request_records: list[LogRecord] = []
@@ -401,7 +483,7 @@ def summarise(
                 first_seen=record.timestamp,
                 last_seen=record.timestamp,
                 example=_example(record.message),
-                insert_ids=[record.insert_id] if record.insert_id else [],
+                insert_ids=list(record.insert_ids or ((record.insert_id,) if record.insert_id else ()))[:MAX_INSERT_IDS],
                 crash=crash,
                 streams=[record.stream],
             )
@@ -411,8 +493,9 @@ def summarise(
         if severity_rank(severity) > severity_rank(group.severity):
             group.severity = severity
             group.example = _example(record.message)
-        if record.insert_id and len(group.insert_ids) < MAX_INSERT_IDS:
-            group.insert_ids.append(record.insert_id)
+        for insert_id in record.insert_ids or ((record.insert_id,) if record.insert_id else ()):
+            if len(group.insert_ids) < MAX_INSERT_IDS and insert_id not in group.insert_ids:
+                group.insert_ids.append(insert_id)
         group.crash = group.crash or crash
         if record.stream not in group.streams:
             group.streams.append(record.stream)
@@ -446,7 +529,7 @@ def summarise(
     return LogSummary(
         revision=revision,
         window=window,
-        total=len(selected),
+        total=len(raw),
         by_severity=dict(sorted(by_severity.items(), key=lambda kv: -severity_rank(kv[0]))),
         groups=ordered,
         crashes=[g for g in ordered if g.crash],
@@ -570,6 +653,27 @@ def _group_evidence(label: str, groups: Sequence[SignatureGroup]) -> list[Eviden
     return evidence
 
 
+MAX_REASON_SIGNATURES = 3
+MAX_REASON_EXAMPLE = 160
+
+
+def example_line(group: SignatureGroup) -> str:
+    """One line of the group's (redacted) example: a traceback's exception line, else its first line."""
+    lines = [line.strip() for line in group.example.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if _TRACEBACK_HEAD.match(lines[0]) else lines[0]
+    return line if len(line) <= MAX_REASON_EXAMPLE else line[: MAX_REASON_EXAMPLE - 1] + "…"
+
+
+def top_signatures(groups: Sequence[SignatureGroup], limit: int = MAX_REASON_SIGNATURES) -> str:
+    """`"<signature>" x3 (e.g. "<redacted line>"); ...`: what failed, for the console's reason."""
+    parts = [f'"{g.signature}" x{g.count} (e.g. "{example_line(g)}")' for g in groups[:limit]]
+    if len(groups) > limit:
+        parts.append(f"and {len(groups) - limit} more")
+    return "; ".join(parts)
+
+
 def judge_logs(
     current: LogSummary, comparison: LogComparison, rules: LogRules, *, truncated: bool = False
 ) -> StageResult:
@@ -630,10 +734,14 @@ def judge_logs(
     )
 
     problems: list[str] = []
-    if len(new) > rules.max_new_signatures:
-        problems.append(f"{len(new)} new {threshold}+ signature(s) (allowed {rules.max_new_signatures})")
+    too_many = len(new) > rules.max_new_signatures
+    if too_many:
+        problems.append(
+            f"{len(new)} new {threshold}+ signature(s) (allowed {rules.max_new_signatures}): {top_signatures(new)}"
+        )
     if crashes_new:
-        problems.append(f"new crash: {', '.join(sorted({g.crash or '' for g in crashes_new}))}")
+        kinds = ", ".join(sorted({g.crash or "" for g in crashes_new}))
+        problems.append(f"new crash: {kinds}" + ("" if too_many else f": {top_signatures(crashes_new)}"))
     if rate_fail:
         problems.append(f"5xx rate {_percent(current.error_rate_5xx)} > {_percent(rules.max_5xx_rate)}")
     notes: list[str] = []

@@ -3,12 +3,14 @@
 No I/O and no clock: the prober (`stagecheck.prober`) passes the elapsed time in and does what
 `plan_next` says. The rules, in order of precedence:
 
-* any FAILURE (an unexpected status, a redirect, a timeout, no connection, an unusable health body)
-  ends the probe at once with FAIL and that answer as the reason: retries ride out cold starts only,
-  they never turn a real outage into a pass;
+* before the first healthy answer, a cold-start answer — a retried status (`policy.retry_statuses`,
+  503 and 429 by default: Cloud Run holds a request for a starting instance, then answers 429 "no
+  available instance" or 503) or a request timeout — is retried with backoff and reported as a cold start;
+* any FAILURE (an unexpected status, a redirect, no connection, an unusable health body, and once the
+  revision has answered healthy also a 503/429 or a timeout) ends the probe at once with FAIL and that
+  answer as the reason: retries ride out cold starts only, they never turn a real outage into a pass;
 * `policy.consecutive_successes` successes in a row end it with PASS, or with the degraded outcome
   (WARN, or FAIL when `policy.degraded == fail`) when one of those answers said `degraded`;
-  a cold-start answer (`policy.retry_statuses`, 503 and 429 by default) between successes resets the count;
 * the deadline ends it with FAIL. It includes the in-flight request: an attempt only starts with a
   timeout that ends by the deadline, and a retry that would start too late is not started.
 """
@@ -41,6 +43,7 @@ class ProbeAttempt:
     health: str | None = None  # the health JSON's "status" ("healthy", "degraded", other)
     body: str | None = None  # at most ~200 bytes of a failing answer's body
     cut_by_deadline: bool = False  # no answer because the attempt's timeout was cut short by the deadline
+    timed_out: bool = False  # no answer within the request timeout (a cold start until the first healthy answer)
 
 
 class AttemptOutcome(StrEnum):
@@ -96,15 +99,30 @@ def parse_health_body(body: bytes, content_type: str | None) -> tuple[str | None
     return health, None
 
 
-def classify(attempt: ProbeAttempt, policy: ProbePolicy) -> AttemptOutcome:
-    """SUCCESS: a 2xx saying healthy/degraded. COLD_START: a retried status. FAILURE: everything else."""
-    if attempt.status is None:
+def classify(attempt: ProbeAttempt, policy: ProbePolicy, *, healthy_seen: bool = False) -> AttemptOutcome:
+    """SUCCESS: a 2xx saying healthy/degraded. COLD_START: before the first healthy answer
+    (`healthy_seen` False), a retried status or a request timeout. FAILURE: everything else."""
+    if 200 <= (attempt.status or 0) < 300 and attempt.error is None and attempt.health in (HEALTHY, DEGRADED):
+        return AttemptOutcome.SUCCESS
+    if healthy_seen:
         return AttemptOutcome.FAILURE
+    if attempt.status is None:
+        timed_out = attempt.timed_out and not attempt.cut_by_deadline
+        return AttemptOutcome.COLD_START if timed_out else AttemptOutcome.FAILURE
     if attempt.status in policy.retry_statuses:
         return AttemptOutcome.COLD_START
-    if 200 <= attempt.status < 300 and attempt.error is None and attempt.health in (HEALTHY, DEGRADED):
-        return AttemptOutcome.SUCCESS
     return AttemptOutcome.FAILURE
+
+
+def outcomes(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> list[AttemptOutcome]:
+    """Each attempt classified in order: cold-start answers count as such only until the first success."""
+    out: list[AttemptOutcome] = []
+    healthy_seen = False
+    for attempt in attempts:
+        outcome = classify(attempt, policy, healthy_seen=healthy_seen)
+        healthy_seen = healthy_seen or outcome is AttemptOutcome.SUCCESS
+        out.append(outcome)
+    return out
 
 
 def backoff_delay(retry_index: int, policy: ProbePolicy, rand: float) -> float:
@@ -162,14 +180,17 @@ def _status_phrase(status: int) -> str:
 def _failure_reason(attempt: ProbeAttempt, number: int, policy: ProbePolicy) -> str:
     prefix = f"attempt {number}"
     if attempt.status is None:
-        return f"{prefix}: {attempt.error or 'no answer'}"
+        after = " after the revision had answered healthy" if attempt.timed_out else ""
+        return f"{prefix}: {attempt.error or 'no answer'}{after}"
     phrase = _status_phrase(attempt.status)
     if attempt.error is not None:
         return f"{prefix}: {phrase}, {attempt.error}"
     if 200 <= attempt.status < 300:
         return f"{prefix}: {phrase} without a health status"
-    retried = "/".join(str(s) for s in policy.retry_statuses) or "none"
     body = f": {attempt.body}" if attempt.body else ""
+    if attempt.status in policy.retry_statuses:
+        return f"{prefix}: {phrase} after the revision had answered healthy (no longer a cold start){body}"
+    retried = "/".join(str(s) for s in policy.retry_statuses) or "none"
     return f"{prefix}: {phrase} (not a cold-start status [{retried}], not retried){body}"
 
 
@@ -184,8 +205,8 @@ def _deadline_reason(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> s
 
 def _success_streak(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> list[ProbeAttempt]:
     streak: list[ProbeAttempt] = []
-    for attempt in reversed(attempts):
-        if classify(attempt, policy) is not AttemptOutcome.SUCCESS:
+    for attempt, outcome in zip(reversed(attempts), reversed(outcomes(attempts, policy)), strict=True):
+        if outcome is not AttemptOutcome.SUCCESS:
             break
         streak.append(attempt)
     streak.reverse()
@@ -193,7 +214,7 @@ def _success_streak(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> li
 
 
 def cold_start_retries(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> int:
-    return sum(1 for a in attempts if classify(a, policy) is AttemptOutcome.COLD_START)
+    return sum(1 for o in outcomes(attempts, policy) if o is AttemptOutcome.COLD_START)
 
 
 def first_success_s(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> float | None:
@@ -206,8 +227,8 @@ def first_success_s(attempts: Sequence[ProbeAttempt], policy: ProbePolicy) -> fl
 
 def judge(attempts: Sequence[ProbeAttempt], policy: ProbePolicy, elapsed_s: float) -> ProbeVerdict:
     """The verdict so far: FAIL on any failure, done after K successes in a row, FAIL at the deadline."""
-    for number, attempt in enumerate(attempts, start=1):
-        if classify(attempt, policy) is AttemptOutcome.FAILURE:
+    for number, (attempt, outcome) in enumerate(zip(attempts, outcomes(attempts, policy), strict=True), start=1):
+        if outcome is AttemptOutcome.FAILURE:
             if attempt.cut_by_deadline:
                 return ProbeVerdict(True, Status.FAIL, _deadline_reason(attempts[:number], policy))
             return ProbeVerdict(True, Status.FAIL, _failure_reason(attempt, number, policy))
@@ -244,12 +265,12 @@ def plan_next(
         return verdict
     if not attempts:
         wait = 0.0
-    elif classify(attempts[-1], policy) is AttemptOutcome.SUCCESS:
+    elif (classified := outcomes(attempts, policy))[-1] is AttemptOutcome.SUCCESS:
         wait = policy.success_interval_s
     else:
         run = 0
-        for attempt in reversed(attempts):
-            if classify(attempt, policy) is not AttemptOutcome.COLD_START:
+        for outcome in reversed(classified):
+            if outcome is not AttemptOutcome.COLD_START:
                 break
             run += 1
         wait = backoff_delay(run - 1, policy, rand)

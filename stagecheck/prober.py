@@ -81,14 +81,16 @@ class ProbeResult:
             return f"{head}: {self.reason}; {self.duration_s:.1f} s"
         if not self.attempts:
             return f"{head}: no request sent; {self.reason}"
-        groups = " then ".join(f"{n}x {label}" for label, n in _runs(self._label(a) for a in self.attempts))
+        classified = pp.outcomes(self.attempts, self.policy)
+        labels = [self._label(a, o) for a, o in zip(self.attempts, classified, strict=True)]
+        groups = " then ".join(f"{n}x {label}" for label, n in _runs(labels))
         latencies = [a.latency_s for a in self.attempts if a.status is not None]
         timing = f"p50 {_ms(statistics.median(latencies))}, max {_ms(max(latencies))}; " if latencies else ""
         return f"{head}: {groups}; {timing}{self.duration_s:.1f} s"
 
-    def _label(self, attempt: ProbeAttempt) -> str:
-        if pp.classify(attempt, self.policy) is AttemptOutcome.COLD_START:
-            return f"{attempt.status} (cold start)"
+    def _label(self, attempt: ProbeAttempt, outcome: AttemptOutcome | None = None) -> str:
+        if outcome is AttemptOutcome.COLD_START:
+            return f"{attempt.status or attempt.error or 'no answer'} (cold start)"
         if attempt.status is None:
             return attempt.error or "no answer"
         if attempt.error is not None:
@@ -109,7 +111,8 @@ class ProbeResult:
                 "duration_s": round(self.duration_s, 3),
                 "first_success_s": None if self.first_success_s is None else round(self.first_success_s, 3),
                 "cold_start_retries": self.cold_start_retries,
-                "attempts": [_attempt_data(a) for a in self.attempts],
+                "attempts": [_attempt_data(a, o) for a, o in
+                             zip(self.attempts, pp.outcomes(self.attempts, self.policy), strict=True)],
             },
         )
 
@@ -132,12 +135,14 @@ class ProbeResult:
         )
 
 
-def _attempt_data(a: ProbeAttempt) -> dict[str, Any]:
+def _attempt_data(a: ProbeAttempt, outcome: AttemptOutcome | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "at_s": round(a.at_s, 3),
         "status": a.status,
         "latency_ms": round(a.latency_s * 1000, 1),
     }
+    if outcome is not None:
+        data["outcome"] = str(outcome)  # "cold_start" says the answer was ridden out as a cold start
     for key in ("error", "health", "body"):
         if getattr(a, key) is not None:
             data[key] = getattr(a, key)
@@ -247,7 +252,7 @@ async def _attempt(
                 body = await _read_capped(response)
     except (TimeoutError, httpx.TimeoutException):
         timeout_error, cut = _timeout_error(timeout_s, policy)
-        return ProbeAttempt(at_s, None, clock() - started, error=timeout_error, cut_by_deadline=cut)
+        return ProbeAttempt(at_s, None, clock() - started, error=timeout_error, cut_by_deadline=cut, timed_out=True)
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
         return ProbeAttempt(at_s, None, clock() - started, error=describe_error(exc, url))
     latency = clock() - started
@@ -438,3 +443,16 @@ async def probe_websocket(
     result = _result(ws_url, kind, mode, policy, verdict, [attempt], clock() - start, method="WS")
     first = attempt.latency_s if verdict.status == Status.PASS else None
     return replace(result, first_success_s=first, cold_start_retries=0)
+
+
+async def probe_once(
+    client: httpx.AsyncClient,
+    target: ProbeTarget,
+    policy: ProbePolicy,
+    *,
+    at_s: float = 0.0,
+    clock: Clock = time.monotonic,
+) -> ProbeAttempt:
+    """One GET of `target` with the policy's request timeout, as the bake window sends them."""
+    return await _attempt(client, target.url, target.headers, policy, at_s, policy.request_timeout_s, clock,
+                          target.auth_errors)

@@ -325,6 +325,32 @@ def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
     return lines
 
 
+def _bake(report: ServiceReport, out: _Out, h: str) -> list[str]:
+    """What the bake window watched, for how long, and when a failure was first seen."""
+    stages = [s for s in report.stages if s.name == "bake"]
+    lines = [f"{h}# Bake window (watched while serving)", ""]
+    if not stages:
+        return [*lines, "_The release was not watched after the traffic shift (no canary hold, bake_s = 0, or "
+                        "an earlier gate failed)._"]
+    rows = []
+    for stage in stages:
+        d = stage.data
+        detect = d.get("time_to_detect_s")
+        rows.append((
+            out.cell(d.get("label", "")),
+            STATUS_LABEL[stage.status],
+            f"{float(d.get('watched_s', 0.0)):.1f} s of {float(d.get('planned_s', 0.0)):g} s",
+            "<br>".join(out.code(u, in_table=True) for u in d.get("urls", [])) or "–",
+            str(d.get("probes", 0)),
+            str(d.get("log_reads", 0)) + (f" ({d['log_retries']} retried)" if d.get("log_retries") else ""),
+            str(d.get("log_entries", 0)),
+            f"{float(detect):.1f} s ({out.cell(d.get('detected_by', ''))})" if detect is not None else "–",
+            out.cell(d.get("reason") or ""),
+        ))
+    return lines + _table(("Window", "Result", "Watched", "URLs", "Probes", "Log reads", "Log entries",
+                           "Time to detect", "Failure"), rows)
+
+
 def _group_lines(groups: Sequence[Mapping[str, Any]], out: _Out, limit: int = 15) -> list[str]:
     lines = []
     for g in groups[:limit]:
@@ -522,6 +548,7 @@ def render_markdown(report: ServiceReport, *, secret_values: Iterable[str] = (),
         _stages_table(report, out, h),
         _performance(report, out, h),
         _health(report, out, h),
+        _bake(report, out, h),
         _logs(report, out, h),
         _criteria_table(report, out, h),
         _issues(report, out, h),

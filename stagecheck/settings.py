@@ -159,6 +159,8 @@ class TrafficPlan(Strict):
     hold_s: float = Field(0.0, ge=0, description="wait (and watch) this long after each canary step")
     after_pass: AfterPass = Field(AfterPass.LATEST, description="traffic after a passed release: latest | pinned")
     keep_tags: int = Field(3, ge=1, description="stagecheck's own sc-* tags kept (newest); older ones are removed")
+    bake_s: float = Field(60.0, ge=0, description="watch the release this long after the last step (0: no bake)")
+    bake_interval_s: float = Field(2.0, gt=0, description="pause between bake probes of the serving URLs")
 
     @field_validator("steps")
     @classmethod
@@ -181,6 +183,10 @@ class LogRules(Strict):
     tolerated_signatures: tuple[str, ...] = Field((), description="known signatures (substring or regex)")
     max_5xx_rate: float = Field(0.0, ge=0, le=1, description="share of 5xx request logs tolerated (after cold start)")
     max_entries: int = Field(5000, ge=1)
+    reads_per_minute: float = Field(
+        30.0, gt=0, le=60,
+        description="entries.list budget per project for the whole run (Cloud Logging allows 60/min/project)")
+    read_retries: int = Field(5, ge=0, description="retries of a read answered 429 or 503 (with backoff)")
 
     @field_validator("severity_threshold")
     @classmethod
@@ -479,6 +485,7 @@ class Settings(BaseModel):
             ("probes.initial_backoff_s", self.probes.initial_backoff_s, MAX_WAIT_S),
             ("probes.success_interval_s", self.probes.success_interval_s, MAX_WAIT_S),
             ("traffic.hold_s", self.traffic.hold_s, MAX_WAIT_S),
+            ("traffic.bake_s", self.traffic.bake_s, MAX_WAIT_S),
             ("logs.settle_s", self.logs.settle_s, MAX_WAIT_S),
         ]
         for i, svc in enumerate(self.services):

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudlogging import LogReader
+from stagecheck.clients.cloudlogging import PAGE_SIZE_MAX, LogReader
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -36,20 +36,29 @@ def ingested_since(records: list[LogRecord], since: datetime) -> bool:
 
 
 async def read_settled(reader: LogReader, *, service: str, revision: str, start: datetime, last_probe_at: datetime | None,
-                       rules: LogRules) -> tuple[list[LogRecord], bool]:
-    """Read until the request log of our last probe is visible or `settle_s` passes (ingestion lag)."""
+                       rules: LogRules) -> tuple[list[LogRecord], bool, bool]:
+    """Read until the request log of our last probe is visible or `settle_s` passes (ingestion lag).
+
+    Reads newest first, so the last probe's request log is inside the `max_entries` cap even on a busy
+    revision; (records, settled, truncated), truncated when older entries were left out by the cap.
+    Each poll costs entries.list requests from the project's read budget, so the polls back off."""
     deadline = time.monotonic() + rules.settle_s
-    interval = 0.25
+    interval = 0.5
+    page = min(PAGE_SIZE_MAX, rules.max_entries)  # one entries.list request per poll
     while True:
         end = datetime.now(UTC)
-        records = _records(await reader.revision_entries(service=service, revision=revision, start=start, end=end,
-                                                         max_entries=rules.max_entries))
-        if last_probe_at is None or ingested_since(records, last_probe_at - timedelta(seconds=1)):
-            return records, True
-        if time.monotonic() >= deadline:
-            return records, False
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, 2.0)
+        read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
+                                          max_entries=page, newest_first=True)
+        records = _records(read.entries)
+        settled = last_probe_at is None or ingested_since(records, last_probe_at - timedelta(seconds=1))
+        if settled or time.monotonic() >= deadline:
+            if read.truncated and rules.max_entries > page:  # the rest, up to max_entries, newest first
+                read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
+                                                  max_entries=rules.max_entries, newest_first=True)
+                records = _records(read.entries)
+            return records, settled, read.truncated
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 2, 4.0)
 
 
 @task(name="logs", cache_policy=NO_CACHE)
@@ -58,21 +67,21 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                        probes: ProbePolicy) -> StageResult:
     async def body() -> StageResult:
         try:
-            records, settled = await read_settled(reader, service=service, revision=revision, start=start,
+            records, settled, truncated = await read_settled(reader, service=service, revision=revision, start=start,
                                                   last_probe_at=last_probe_at, rules=rules)
             window = (start, datetime.now(UTC))
             current = summarise(records, revision=revision, window=window, retry_statuses=probes.retry_statuses)
             previous = None
             if previous_revision:
                 prev_window = previous_window(window)
-                prev_entries = await reader.revision_entries(service=service, revision=previous_revision,
-                                                             start=prev_window[0], end=prev_window[1],
-                                                             max_entries=rules.max_entries)
-                previous = summarise(_records(prev_entries), revision=previous_revision, window=prev_window,
+                prev = await reader.read_revision(service=service, revision=previous_revision,
+                                                  start=prev_window[0], end=prev_window[1],
+                                                  max_entries=rules.max_entries, newest_first=True)
+                previous = summarise(_records(prev.entries), revision=previous_revision, window=prev_window,
                                      retry_statuses=probes.retry_statuses)
         except StageError as exc:
             return judge_logs_unavailable(str(exc))
-        result = judge_logs(current, compare(current, previous, rules), rules)
+        result = judge_logs(current, compare(current, previous, rules), rules, truncated=truncated)
         if not settled:  # fail closed: logs we could not see might hold the errors
             note = (f"the last probe's request log was not visible after {rules.settle_s:g}s: "
                     "log ingestion incomplete, cannot judge (raise logs.settle_s?)")
@@ -81,8 +90,6 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                                              status=Status.FAIL, expected="request log of the last probe visible",
                                              observed=note))
             result.status, result.summary = Status.FAIL, note
-        if len(records) >= rules.max_entries:
-            result.evidence.append(Evidence(kind="note", summary=f"read capped at {rules.max_entries} entries"))
         return result
 
     return await guarded("logs", body)

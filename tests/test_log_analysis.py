@@ -11,6 +11,7 @@ from stagecheck.log_analysis import (
     compare,
     crash_kind,
     effective_severity,
+    group_tracebacks,
     judge_logs,
     judge_logs_unavailable,
     normalise_signature,
@@ -557,3 +558,103 @@ def test_hex_and_all_digit_ids_share_a_signature() -> None:
     b = normalise_signature("cache refresh slow after 1516 ms (2bab34)")
     c = normalise_signature("cache refresh slow after 17 ms (0x1f2e)")
     assert a == b == c == "cache refresh slow after <n> (<n>)"
+
+
+# ------------------------------------------------------------------- multi-line tracebacks, audit entries
+
+
+def _line(seconds: float, message: str, *, instance: str = "i1", insert_id: str = "", revision: str = NEW_REV,
+          stream: str = "stderr") -> LogRecord:
+    return LogRecord(timestamp=T0 + timedelta(seconds=seconds), severity="DEFAULT", message=message,
+                     stream=stream, revision=revision, insert_id=insert_id, instance_id=instance)
+
+
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "/app/orders.py", line 88, in handle',
+    "    total = price_of(order)",
+    '  File "/app/pricing.py", line 21, in price_of',
+    '    return DISCOUNTS[order["discount_code"]]',
+    "KeyError: 'discount_code'",
+]
+
+
+def _traceback(start: float, *, instance: str = "i1", exception: str | None = None, prefix: str = "t",
+               revision: str = NEW_REV) -> list[LogRecord]:
+    lines = [*TRACEBACK[:-1], exception or TRACEBACK[-1]]
+    return [_line(start + n * 0.001, text, instance=instance, insert_id=f"{prefix}{n}", revision=revision)
+            for n, text in enumerate(lines)]
+
+
+def test_traceback_lines_of_one_instance_become_one_record_keyed_on_the_exception() -> None:
+    records = [*_traceback(1.0), _line(1.5, "GET /health 200", stream="stdout")]
+    grouped = group_tracebacks(records)
+    assert len(grouped) == 2
+    tb = grouped[0]
+    assert tb.message.splitlines() == TRACEBACK
+    assert tb.insert_ids == tuple(f"t{n}" for n in range(6))
+    assert normalise_signature(tb.message) == "Traceback: KeyError: 'discount_code'"
+
+
+def test_interleaved_tracebacks_of_two_instances_stay_apart() -> None:
+    a = _traceback(1.0, instance="a", prefix="a")
+    b = _traceback(1.0005, instance="b", exception="ValueError: bad price", prefix="b")
+    mixed = sorted([*a, *b], key=lambda r: r.timestamp)
+    grouped = group_tracebacks(mixed)
+    assert sorted(r.message.splitlines()[-1] for r in grouped) == ["KeyError: 'discount_code'", "ValueError: bad price"]
+
+
+def test_a_chained_traceback_stays_one_block_keyed_on_the_last_exception() -> None:
+    first = _traceback(1.0)
+    chain = [_line(1.1, ""), _line(1.101, "During handling of the above exception, another exception occurred:"),
+             _line(1.102, ""), *_traceback(1.103, exception="RuntimeError: pricing failed", prefix="c")]
+    (grouped,) = group_tracebacks([*first, *chain])
+    assert grouped.message.splitlines()[-1] == "RuntimeError: pricing failed"
+
+
+def test_a_traceback_summarises_as_one_signature_named_after_the_exception() -> None:
+    records = _traceback(1.0) + _traceback(30.0, prefix="u")
+    summary = summarise(records, revision=NEW_REV, window=WINDOW)
+    (group,) = summary.groups
+    assert group.signature == "Traceback: KeyError: 'discount_code'"
+    assert (group.count, group.severity, group.crash) == (2, "ERROR", "traceback")
+    assert group.insert_ids[:2] == ["t0", "t1"]
+    assert summary.total == 12
+
+
+def test_an_older_traceback_with_another_exception_does_not_make_a_new_one_pre_existing() -> None:
+    cur, prev = _summaries(_traceback(1.0), [*_traceback(-100.0, exception="OSError: disk full", revision=OLD_REV)])
+    comparison = compare(cur, prev, LogRules())
+    assert [g.signature for g in comparison.new] == ["Traceback: KeyError: 'discount_code'"]
+    assert comparison.pre_existing == []
+
+
+def test_audit_entry_reads_the_status_message() -> None:
+    entry = {
+        "logName": "projects/p/logs/cloudaudit.googleapis.com%2Fsystem_event",
+        "resource": {"type": "cloud_run_revision", "labels": {"revision_name": NEW_REV}},
+        "timestamp": "2026-03-01T12:00:01.5Z",
+        "severity": "ERROR",
+        "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                         "status": {"message": f"Ready condition status changed to False for Revision {NEW_REV} "
+                                               "with message: Container called exit(1)."}},
+        "labels": {"instanceId": "00f1"},
+    }
+    record = record_from_entry_dict(entry)
+    assert record.stream == "audit" and record.severity == "ERROR"
+    assert record.message.startswith("Ready condition status changed to False for Revision")
+    assert normalise_signature(record.message).startswith("Ready condition status changed to False for Revision "
+                                                          "<revision> with message")
+
+
+def test_failed_logs_gate_names_the_top_signatures_with_a_redacted_example() -> None:
+    records = [rec(1, "ledger write failed for token=sk_live_abcdefghijklmnop1234 after 300 ms", severity="ERROR"),
+               rec(2, "ledger write failed for token=sk_live_qrstuvwxyzabcdef5678 after 310 ms", severity="ERROR"),
+               *_traceback(3.0)]
+    cur, prev = _summaries(records, [])
+    result = judge_logs(cur, compare(cur, prev, LogRules()), LogRules())
+    assert result.status is Status.FAIL
+    assert result.summary.startswith("2 new ERROR+ signature(s) (allowed 0): ")
+    assert "x2 (e.g. \"ledger write failed for token=" in result.summary
+    assert "sk_live_abcdefghijklmnop1234" not in result.summary
+    assert "\"Traceback: KeyError: 'discount_code'\" x1 (e.g. \"KeyError: 'discount_code'\")" in result.summary

@@ -100,11 +100,20 @@ def test_unknown_health_status_is_returned_with_an_error() -> None:
         (ProbeAttempt(0, 200, 0.01, health="broken", error="status 'broken' ..."), AttemptOutcome.FAILURE),
         (ProbeAttempt(0, 200, 0.01), AttemptOutcome.FAILURE),  # no health status: fail closed
         (ProbeAttempt(0, None, 5.0, error="timeout after 5 s"), AttemptOutcome.FAILURE),
+        (ProbeAttempt(0, None, 5.0, error="timeout after 5 s", timed_out=True), AttemptOutcome.COLD_START),
+        (ProbeAttempt(0, None, 2.0, error="no answer", timed_out=True, cut_by_deadline=True), AttemptOutcome.FAILURE),
         (ProbeAttempt(0, None, 0.0, error="connection refused: h"), AttemptOutcome.FAILURE),
     ],
 )
 def test_classify(attempt: ProbeAttempt, outcome: AttemptOutcome) -> None:
     assert classify(attempt, POLICY) is outcome
+
+
+def test_after_a_healthy_answer_nothing_is_a_cold_start() -> None:
+    assert classify(cold(status=503), POLICY, healthy_seen=True) is AttemptOutcome.FAILURE
+    timed_out = ProbeAttempt(0, None, 5.0, error="timeout after 5 s", timed_out=True)
+    assert classify(timed_out, POLICY, healthy_seen=True) is AttemptOutcome.FAILURE
+    assert classify(ok(), POLICY, healthy_seen=True) is AttemptOutcome.SUCCESS
 
 
 def test_retry_statuses_are_configurable() -> None:
@@ -158,10 +167,27 @@ def test_cold_starts_then_k_successes_pass_and_are_counted() -> None:
     assert first_success_s(attempts, POLICY) == pytest.approx(0.91)
 
 
-def test_a_cold_start_between_successes_resets_the_count() -> None:
-    attempts = [ok(), ok(), cold(), ok(), ok()]
-    assert not judge(attempts, POLICY, 2.0).finished
-    assert judge([*attempts, ok()], POLICY, 2.5).status is Status.PASS
+def test_a_cold_start_status_after_the_first_healthy_answer_fails() -> None:
+    # issue 8: 503/429 are cold-start answers only until the revision has answered healthy once
+    verdict = judge([ok(), ok(), cold(status=429)], POLICY, 2.0)
+    assert verdict.finished and verdict.status is Status.FAIL
+    assert verdict.reason == ("attempt 3: 429 Too Many Requests after the revision had answered healthy "
+                              "(no longer a cold start)")
+
+
+def test_a_timeout_before_the_first_healthy_answer_is_a_cold_start() -> None:
+    slow = ProbeAttempt(0, None, 5.0, error="timeout after 5 s", timed_out=True)
+    attempts = [slow, cold(5.1, status=429), ok(6.0), ok(6.2), ok(6.4)]
+    verdict = judge(attempts, POLICY, 6.5)
+    assert verdict.status is Status.PASS and "after 2 cold-start retries" in verdict.reason
+    assert not judge([slow], POLICY, 5.0).finished
+
+
+def test_a_timeout_after_the_first_healthy_answer_fails() -> None:
+    slow = ProbeAttempt(1, None, 5.0, error="timeout after 5 s", timed_out=True)
+    verdict = judge([ok(), slow], POLICY, 6.0)
+    assert verdict == ProbeVerdict(True, Status.FAIL,
+                                   "attempt 2: timeout after 5 s after the revision had answered healthy")
 
 
 def test_any_failure_fails_at_once_even_after_successes() -> None:
@@ -220,9 +246,9 @@ def test_degraded_counts_toward_k_and_sets_the_status_by_policy(
     assert "1 of them degraded" in verdict.reason
 
 
-def test_degraded_before_a_reset_does_not_count() -> None:
+def test_degraded_then_a_cold_start_status_fails() -> None:
     attempts = [ok(health="degraded"), cold(), ok(), ok(), ok()]
-    assert judge(attempts, POLICY, 2.0).status is Status.PASS
+    assert judge(attempts, POLICY, 2.0).status is Status.FAIL
 
 
 # --- attempt_timeout / plan_next --------------------------------------------------------------------
@@ -250,9 +276,9 @@ def test_plan_next_backs_off_along_the_run_of_cold_starts() -> None:
         assert isinstance(step, NextAttempt)
         waits.append(step.wait_s)
     assert waits == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.0, 3.0])
-    # a success breaks the run: the next cold start backs off from the start again
+    # after a success a 503 is no longer a cold start: the probe ends
     step = plan_next([*attempts, ok(), cold()], no_jitter, 1.0, 0.5)
-    assert isinstance(step, NextAttempt) and step.wait_s == pytest.approx(0.2)
+    assert isinstance(step, ProbeVerdict) and step.status is Status.FAIL
 
 
 def test_plan_next_does_not_start_a_retry_past_the_deadline() -> None:

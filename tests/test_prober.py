@@ -267,13 +267,26 @@ async def test_an_html_page_from_a_load_balancer_is_not_healthy(
     assert "content-type text/html" in result.reason
 
 
-async def test_timeout_fails(server: ScriptedServer, client: httpx.AsyncClient) -> None:
-    url = server.script(Reply(delay_s=3.0))
+async def test_timeout_after_a_healthy_answer_fails(server: ScriptedServer, client: httpx.AsyncClient) -> None:
+    url = server.script(Reply(), Reply(delay_s=3.0))
     policy = FAST.model_copy(update={"request_timeout_s": 0.3})
     result = await probe_url(client, url, kind=UrlKind.TAGGED, mode=ProbeMode.REQUIRED, policy=policy)
     assert result.status is Status.FAIL
-    assert result.reason == "attempt 1: timeout after 0.3 s"
+    assert result.reason == "attempt 2: timeout after 0.3 s after the revision had answered healthy"
     assert result.duration_s < 2.0
+
+
+async def test_timeout_and_429_before_the_first_healthy_answer_are_a_cold_start(
+    server: ScriptedServer, client: httpx.AsyncClient
+) -> None:
+    url = server.script(Reply(delay_s=3.0), Reply(429, b"The request was aborted because there was no available "
+                                                        b"instance."), Reply(), Reply(), Reply())
+    policy = FAST.model_copy(update={"request_timeout_s": 0.3, "initial_backoff_s": 0.05})
+    result = await probe_url(client, url, kind=UrlKind.TAGGED, mode=ProbeMode.REQUIRED, policy=policy)
+    assert result.status is Status.PASS and result.cold_start_retries == 2
+    assert "timeout after 0.3 s (cold start) then 1x 429 (cold start) then 3x 200 healthy" in result.summary()
+    outcomes = [a["outcome"] for a in result.evidence().data["attempts"]]
+    assert outcomes == ["cold_start", "cold_start", "success", "success", "success"]
 
 
 async def test_the_deadline_cuts_a_slow_request_and_says_so(

@@ -576,3 +576,27 @@ def test_issues_merge_stages_that_did_not_run_for_one_cause(pass_report: Service
         "- ❌ stages push, deploy did not run: an earlier gate failed",
         "- ❌ stage logs did not run: no result recorded",
     ]
+
+
+def test_bake_section_shows_the_window_counts_and_time_to_detect(pass_report: ServiceReport) -> None:
+    from datetime import UTC, datetime
+
+    from stagecheck.bake import BakeFinding, BakeWatch, bake_result
+
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    clean = bake_result(BakeWatch(label="canary hold at 50 %", planned_s=30, started_at=start,
+                                  urls=["https://checkout.run.app/health"], watched_s=30.0, probes=30, log_reads=6,
+                                  log_entries=80))
+    failed = BakeWatch(label="bake after 100 %", planned_s=60, started_at=start, urls=["https://lb/checkout/health"],
+                       watched_s=12.4, probes=12, log_reads=3, log_retries=1, log_entries=31)
+    failed.finding = BakeFinding(source="logs", reason="new crash: traceback", at_s=12.3, detected_at=start)
+    report = pass_report.model_copy(update={"stages": [*pass_report.stages, clean, bake_result(failed)]})
+    md = render_markdown(report)
+    rows = [[cell.strip() for cell in row] for row in table_rows(section(md, "Bake window (watched while serving)"))]
+    assert rows[0][0] == "canary hold at 50 %" and rows[0][2] == "30.0 s of 30 s" and rows[0][4] == "30"
+    assert rows[0][7] == "–"
+    assert rows[1][2] == "12.4 s of 60 s" and rows[1][5] == "3 (1 retried)"
+    assert rows[1][7] == "12.3 s (logs)" and rows[1][8] == "new crash: traceback"
+    assert md.index("## Service health") < md.index("## Bake window") < md.index("## Logs analysis")
+    assert "not watched after the traffic shift" in section(render_markdown(pass_report),
+                                                             "Bake window (watched while serving)")

@@ -225,3 +225,25 @@ def test_custom_error_message_placeholders(run_service: RunService) -> None:
 
     assert wait_until(lambda: len(errors()) >= 2, 5)
     assert all(re.fullmatch(r'db "orders" failed: \d+ retries, trace [0-9a-f]{6}', m) for m in errors())
+
+
+def test_error_after_delays_the_error_lines(run_service: RunService) -> None:
+    container, port = run_service(ERROR_RATE="20", ERROR_AFTER_S="1.5")
+    first_response(f"http://127.0.0.1:{port}/health", timeout_s=5)
+    started = time.monotonic()
+
+    def errors() -> list[str]:
+        return [line["message"] for line in stdout_lines(container) if line["severity"] == "ERROR"]
+
+    assert not errors()
+    assert wait_until(lambda: len(errors()) >= 2, 10)
+    assert time.monotonic() - started >= 0.5  # nothing at first, ERROR lines later
+
+
+def test_traceback_every_prints_a_python_traceback_and_keeps_serving(run_service: RunService) -> None:
+    container, port = run_service(TRACEBACK_EVERY_S="0.3")
+    assert wait_until(lambda: stderr_text(container).count("KeyError: 'discount_code'") >= 2, 10)
+    err = stderr_text(container)
+    assert err.startswith("Traceback (most recent call last):")
+    assert '  File "/app/pricing.py", line 21, in price_of' in err
+    assert first_response(f"http://127.0.0.1:{port}/health", timeout_s=5)[0].status_code == 200

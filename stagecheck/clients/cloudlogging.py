@@ -1,12 +1,22 @@
-"""Cloud Logging API v2 reads, through the unmodified google-cloud-logging client (HTTP/JSON)."""
+"""Cloud Logging API v2 reads, through the unmodified google-cloud-logging client (HTTP/JSON).
+
+`entries.list` is limited to 60 requests per minute per project, a limit that cannot be raised
+(Cloud Logging quotas). Every page this module reads costs one request: all of them go through one
+`ReadBudget` per project (a token bucket, `logs.reads_per_minute`, default 30/min, shared by every
+service of the run), and a read answered 429 or 503 is retried with capped exponential backoff."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 
 from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
@@ -33,8 +43,82 @@ def revision_filter(*, project: str, region: str, service: str, revision: str,
     return " AND ".join(terms)
 
 
+RETRIED = (gexc.TooManyRequests, gexc.ServiceUnavailable)
+PAGE_SIZE_MAX = 1000  # entries.list rejects larger pages
+
+
+class ReadBudget:
+    """A token bucket for entries.list calls: `per_minute` on average, bursts of at most `burst`.
+
+    In any 60 s window at most `burst + per_minute` requests start, so 30/min with a burst of 3 stays
+    far below Cloud Logging's 60/min per project even when every service of a run reads at once.
+    Each caller reserves the next free slot under a (thread) lock and sleeps outside it, so waiters are
+    served in arrival order and the budget works across event loops and threads."""
+
+    _shared: dict[tuple[str, str, float], ReadBudget] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, per_minute: float, burst: int = 3, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if per_minute <= 0 or burst < 1:
+            raise ValueError("a read budget needs per_minute > 0 and burst >= 1")
+        self.per_minute, self.burst = per_minute, burst
+        self._clock, self._sleep = clock, sleep
+        self._tokens = float(burst)  # may go negative: slots reserved by waiting callers
+        self._updated = clock()
+        self._lock = threading.Lock()
+        self.granted = 0
+        self.waited_s = 0.0
+
+    @classmethod
+    def for_project(cls, endpoint: str, project: str, per_minute: float) -> ReadBudget:
+        """The one budget of a project (per Logging endpoint) in this process, shared by every reader."""
+        key = (endpoint, project, per_minute)
+        with cls._shared_lock:
+            budget = cls._shared.get(key)
+            if budget is None:
+                budget = cls._shared[key] = cls(per_minute)
+            return budget
+
+    def reserve(self) -> float:
+        """Take the next slot; the seconds to wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_minute / 60.0)
+            self._updated = now
+            self._tokens -= 1.0
+            wait = max(0.0, -self._tokens * 60.0 / self.per_minute)
+            self.granted += 1
+            self.waited_s += wait
+            return wait
+
+    async def acquire(self) -> float:
+        """Wait for a slot; the seconds waited."""
+        wait = self.reserve()
+        if wait > 0:
+            await self._sleep(wait)
+        return wait
+
+
+def retry_delay(attempt: int, rand: float) -> float:
+    """Pause before retry `attempt` (0-based) of a read answered 429/503: 1, 2, 4, 8, 16, 16 ... s, the
+    upper quarter of it randomised (so that services throttled together do not retry together)."""
+    base = min(16.0, 2.0 ** min(attempt, 8))
+    return base * (0.75 + 0.25 * rand)
+
+
+@dataclass
+class LogRead:
+    """Entries of one read (Logging API JSON dicts, in the order asked for) and what it cost."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False  # max_entries reached while more entries matched
+    requests: int = 0  # entries.list calls, retries included
+    retried: int = 0  # of which answered 429/503 and retried
+
+
 class LogReader:
-    """Reads log entries of one project as Logging API JSON dicts."""
+    """Reads log entries of one project as Logging API JSON dicts, within the project's read budget."""
 
     def __init__(self, settings: Settings) -> None:
         self.project = settings.project
@@ -44,6 +128,11 @@ class LogReader:
             self._kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.logging_api)
         self._credentials_file = settings.endpoints.credentials_file
         self._client: Any = None
+        # one budget per project, shared by every service of the run (and every run in this process)
+        self.budget = ReadBudget.for_project(settings.endpoints.logging_api or "https://logging.googleapis.com",
+                                             settings.project, settings.logs.reads_per_minute)
+        self.retries = settings.logs.read_retries
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
     def client(self) -> Any:
@@ -56,21 +145,62 @@ class LogReader:
             self._client = google.cloud.logging.Client(**self._kwargs)
         return self._client
 
+    async def _page(self, body: dict[str, Any], read: LogRead, what: str) -> dict[str, Any]:
+        """One entries.list call (one page) within the budget; 429/503 retried with backoff."""
+        def call() -> dict[str, Any]:
+            # the client's own connection (endpoint, credentials, user agent), one request per page
+            answer: dict[str, Any] = self.client._connection.api_request(method="POST", path="/entries:list",
+                                                                          data=body)
+            return answer
+
+        attempt = 0
+        while True:
+            await self.budget.acquire()
+            read.requests += 1
+            try:
+                return await asyncio.to_thread(call)
+            except RETRIED as exc:
+                if attempt >= self.retries:
+                    raise describe_api_error(exc, f"{what} (still {exc.code} after {attempt} retries)") from None
+                read.retried += 1
+                await self._sleep(retry_delay(attempt, random.random()))
+                attempt += 1
+            except API_ERRORS as exc:
+                raise describe_api_error(exc, what) from None
+
+    async def read(self, filter_: str, *, max_entries: int, newest_first: bool, what: str) -> LogRead:
+        """Up to max_entries entries matching filter_, newest first or oldest first."""
+        read = LogRead()
+        token: str | None = None
+        while len(read.entries) < max_entries:
+            body: dict[str, Any] = {"resourceNames": [f"projects/{self.project}"], "filter": filter_,
+                                    "orderBy": "timestamp desc" if newest_first else "timestamp asc",
+                                    "pageSize": min(PAGE_SIZE_MAX, max_entries - len(read.entries))}
+            if token:
+                body["pageToken"] = token
+            answer = await self._page(body, read, what)
+            entries = answer.get("entries") or []
+            if not isinstance(entries, list):
+                raise describe_api_error(ValueError("entries is not a list"), f"{what} (malformed answer)")
+            read.entries.extend(entries)
+            token = answer.get("nextPageToken") or None
+            if not token:
+                return read
+        read.entries = read.entries[:max_entries]
+        read.truncated = True
+        return read
+
+    async def read_revision(self, *, service: str, revision: str, start: datetime, end: datetime | None = None,
+                            max_entries: int = 5000, newest_first: bool = False) -> LogRead:
+        """The revision's entries in [start, end]: the newest max_entries of them when newest_first."""
+        filter_ = revision_filter(project=self.project, region=self.region, service=service,
+                                  revision=revision, start=start, end=end)
+        return await self.read(filter_, max_entries=max_entries, newest_first=newest_first,
+                               what=f"read logs of {revision}")
+
     async def revision_entries(self, *, service: str, revision: str, start: datetime,
                                end: datetime | None = None, max_entries: int = 5000) -> list[dict[str, Any]]:
         """Entries of the revision in [start, end], oldest first, at most max_entries."""
-        filter_ = revision_filter(project=self.project, region=self.region, service=service,
-                                  revision=revision, start=start, end=end)
-
-        def read() -> list[dict[str, Any]]:
-            from google.cloud.logging import ASCENDING
-
-            entries = self.client.list_entries(filter_=filter_, order_by=ASCENDING, page_size=min(1000, max_entries))
-            return [entry.to_api_repr() for entry in itertools.islice(entries, max_entries)]
-
-        try:
-            return await asyncio.to_thread(read)
-        except API_ERRORS as exc:
-            raise describe_api_error(exc, f"read logs of {revision}") from None
-        except (KeyError, ValueError) as exc:
-            raise describe_api_error(exc, f"read logs of {revision} (malformed entry)") from None
+        read = await self.read_revision(service=service, revision=revision, start=start, end=end,
+                                        max_entries=max_entries)
+        return read.entries

@@ -86,6 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--git-sha", help="commit to validate (default: HEAD)")
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
     parser.add_argument("--hold", help="seconds to hold each canary step")
+    parser.add_argument("--bake", help="seconds to watch the release after the last step")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
     return parser.parse_args(argv)
@@ -97,7 +98,7 @@ class UsageError(Exception):
 
 # ValidationRequest field -> the flag that sets it
 FLAGS = {"config": "--config", "services": "--service", "git_sha": "--git-sha", "traffic_steps": "--traffic",
-         "canary_hold_s": "--hold", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
+         "canary_hold_s": "--hold", "bake_s": "--bake", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
 
 
 def parse_traffic(text: str) -> list[int]:
@@ -117,16 +118,16 @@ def parse_traffic(text: str) -> list[int]:
     return steps
 
 
-def parse_hold(text: str) -> float:
-    """Seconds to hold each canary step: a number from 0 to the wait bound (UsageError naming --hold)."""
+def parse_hold(text: str, flag: str = "--hold") -> float:
+    """Seconds (a canary hold, the bake): a number from 0 to the wait bound (UsageError naming the flag)."""
     from stagecheck.settings import MAX_WAIT_S
 
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--hold {text!r}: seconds, a number like 30") from None
+        raise UsageError(f"{flag} {text!r}: seconds, a number like 30") from None
     if not 0 <= value <= MAX_WAIT_S:  # also refuses nan and inf
-        raise UsageError(f"--hold {text}: seconds from 0 to {MAX_WAIT_S:g}")
+        raise UsageError(f"{flag} {text}: seconds from 0 to {MAX_WAIT_S:g}")
     return value
 
 
@@ -143,9 +144,10 @@ def build_request(args: argparse.Namespace) -> Any:
         raise UsageError(f"--git-sha {args.git_sha[:60]!r}: a commit SHA, 7 to 40 lowercase hex digits")
     steps = parse_traffic(args.traffic) if args.traffic is not None else None
     hold = parse_hold(args.hold) if args.hold is not None else None
+    bake = parse_hold(args.bake, "--bake") if args.bake is not None else None
     try:
         return ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                 traffic_steps=steps, canary_hold_s=hold, dry_run=args.dry_run,
+                                 traffic_steps=steps, canary_hold_s=hold, bake_s=bake, dry_run=args.dry_run,
                                  sandbox=args.sandbox, state_dir=args.state_dir)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -51,13 +51,15 @@ class Scenario:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
-    def config(self, services: list[dict[str, Any]], *, steps: str = "[50, 100]", extra: str = "") -> Path:
+    def config(self, services: list[dict[str, Any]], *, steps: str = "[50, 100]", extra: str = "",
+               bake_s: float = 1.0, successes: int = 2, hold_s: float = 0.0) -> Path:
+        # a short bake keeps the scenarios quick; only the bake tests watch longer windows
         lines = [
             'report_dir = "reports"',
             "deploy_timeout_s = 60",
-            "[probes]", "deadline_s = 25", "consecutive_successes = 2", "initial_backoff_s = 0.1",
+            "[probes]", "deadline_s = 25", f"consecutive_successes = {successes}", "initial_backoff_s = 0.1",
             "max_backoff_s = 0.5", "success_interval_s = 0.05",
-            "[traffic]", f"steps = {steps}",
+            "[traffic]", f"steps = {steps}", f"hold_s = {hold_s}", f"bake_s = {bake_s}", "bake_interval_s = 1",
             "[logs]", "settle_s = 8",
             extra,
         ]

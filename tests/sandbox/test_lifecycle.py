@@ -18,7 +18,7 @@ import pytest
 from google.cloud import run_v2
 
 from sandbox.control import read_info, stop
-from tests.fixtures_sandbox import RunClients, clients_for, deploy, wait_for
+from tests.fixtures_sandbox import RunClients, clients_for, deploy, logging_client_for, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
@@ -27,7 +27,7 @@ def instances_of(clients: RunClients, service_id: str) -> list[dict[str, Any]]:
     return [i for i in clients.admin("GET", "/sandbox/v1/status")["instances"] if i["service"] == service_id]
 
 
-def test_cold_start_is_held_then_503_then_200(
+def test_cold_start_is_held_then_429_then_200(
     run_clients: RunClients, sample_image, new_service: Callable[[str], str]
 ) -> None:
     name = new_service("cold")
@@ -44,7 +44,9 @@ def test_cold_start_is_held_then_503_then_200(
     started = time.monotonic()
     first = httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False)
     held = time.monotonic() - started
-    assert first.status_code == 503 and "Service Unavailable" in first.text
+    # Cloud Run holds the request, then: 429 "no available instance" while the instance still starts
+    assert first.status_code == 429
+    assert first.text == "The request was aborted because there was no available instance."
     assert 0.25 <= held < 1.5  # held for cold_start_hold_s, then answered
     ok = wait_for(lambda: (r := httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False)).status_code == 200 and r,
                   timeout=15)
@@ -163,22 +165,32 @@ def test_up_without_a_docker_engine_is_one_clear_line(own_state_dir: Path) -> No
     ]
 
 
-def test_a_sandbox_of_an_older_version_is_named_and_still_stopped(own_state_dir: Path, docker_env) -> None:
-    from sandbox.control import SandboxError, _alive, start
+def test_container_output_and_lifecycle_are_logged_as_cloud_run_does(
+    run_clients: RunClients, sandbox: Any, sample_image: Any, new_service: Callable[[str], str]
+) -> None:
+    import google.cloud.logging as gcl
 
-    # a live process that looks like a sandbox server, recorded without key files (an older sandbox.json)
-    older = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sandbox", "serve"])
-    try:
-        wait_for(lambda: _alive(older.pid), timeout=10)  # its /proc entry shows the new command line
-        (own_state_dir / "sandbox.json").write_text(json.dumps({
-            "run_api": "http://127.0.0.1:9", "pid": older.pid, "docker_host": docker_env.docker_host,
-            "instance_id": "older0000000"}))
-        with pytest.raises(SandboxError, match="older version"):
-            start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
-        stop(own_state_dir)
-        assert older.wait(timeout=20) is not None
-        assert not (own_state_dir / "sandbox.json").exists()
-    finally:
-        if older.poll() is None:
-            older.kill()
-            older.wait()
+    name = new_service("logs")
+    svc = deploy(run_clients, name, sample_image.ref, env={"TRACEBACK_EVERY_S": "0.3"})
+    revision = svc.latest_ready_revision.rsplit("/", 1)[-1]
+    client = logging_client_for(sandbox)
+
+    def entries() -> list[Any]:
+        return list(client.list_entries(filter_=f'resource.labels.revision_name="{revision}"', order_by=gcl.ASCENDING))
+
+    found = wait_for(lambda: (e := entries()) and sum(
+        1 for x in e if x.payload == "KeyError: 'discount_code'") >= 1 and e, timeout=15, interval=1.0)
+    stderr = [e for e in found if e.log_name.endswith("run.googleapis.com%2Fstderr")]
+    # one plain-text entry per line, at DEFAULT (never ERROR), each with the instance it came from
+    assert stderr[0].payload == "Traceback (most recent call last):"
+    assert {e.severity for e in stderr} == {"DEFAULT"}
+    assert all(isinstance(e.payload, str) for e in stderr)
+    assert len({e.labels["instanceId"] for e in stderr}) == 1
+    # structured stdout lines are jsonPayload with their severity lifted
+    starting = next(e for e in found if isinstance(e.payload, dict) and "starting" in e.payload.get("message", ""))
+    assert starting.severity == "INFO" and starting.labels["instanceId"] == stderr[0].labels["instanceId"]
+    # the revision's Ready change is a system_event audit entry
+    audit = [e for e in found if e.log_name.endswith("cloudaudit.googleapis.com%2Fsystem_event")]
+    assert len(audit) == 1 and audit[0].severity == "INFO"
+    assert audit[0].payload["status"]["message"].startswith(
+        f"Ready condition status changed to True for Revision {revision} with message: Deploying revision succeeded in")

@@ -284,3 +284,69 @@ def test_fault_latency_delays_the_call(sandbox: LoggingSandbox) -> None:
 
     assert [e.payload for e in found] == ["late"]
     assert 0.3 <= elapsed < 3.0
+
+
+def test_entries_list_quota_is_60_per_minute_per_project(sandbox: LoggingSandbox) -> None:
+    url = f"{sandbox.endpoint}/v2/entries:list"
+    body = {"resourceNames": [f"projects/{PROJECT}"], "pageSize": 1}
+    with httpx.Client() as http:
+        statuses = [http.post(url, json=body).status_code for _ in range(60)]
+        over = http.post(url, json=body)
+    assert statuses == [200] * 60
+    assert over.status_code == 429
+    error = over.json()["error"]
+    assert (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED")
+    assert "Read requests per minute" in error["message"]
+    # the real client sees a TooManyRequests it can retry
+    with pytest.raises(exceptions.TooManyRequests):
+        listed(sandbox, resource_names=[f"projects/{PROJECT}"])
+
+
+def test_quota_window_slides() -> None:
+    from sandbox.errors import ApiError
+    from sandbox.logapi import ListQuota
+
+    now = [0.0]
+    quota = ListQuota(3, clock=lambda: now[0])
+    for at in (0.0, 10.0, 20.0):
+        now[0] = at
+        quota.take("p")
+    with pytest.raises(ApiError) as caught:
+        quota.take("p")
+    assert caught.value.http_status == 429
+    quota.take("other")  # per project
+    now[0] = 60.5  # the first call left the window
+    quota.take("p")
+    assert quota.rejected == 1
+
+
+def test_plain_stdout_and_stderr_lines_are_text_at_default_with_the_instance(sandbox: LoggingSandbox) -> None:
+    now = datetime.now(UTC)
+    lines: list[tuple[Literal["stdout", "stderr"], str]] = [
+        ("stderr", "Traceback (most recent call last):"), ("stderr", "KeyError: 'x'"),
+        ("stdout", '{"severity": "WARNING", "message": "slow"}')]
+    for offset, (stream, line) in enumerate(lines):
+        sandbox.store.append(container_entry(project=PROJECT, location=LOCATION, service="shop", revision=REV_A,
+                                             stream=stream, line=line, timestamp=now - timedelta(seconds=5 - offset),
+                                             instance_id="0069c5"))
+    entries = listed(sandbox, filter_=f'resource.labels.revision_name="{REV_A}"', order_by="timestamp asc")
+    assert [(type(e).__name__, e.severity, e.labels) for e in entries] == [
+        ("TextEntry", "DEFAULT", {"instanceId": "0069c5"}),
+        ("TextEntry", "DEFAULT", {"instanceId": "0069c5"}),
+        ("StructEntry", "WARNING", {"instanceId": "0069c5"}),
+    ]
+    assert entries[1].payload == "KeyError: 'x'" and entries[2].payload == {"message": "slow"}
+
+
+def test_system_event_audit_entries_carry_the_ready_message(sandbox: LoggingSandbox) -> None:
+    from sandbox.logstore import audit_entry
+
+    message = f"Ready condition status changed to False for Revision {REV_A} with message: Container failed"
+    sandbox.store.append(audit_entry(project=PROJECT, location=LOCATION, service="shop", revision=REV_A,
+                                     ready=False, message=message))
+    (entry,) = listed(sandbox, filter_='protoPayload.status.message:"Ready condition status changed to False"')
+    assert entry.log_name == f"projects/{PROJECT}/logs/cloudaudit.googleapis.com%2Fsystem_event"
+    assert entry.severity == "ERROR"
+    assert entry.payload["@type"] == "type.googleapis.com/google.cloud.audit.AuditLog"
+    assert entry.payload["status"]["message"] == message
+    assert entry.resource.labels["revision_name"] == REV_A

@@ -130,7 +130,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, sandbox: Any, sample_image
         'report_dir = "reports"',
         "[probes]", "deadline_s = 20", "consecutive_successes = 2", "initial_backoff_s = 0.1",
         "max_backoff_s = 0.5", "success_interval_s = 0.05",
-        "[traffic]", "steps = [100]",
+        "[traffic]", "steps = [100]", "bake_s = 1",  # a short bake keeps these runs quick
         "[logs]", "settle_s = 5",
     ]
     # `a` and `b` meet in their smoke stage (each marks its arrival, then waits for the other's):

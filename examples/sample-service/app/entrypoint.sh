@@ -24,7 +24,7 @@ export HEALTH_STATUS=${HEALTH_STATUS:-healthy}
 case $HEALTH_STATUS in healthy | degraded) ;; *) fail "HEALTH_STATUS must be healthy or degraded (got '$HEALTH_STATUS')" ;; esac
 export HEALTH_HTTP_STATUS=${HEALTH_HTTP_STATUS:-200}
 case $HEALTH_HTTP_STATUS in [1-5][0-9][0-9]) ;; *) fail "HEALTH_HTTP_STATUS must be an HTTP status code (got '$HEALTH_HTTP_STATUS')" ;; esac
-for name in STARTUP_DELAY_S CRASH_AFTER_S ERROR_RATE; do
+for name in STARTUP_DELAY_S CRASH_AFTER_S ERROR_RATE ERROR_AFTER_S TRACEBACK_EVERY_S; do
     eval "value=\${$name:-0}"
     is_number "$value" || fail "$name must be a non-negative number (got '$value')"
 done
@@ -72,8 +72,9 @@ if [ "${STARTUP_DELAY_S:-0}" != 0 ]; then
     wait $!
 fi
 
-error_loop() {  # ERROR_RATE lines per second; {n} and {id} in ERROR_MESSAGE vary per line
+error_loop() {  # ERROR_RATE lines per second after ERROR_AFTER_S; {n} and {id} in ERROR_MESSAGE vary per line
     interval=$(awk "BEGIN { printf \"%.3f\", 1 / $ERROR_RATE }")
+    [ "${ERROR_AFTER_S:-0}" != 0 ] && sleep "$ERROR_AFTER_S"
     default_message='payment backend timeout after {n} ms (request id {id})'
     escape "${ERROR_MESSAGE:-$default_message}"
     template=$REPLY
@@ -88,6 +89,24 @@ error_loop() {  # ERROR_RATE lines per second; {n} and {id} in ERROR_MESSAGE var
 }
 if [ "${ERROR_RATE:-0}" != 0 ]; then
     error_loop &
+    children="$children $!"
+fi
+
+traceback_loop() {  # a handled exception every TRACEBACK_EVERY_S: a Python traceback on stderr, one line each
+    while :; do
+        sleep "$TRACEBACK_EVERY_S"
+        cat >&2 <<'TRACEBACK'
+Traceback (most recent call last):
+  File "/app/orders.py", line 88, in handle
+    total = price_of(order)
+  File "/app/pricing.py", line 21, in price_of
+    return DISCOUNTS[order["discount_code"]]
+KeyError: 'discount_code'
+TRACEBACK
+    done
+}
+if [ "${TRACEBACK_EVERY_S:-0}" != 0 ]; then
+    traceback_loop &
     children="$children $!"
 fi
 

@@ -1,0 +1,142 @@
+"""Stage `bake`: watch the release while it serves — probe the serving URLs at an interval and read
+the new revision's logs incrementally — and stop at the first failure (decisions: stagecheck/bake.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from stagecheck.bake import BakeFinding, BakeWatch, bake_result, judge_bake_logs, judge_probe_answer
+from stagecheck.clients.cloudlogging import LogReader
+from stagecheck.clients.identity import IdTokens
+from stagecheck.errors import StageError
+from stagecheck.log_analysis import (
+    LogRecord,
+    LogSummary,
+    compare,
+    judge_logs,
+    record_from_entry_dict,
+    summarise,
+)
+from stagecheck.model import StageResult
+from stagecheck.prober import ProbeTarget, probe_once, safe_url
+from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
+from tasks.common import guarded
+from tasks.probe import with_credentials
+
+PAGE = 1000  # entries per incremental read (one entries.list request)
+
+
+async def _pause(done: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when the watch is over."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), seconds)
+
+
+@task(name="bake", cache_policy=NO_CACHE)
+async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: str, service: str, revision: str,
+                        previous_revision: str | None, since: datetime, targets: list[ProbeTarget],
+                        duration_s: float, interval_s: float, probes: ProbePolicy, rules: LogRules,
+                        tokens: IdTokens | None = None) -> StageResult:
+    """Watch the serving release for `duration_s`: probes every `interval_s`, log reads as often as the
+    project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate."""
+    watched = [t for t in targets if t.mode != ProbeMode.OFF]
+    watch = BakeWatch(label=label, planned_s=duration_s, started_at=datetime.now(UTC),
+                      urls=[safe_url(t.url) for t in watched])
+    started = time.monotonic()
+    done = asyncio.Event()
+
+    def found(source: str, reason: str, evidence_at: datetime | None = None) -> None:
+        if watch.finding is None and watch.error is None:
+            watch.finding = BakeFinding(source=source, reason=reason, at_s=time.monotonic() - started,
+                                        detected_at=datetime.now(UTC), first_evidence_at=evidence_at)
+        done.set()
+
+    async def probe_loop() -> None:
+        while not done.is_set():
+            at_s = time.monotonic() - started
+            # ID tokens per probes.auth, renewed by IdTokens before they expire (a bake may outlive one)
+            credentialed = await with_credentials(watched, probes, tokens, service)
+            attempts = await asyncio.gather(*(probe_once(http, t, probes, at_s=at_s) for t in credentialed))
+            for target, attempt in zip(watched, attempts, strict=True):
+                watch.probes += 1
+                reason = judge_probe_answer(attempt, probes, url=safe_url(target.url), kind=target.kind)
+                if reason is None:
+                    continue
+                watch.probe_failures += 1
+                if target.mode == ProbeMode.REQUIRED:
+                    found("probe", reason, watch.started_at + timedelta(seconds=attempt.at_s))
+                    return
+                watch.advisory_failures.append(reason)
+            await _pause(done, interval_s)
+
+    async def baseline() -> LogSummary | None:
+        if not previous_revision:
+            return None
+        length = (datetime.now(UTC) - since) + timedelta(seconds=duration_s)
+        read = await reader.read_revision(service=service, revision=previous_revision, start=since - length,
+                                          end=since, max_entries=rules.max_entries, newest_first=True)
+        watch.log_reads += read.requests
+        watch.log_retries += read.retried
+        return summarise([record_from_entry_dict(e) for e in read.entries], revision=previous_revision,
+                         window=(since - length, since), retry_statuses=probes.retry_statuses)
+
+    async def log_loop() -> None:
+        previous = await baseline()
+        records: dict[str, LogRecord] = {}
+        cursor = since
+        while not done.is_set():
+            read = await reader.read_revision(service=service, revision=revision, start=cursor, max_entries=PAGE)
+            watch.log_reads += read.requests
+            watch.log_retries += read.retried
+            for entry in read.entries:
+                record = record_from_entry_dict(entry)
+                records.setdefault(record.insert_id or f"{record.timestamp.isoformat()} {record.message}", record)
+                cursor = max(cursor, record.timestamp)  # timestamp >= cursor: the last ones are read again, deduped
+            watch.log_entries = len(records)
+            current = summarise(records.values(), revision=revision, window=(since, datetime.now(UTC)),
+                                retry_statuses=probes.retry_statuses)
+            comparison = compare(current, previous, rules)
+            result = judge_logs(current, comparison, rules)
+            watch.last_log_status, watch.last_log_summary = result.status, result.summary
+            reason = judge_bake_logs(result)
+            if reason is not None:
+                watch.new_signatures = [g.to_dict() for g in comparison.new]
+                firsts = [g.first_seen for g in comparison.new]
+                found("logs", reason, min(firsts) if firsts else None)
+                return
+            if not read.truncated:  # a full page: more is waiting, read on at once
+                await _pause(done, interval_s)
+
+    async def guard(loop: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await loop()
+        except StageError as exc:  # fail closed: a watch that cannot see is no evidence of health
+            if watch.finding is None and watch.error is None:
+                watch.error = str(exc)
+            done.set()
+        except Exception as exc:  # e.g. a malformed log entry
+            if watch.finding is None and watch.error is None:
+                watch.error = f"unexpected {type(exc).__name__}: {exc}"
+            done.set()
+
+    async def body() -> StageResult:
+        loops = [asyncio.create_task(guard(probe_loop)), asyncio.create_task(guard(log_loop))]
+        try:
+            await _pause(done, duration_s)
+        finally:
+            done.set()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        watch.watched_s = time.monotonic() - started
+        return bake_result(watch)
+
+    return await guarded("bake", body)
