@@ -386,7 +386,10 @@ class ServiceValidation:
                                      duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
                                      probes=self.settings.probes, rules=self.settings.logs,
                                      tokens=self.clients.tokens)
-        self.last_probe_at = datetime.now(UTC)
+        # the logs stage settles to the request log of the last probe the bake actually sent
+        sent = result.data.get("last_probe_at") if isinstance(result.data, dict) else None
+        if sent:
+            self.last_probe_at = datetime.fromisoformat(sent)
         if not self.record(result):
             await self._rollback_if_moved(True, revision, "bake")
             return False

@@ -45,6 +45,7 @@ class BakeWatch:
     probes: int = 0
     probe_failures: int = 0  # answers that failed (advisory URLs included)
     advisory_failures: list[str] = field(default_factory=list)
+    last_probe_at: datetime | None = None  # when the last probe round was sent (the logs stage settles to it)
     log_reads: int = 0  # entries.list requests
     log_retries: int = 0  # of which answered 429/503 and retried
     log_entries: int = 0
@@ -99,6 +100,7 @@ def bake_result(watch: BakeWatch) -> StageResult:
         "urls": list(watch.urls),
         "probes": watch.probes,
         "probe_failures": watch.probe_failures,
+        "last_probe_at": watch.last_probe_at.isoformat() if watch.last_probe_at else None,
         "log_reads": watch.log_reads,
         "log_retries": watch.log_retries,
         "log_entries": watch.log_entries,

@@ -64,6 +64,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
             at_s = time.monotonic() - started
             # ID tokens per probes.auth, renewed by IdTokens before they expire (a bake may outlive one)
             credentialed = await with_credentials(watched, probes, tokens, service)
+            watch.last_probe_at = datetime.now(UTC)
             attempts = await asyncio.gather(*(probe_once(http, t, probes, at_s=at_s) for t in credentialed))
             for target, attempt in zip(watched, attempts, strict=True):
                 watch.probes += 1

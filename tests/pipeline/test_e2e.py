@@ -467,7 +467,8 @@ async def test_a_stale_failed_target_left_by_another_deploy_is_dropped_before_de
     # what a failed `gcloud run deploy --no-traffic --tag cand` leaves behind: a tag-only target to a failed revision
     svc = run_clients.services.get_service(name=run_clients.service_name(service))
     svc.template.revision = f"{service}-bad"
-    svc.template.containers[0].env = [run_v2.EnvVar(name="CRASH_ON_START", value="1")]
+    # its image is missing (the template a release copies keeps the service's env, so the failure is the image's)
+    svc.template.containers[0].image = f"{scenario.sandbox.registry}/stagecheck-missing:none"
     svc.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100),
                    run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
                                         revision=f"{service}-bad", tag="cand")]

@@ -185,7 +185,11 @@ def test_container_output_and_lifecycle_are_logged_as_cloud_run_does(
     assert stderr[0].payload == "Traceback (most recent call last):"
     assert {e.severity for e in stderr} == {"DEFAULT"}
     assert all(isinstance(e.payload, str) for e in stderr)
-    assert len({e.labels["instanceId"] for e in stderr}) == 1
+    assert all(e.labels["instanceId"] for e in stderr)
+    # the revision runs two instances: each writes its traceback lines, labelled with its own id
+    instance = stderr[0].labels["instanceId"]
+    own = [e.payload for e in stderr if e.labels["instanceId"] == instance]
+    assert own[0] == "Traceback (most recent call last):" and "KeyError: 'discount_code'" in own
     # structured stdout lines are jsonPayload with their severity lifted
     starting = next(e for e in found if isinstance(e.payload, dict) and "starting" in e.payload.get("message", ""))
     assert starting.severity == "INFO" and starting.labels["instanceId"] == stderr[0].labels["instanceId"]

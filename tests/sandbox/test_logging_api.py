@@ -289,7 +289,7 @@ def test_fault_latency_delays_the_call(sandbox: LoggingSandbox) -> None:
 def test_entries_list_quota_is_60_per_minute_per_project(sandbox: LoggingSandbox) -> None:
     url = f"{sandbox.endpoint}/v2/entries:list"
     body = {"resourceNames": [f"projects/{PROJECT}"], "pageSize": 1}
-    with httpx.Client() as http:
+    with httpx.Client(headers=sandbox.auth_headers()) as http:  # the API wants credentials
         statuses = [http.post(url, json=body).status_code for _ in range(60)]
         over = http.post(url, json=body)
     assert statuses == [200] * 60
