@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -321,3 +322,41 @@ def test_without_git_discovery_walks_with_pathspec_and_gives_no_ids(tmp_path: Pa
 def test_entry_key_names_every_part(tmp_path: Path) -> None:
     key = entry_key(environment_digest(None), "python", blob_id(b"x = 1\n"))
     assert key.endswith(":python:" + blob_id(b"x = 1\n"))
+
+
+def test_files_modified_within_the_racy_window_are_not_recorded(tmp_path: Path) -> None:
+    cache, repo = tmp_path / "cache", tmp_path / "repo"
+    write(repo, {"ok.py": OK_PY})
+    check_repository(repo, jobs=1, cache_dir=cache)  # written just now: inside the window
+    assert SqliteStore(cache).known_contents(str(repo.resolve())) == {}
+
+
+def test_without_git_settled_files_are_not_rehashed_while_their_stat_signature_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stagecheck.syntax.cache.RACY_WINDOW_S", 0.0)  # everything written so far is settled
+    cache, repo = tmp_path / "cache", tmp_path / "repo"
+    write(repo, {"ok.py": OK_PY})
+    check_repository(repo, jobs=1, cache_dir=cache)
+    store = SqliteStore(cache)
+    recorded = store.known_contents(str(repo.resolve()))
+    assert set(recorded) == {"ok.py"} and recorded["ok.py"][1] == blob_id(OK_PY.encode())
+    # Proof that the signature is what is trusted: point it at another content's id.
+    store.remember_contents(str(repo.resolve()), {"ok.py": (recorded["ok.py"][0], blob_id(b"x"))})
+    store.close()
+    report = check_repository(repo, jobs=1, cache_dir=cache)
+    assert report.from_cache == 0  # ok.py was taken to be content "x", which was never checked
+    assert SqliteStore(cache).known_contents(str(repo.resolve()))["ok.py"][1] == blob_id(b"x")
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stagecheck.syntax.cache.RACY_WINDOW_S", 0.0)
+    cache, repo = tmp_path / "cache", tmp_path / "repo"
+    write(repo, {"m.py": "x = (1)\n"})
+    assert check_repository(repo, jobs=1, cache_dir=cache).ok
+    assert "m.py" in SqliteStore(cache).known_contents(str(repo.resolve()))
+    before = (repo / "m.py").stat()
+    (repo / "m.py").write_text("x = (1(\n")  # same size
+    os.utime(repo / "m.py", ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime; ctime moves on
+    report = check_repository(repo, jobs=1, cache_dir=cache)
+    assert [f.path for f in report.findings] == ["m.py"]

@@ -15,8 +15,13 @@ checkable" skips. An entry that does not parse, has the wrong shape or carries a
 ignored (a miss) and rewritten by the next store; a store file that is not a database is replaced.
 Any other cache failure costs speed, never a result: the stage checks the files instead.
 
+Files without a git id are read and hashed, except where a file's stat signature (inode, size,
+mtime and ctime in ns) matches the one recorded when it was last hashed under the same root (git's
+own trick for its index); a file modified less than RACY_WINDOW_S before it was hashed is never
+recorded, so a same-timestamp edit cannot hide behind an old signature.
+
 Store: one SQLite file (WAL; batched lookups and one transaction per run). Measured against one
-file per entry in benchmarks/bench_syntax.py (`--cache-store`).
+file per entry in benchmarks/bench_syntax_cache.py.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "STAGECHECK_CACHE_DIR"
 SCHEMA = "syntax-v1"
 DB_NAME = f"{SCHEMA}.sqlite3"
+RACY_WINDOW_S = 2.0
 LOOKUP_BATCH = 900  # bound parameters per SELECT (SQLite's historic limit is 999)
 FINDING_KINDS = frozenset(("python", "yaml", "json", "toml", "conflict", "encoding"))
 
@@ -143,10 +149,26 @@ def decode_entry(key: str, raw: object) -> CachedResult | None:
 PASSED = CachedResult(False, ())
 
 
+def stat_signature(info: os.stat_result) -> str:
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+
+
+def settled(info: os.stat_result, now_ns: int) -> bool:
+    """Old enough that a later edit cannot share its timestamps (see RACY_WINDOW_S)."""
+    horizon = now_ns - int(RACY_WINDOW_S * 1e9)
+    return info.st_mtime_ns < horizon and info.st_ctime_ns < horizon
+
+
 class ResultStore(Protocol):
     def lookup(self, keys: Iterable[str]) -> dict[str, CachedResult]: ...
 
     def store(self, entries: Mapping[str, CachedResult]) -> None: ...
+
+    def known_contents(self, root: str) -> dict[str, tuple[str, str]]:
+        """path -> (stat signature, content id) recorded for files under `root`."""
+        ...
+
+    def remember_contents(self, root: str, contents: Mapping[str, tuple[str, str]]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -176,6 +198,10 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS contents (root TEXT, path TEXT, signature TEXT, content_id TEXT,"
+                " PRIMARY KEY (root, path)) WITHOUT ROWID"
+            )
             db.execute("SELECT count(*) FROM (SELECT 1 FROM results LIMIT 1)").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -214,6 +240,32 @@ class SqliteStore:
                 )
         except (sqlite3.Error, OSError) as exc:
             log.warning("syntax cache %s: store failed (%s); results not remembered", self.path, exc)
+
+    def known_contents(self, root: str) -> dict[str, tuple[str, str]]:
+        known: dict[str, tuple[str, str]] = {}
+        try:
+            query = "SELECT path, signature, content_id FROM contents WHERE root = ?"
+            for path, signature, content_id in self._connect().execute(query, (root,)):
+                if isinstance(signature, str) and isinstance(content_id, str) and isinstance(path, str):
+                    known[path] = (signature, content_id)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("syntax cache %s: lookup failed (%s); hashing every file", self.path, exc)
+            return {}
+        return known
+
+    def remember_contents(self, root: str, contents: Mapping[str, tuple[str, str]]) -> None:
+        if not contents:
+            return
+        try:
+            db = self._connect()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    "INSERT OR REPLACE INTO contents (root, path, signature, content_id) VALUES (?, ?, ?, ?)",
+                    [(root, path, signature, content_id) for path, (signature, content_id) in contents.items()],
+                )
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("syntax cache %s: store failed (%s)", self.path, exc)
 
     def close(self) -> None:
         if self._db is not None:
@@ -254,6 +306,12 @@ class FileStore:
                 os.replace(temporary, path)
         except OSError as exc:
             log.warning("syntax cache %s: store failed (%s)", self.root, exc)
+
+    def known_contents(self, root: str) -> dict[str, tuple[str, str]]:
+        return {}
+
+    def remember_contents(self, root: str, contents: Mapping[str, tuple[str, str]]) -> None:
+        pass
 
     def close(self) -> None:
         pass

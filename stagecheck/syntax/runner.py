@@ -28,6 +28,8 @@ from .cache import (
     entry_key,
     environment_digest,
     open_store,
+    settled,
+    stat_signature,
 )
 from .config_check import check_json_text, check_toml_text, check_yaml_text, is_jsonc_path
 from .conflicts import CLOSE, OPEN, find_conflict_markers
@@ -219,18 +221,46 @@ def check_items(
     return total
 
 
-def content_ids(root: str, items: Sequence[WorkItem], known: dict[str, str]) -> dict[str, str]:
+def content_ids(
+    root: str, items: Sequence[WorkItem], known: dict[str, str], store: ResultStore | None = None
+) -> dict[str, str]:
     """The content id of every item that can have one: git's blob id where the listing vouches for
-    it, otherwise the file is read and hashed the same way."""
+    it, else the id recorded for the file's unchanged stat signature, else the file is read and
+    hashed the same way (and its signature recorded once it has settled)."""
     ids: dict[str, str] = {}
+    unknown = []
     for path, kind in items:
         known_id = known.get(path)
-        if known_id is not None:
+        if known_id is None:
+            unknown.append((path, kind))
+        else:
             ids[path] = known_id
+    if not unknown:
+        return ids
+    recorded = store.known_contents(root) if store is not None else {}
+    fresh: dict[str, tuple[str, str]] = {}
+    now_ns = time.time_ns()
+    for path, kind in unknown:
+        full = os.path.join(root, path)
+        try:
+            info = os.lstat(full)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        signature = stat_signature(info)
+        previous = recorded.get(path)
+        if previous is not None and previous[0] == signature:
+            ids[path] = previous[1]
             continue
         data = read_checkable(root, path, kind)
-        if isinstance(data, bytes):
-            ids[path] = blob_id(data)
+        if not isinstance(data, bytes):
+            continue
+        ids[path] = blob_id(data)
+        if settled(info, now_ns) and stat_signature(os.lstat(full)) == signature:
+            fresh[path] = (signature, ids[path])
+    if store is not None:
+        store.remember_contents(root, fresh)
     return ids
 
 
@@ -273,7 +303,7 @@ def check_repository(
         environment = environment_digest(target_version)
         readable = [(p, k) for p, k in listing.files if not path_skipped(p, k)]
         total.skipped += len(listing.files) - len(readable)
-        ids = content_ids(str(root), readable, listing.blob_ids)
+        ids = content_ids(str(root), readable, listing.blob_ids, store)
         keys = {
             path: entry_key(environment, variant_of(path, kind), ids[path])
             for path, kind in readable
