@@ -329,7 +329,8 @@ def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> di
     """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces)."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL"}:
+        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL",
+                                                 "STAGECHECK_CACHE_DIR"}:  # the syntax result cache's home
             continue
         path = key[len(prefix) :].lower().split("__")
         node = out

@@ -360,3 +360,10 @@ def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path, monkeyp
     os.utime(repo / "m.py", ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime; ctime moves on
     report = check_repository(repo, jobs=1, cache_dir=cache)
     assert [f.path for f in report.findings] == ["m.py"]
+
+
+def test_the_cache_dir_variable_is_not_read_as_a_pipeline_setting() -> None:
+    from stagecheck.settings import env_overrides
+
+    environ = {"STAGECHECK_CACHE_DIR": "/tmp/x", "STAGECHECK_PROBES__DEADLINE_S": "9"}
+    assert env_overrides(environ) == {"probes": {"deadline_s": "9"}}
