@@ -8,6 +8,7 @@
 #   make test       lint + typecheck + pytest (starts the engine/registry first)
 #   make lint | typecheck | pytest
 #   make demo       set up, start the sandbox, validate the example service end to end
+#   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -28,7 +29,7 @@ MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -p
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve
+.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve bench
 
 help:
 	@sed -n '/^#/!q; s/^# \{0,1\}//p' Makefile
@@ -93,3 +94,12 @@ test: lint typecheck pytest
 # The README's first command: set up, bring the sandbox up, validate the example service end to end.
 demo: up
 	$(STAGECHECK) validate --config examples/stagecheck.sandbox.toml --sandbox --state-dir $(STATE_DIR)
+
+# Each benchmark prints its figures (and the command line that reproduces them); none is a test.
+# The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.
+BENCHES ?= syntax_cache readiness verdict logs syntax prober logstore
+bench: infra-up
+	@for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
+	  echo "== benchmarks/bench_$$b.py"; \
+	  STAGECHECK_STATE_DIR=$(STATE_DIR) $(BIN)/python benchmarks/bench_$$b.py; \
+	done

@@ -367,3 +367,16 @@ def test_the_cache_dir_variable_is_not_read_as_a_pipeline_setting() -> None:
 
     environ = {"STAGECHECK_CACHE_DIR": "/tmp/x", "STAGECHECK_PROBES__DEADLINE_S": "9"}
     assert env_overrides(environ) == {"probes": {"deadline_s": "9"}}
+
+
+def test_the_stage_result_says_how_many_results_were_remembered(tmp_path: Path) -> None:
+    from tasks.syntax import syntax_stage_result
+
+    cache = tmp_path / "cache"
+    write(tmp_path / "repo", {"a.py": OK_PY, "b.py": "x = 2\n"})
+    first = syntax_stage_result(check_repository(tmp_path / "repo", jobs=1, cache_dir=cache))
+    (tmp_path / "repo" / "b.py").write_text("x = 3\n")
+    second = syntax_stage_result(check_repository(tmp_path / "repo", jobs=1, cache_dir=cache))
+    assert "remembered" not in first.summary and first.evidence[0].data["from_cache"] == 0
+    assert second.summary.endswith(", 1 remembered by content")
+    assert second.evidence[0].data["from_cache"] == 1
