@@ -76,7 +76,9 @@ def discover(root: Path, exclude: Sequence[str] = ()) -> FileListing:
         listed, source, blob_ids = set(walk_listing(root, path_filter)), "walk", {}
     else:
         listed, source, blob_ids = set(git.paths), "git", git.blob_ids
-    kept = sorted(p for p in listed if not path_filter.excluded(p))
+    # the walk never enters an excluded directory: only git's listing needs the ancestors checked
+    excluded = path_filter.excluded if source == "git" else path_filter.file_excluded
+    kept = sorted(p for p in listed if not excluded(p))
     chart_dirs = frozenset(posixpath.dirname(p) for p in kept if posixpath.basename(p) == "Chart.yaml")
     files = tuple((p, file_kind(p, chart_dirs)) for p in kept)
     kept_ids = {p: blob_ids[p] for p in kept if p in blob_ids}

@@ -78,4 +78,8 @@ class PathFilter:
         parent, _, _ = rel_path.rpartition("/")
         if bool(parent) and self.dir_excluded(parent):
             return True
+        return self.file_excluded(rel_path)
+
+    def file_excluded(self, rel_path: str) -> bool:
+        """The file's own verdict, for callers that already pruned excluded directories."""
         return self._files_need_check and bool(self._file_set.verdict(rel_path, False))
