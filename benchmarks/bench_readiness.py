@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from google.cloud import run_v2  # noqa: E402
 
+from benchmarks._infra import running_infra  # noqa: E402
 from sandbox.control import SandboxInfo, start, stop  # noqa: E402
-from sandbox.infra import ensure_up  # noqa: E402
 from stagecheck.clients.cloudrun import CloudRun  # noqa: E402
 from stagecheck.model import TrafficTarget  # noqa: E402
 from stagecheck.prober import probe_url  # noqa: E402
@@ -180,8 +180,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
-    state = Path(os.environ.get("STAGECHECK_STATE_DIR") or REPO / ".stagecheck")
-    infra = ensure_up(state, registry_addr=os.environ.get("STAGECHECK_REGISTRY") or "127.0.0.1:5000")
+    infra = running_infra()
 
     import docker
 

@@ -40,8 +40,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._infra import running_infra  # noqa: E402
 from sandbox.control import start, stop  # noqa: E402
-from sandbox.infra import ensure_up  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EXAMPLE = REPO / "examples" / "stagecheck.sandbox.toml"
@@ -172,8 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    infra_state = Path(os.environ.get("STAGECHECK_STATE_DIR") or REPO / ".stagecheck")
-    infra = ensure_up(infra_state, registry_addr=os.environ.get("STAGECHECK_REGISTRY") or "127.0.0.1:5000")
+    infra = running_infra()
     print(f"imports: {import_cost()}")
     with tempfile.TemporaryDirectory(prefix="stagecheck-bench-verdict-") as tmp:
         work = Path(tmp)
