@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import tomllib
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -135,6 +134,8 @@ _TOML_AT_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 
 
 def check_toml_text(text: str, path: str) -> list[SyntaxFinding]:
+    import tomllib  # here: most runs check no TOML, or take its result from the cache
+
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,7 +7,6 @@ back sorted."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import posixpath
 import stat
@@ -15,8 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +185,8 @@ def split_chunks(items: Sequence[WorkItem], count: int) -> list[Sequence[WorkIte
 def pool_start_method() -> str:
     """Fork is cheapest and never re-imports the caller's __main__, but forking a process that runs
     other threads (a Prefect worker does) can inherit a lock held mid-operation: use "forkserver" then."""
+    import multiprocessing  # here, not at import: a run served from the cache never starts a pool
+
     if "fork" not in multiprocessing.get_all_start_methods():
         return "spawn"
     return "fork" if threading.active_count() == 1 else "forkserver"
@@ -205,6 +204,10 @@ def check_items(
     """Check `items` with `jobs` worker processes (jobs <= 1: in this process)."""
     if jobs <= 1 or len(items) < 2:
         return check_chunk(root, items, target_version, record)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     total = ChunkResult()
     chunks = split_chunks(items, jobs * CHUNKS_PER_JOB)
     method = start_method or pool_start_method()
