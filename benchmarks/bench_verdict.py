@@ -54,6 +54,7 @@ class Outcome:
     stages: dict[str, float]  # stage -> seconds (first service)
     verdicts: list[str]
     max_rss_mb: float
+    cpu_s: float  # user + system CPU of the validate process and the children it waited for
 
     @property
     def overhead_s(self) -> float:
@@ -96,7 +97,7 @@ def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, 
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    found = sorted(reports.rglob("*.json"))
+    found = sorted(p for p in reports.rglob("*.json") if not p.name.endswith("-latest.json"))
     if not found:
         raise RuntimeError(f"no report (exit {process.returncode}):\n{output[-3000:]}")
     works: list[float] = []
@@ -110,7 +111,7 @@ def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, 
         durations = {s["name"]: s["duration_s"] for s in report["stages"]}
         works.append(sum(durations.values()))
         stages = stages or durations
-    return Outcome(wall, max(works), stages, verdicts, usage.ru_maxrss / 1024)
+    return Outcome(wall, max(works), stages, verdicts, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -207,11 +208,11 @@ def main() -> int:
             stop(state)
     print(f"\nmedian of {args.repeat} (interleaved, warm); cores={len(os.sched_getaffinity(0))}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  {'case':<32}{'wall s':>8}{'stage work s':>14}{'overhead s':>12}{'peak RSS MB':>13}  verdicts")
+    print(f"  {'case':<32}{'wall s':>8}{'stage work s':>14}{'overhead s':>12}{'CPU s':>8}{'peak RSS MB':>13}  verdicts")
     for label, outcomes in results.items():
         print(f"  {label:<32}{med([o.wall_s for o in outcomes]):8.2f}{med([o.stage_work_s for o in outcomes]):14.2f}"
-              f"{med([o.overhead_s for o in outcomes]):12.2f}{max(o.max_rss_mb for o in outcomes):13.0f}  "
-              f"{' '.join(outcomes[-1].verdicts)}")
+              f"{med([o.overhead_s for o in outcomes]):12.2f}{med([o.cpu_s for o in outcomes]):8.2f}"
+              f"{max(o.max_rss_mb for o in outcomes):13.0f}  {' '.join(sorted(set(outcomes[-1].verdicts)))}")
     for label in ("dry run, configured server", "release x1, configured server"):
         stages = results[label][-1].stages
         print(f"  stages ({label}, last run): " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
