@@ -380,3 +380,14 @@ def test_the_stage_result_says_how_many_results_were_remembered(tmp_path: Path) 
     assert "remembered" not in first.summary and first.evidence[0].data["from_cache"] == 0
     assert second.summary.endswith(", 1 remembered by content")
     assert second.evidence[0].data["from_cache"] == 1
+
+
+def test_a_store_grown_past_its_cap_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    write(tmp_path / "repo", {"bad.py": BROKEN_PY, "ok.py": OK_PY})
+    check_repository(tmp_path / "repo", jobs=1, cache_dir=cache)
+    assert check_repository(tmp_path / "repo", jobs=1, cache_dir=cache).from_cache == 2
+    monkeypatch.setattr("stagecheck.syntax.cache.MAX_STORE_BYTES", 1)
+    report = check_repository(tmp_path / "repo", jobs=1, cache_dir=cache)
+    assert report.from_cache == 0 and [f.path for f in report.findings] == ["bad.py"]
+    assert len(rows(cache)) == 2  # the new store holds this run's results

@@ -45,6 +45,7 @@ CACHE_DIR_ENV = "STAGECHECK_CACHE_DIR"
 SCHEMA = "syntax-v1"
 DB_NAME = f"{SCHEMA}.sqlite3"
 RACY_WINDOW_S = 2.0
+MAX_STORE_BYTES = 256 * 1024 * 1024  # a store grown past this (~2M entries) starts over: no unbounded growth
 LOOKUP_BATCH = 900  # bound parameters per SELECT (SQLite's historic limit is 999)
 FINDING_KINDS = frozenset(("python", "yaml", "json", "toml", "conflict", "encoding"))
 
@@ -184,13 +185,23 @@ class SqliteStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                too_big = self.path.stat().st_size > MAX_STORE_BYTES
+            except OSError:
+                too_big = False
+            if too_big:
+                log.info("syntax cache %s is over %d bytes; starting a new one", self.path, MAX_STORE_BYTES)
+                self._remove()
+            try:
                 self._db = self._open()
             except sqlite3.DatabaseError as exc:  # not a database (truncated, overwritten): start over
                 log.warning("syntax cache %s is unreadable (%s); starting a new one", self.path, exc)
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                self._remove()
                 self._db = self._open()
         return self._db
+
+    def _remove(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
