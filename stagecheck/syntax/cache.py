@@ -27,9 +27,11 @@ file per entry in benchmarks/bench_syntax_cache.py.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Iterable, Mapping
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "STAGECHECK_CACHE_DIR"
 SCHEMA = "syntax-v1"
 DB_NAME = f"{SCHEMA}.sqlite3"
+_YAML_VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)
 RACY_WINDOW_S = 2.0
 MAX_STORE_BYTES = 256 * 1024 * 1024  # a store grown past this (~2M entries) starts over: no unbounded growth
 LOOKUP_BATCH = 900  # bound parameters per SELECT (SQLite's historic limit is 999)
@@ -69,14 +72,19 @@ def blob_id(data: bytes) -> str:
 
 def checker_fingerprint() -> str:
     """Changes whenever the checker could answer differently: the syntax package's own sources (any
-    edit is a new checker version), the YAML library (and whether its C loader is in use)."""
-    import yaml
-
+    edit is a new checker version) and the YAML library's (its version and whether its C loader is
+    there), read from its files so that a run served from the cache need not import it."""
     digest = hashlib.sha1(usedforsecurity=False)
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
-    libyaml = "c" if hasattr(yaml, "CSafeLoader") else "py"
-    return f"{digest.hexdigest()[:16]}/yaml-{yaml.__version__}-{libyaml}"
+    spec = importlib.util.find_spec("yaml")
+    if spec is None or spec.origin is None:
+        return f"{digest.hexdigest()[:16]}/no-yaml"
+    origin = Path(spec.origin)
+    found = _YAML_VERSION.search(origin.read_text(encoding="utf-8", errors="replace"))
+    version = found.group(1) if found else "unknown"
+    libyaml = "c" if any(origin.parent.glob("_yaml*.so")) or any(origin.parent.glob("_yaml*.pyd")) else "py"
+    return f"{digest.hexdigest()[:16]}/yaml-{version}-{libyaml}"
 
 
 def environment_digest(target_version: tuple[int, int] | None) -> str:
