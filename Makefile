@@ -9,6 +9,7 @@
 #   make lint | typecheck | pytest
 #   make demo       set up, start the sandbox, validate the example service end to end
 #   make clean-registry   untag what test sessions left in the local registry (older than an hour)
+#   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -29,7 +30,7 @@ MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -p
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve clean-registry
+.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve clean-registry bench
 
 help:
 	@sed -n '/^#/!q; s/^# \{0,1\}//p' Makefile
@@ -99,3 +100,12 @@ demo: up
 # for an hour; the running sessions' own tags stay (each session also removes its own at the end).
 clean-registry: setup
 	$(BIN)/python -m sandbox.cleanup --state-dir $(STATE_DIR) --older-than 3600
+
+# Each benchmark prints its figures (and the command line that reproduces them); none is a test.
+# The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.
+BENCHES ?= syntax_cache readiness verdict logs syntax prober logstore
+bench: infra-up
+	@for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
+	  echo "== benchmarks/bench_$$b.py"; \
+	  STAGECHECK_STATE_DIR=$(STATE_DIR) $(BIN)/python benchmarks/bench_$$b.py; \
+	done

@@ -58,7 +58,8 @@ MAX_WAIT_S = 3600.0  # no single wait of a validation (deploy, probe deadline, s
 MAX_SLOT_WAIT_S = 86400.0
 MAX_CONFIG_BYTES = 1024 * 1024
 # What stagecheck itself puts in the environment of smoke commands (and its own runtime knobs): never config.
-NOT_CONFIG_ENV = {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL", "STAGECHECK_BASE_URL",
+NOT_CONFIG_ENV = {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL", "STAGECHECK_CACHE_DIR",
+                  "STAGECHECK_BASE_URL",
                   "STAGECHECK_TAG_URL", "STAGECHECK_LB_URL", "STAGECHECK_REVISION", "STAGECHECK_SERVICE"}
 
 

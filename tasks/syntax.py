@@ -22,13 +22,15 @@ def syntax_stage_result(report: SyntaxReport) -> StageResult:
     by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(report.files_checked.items()) if n)
     lines = [str(f) for f in report.findings]
     if report.ok:
-        status, summary = Status.PASS, f"{checked} files parse ({by_kind}) in {report.duration_s:.2f}s"
+        cached = f", {report.from_cache} remembered by content" if report.from_cache else ""
+        status, summary = Status.PASS, f"{checked} files parse ({by_kind}) in {report.duration_s:.2f}s{cached}"
     else:
         status = Status.FAIL
         summary = f"{len(lines)} syntax error(s) in {checked} files; first: {lines[0]}"
     evidence = [Evidence(kind="syntax", summary=summary,
                          data={"files_checked": dict(report.files_checked), "skipped": report.skipped,
-                               "duration_s": round(report.duration_s, 3), "findings": lines[:MAX_LISTED],
+                               "duration_s": round(report.duration_s, 3), "from_cache": report.from_cache,
+                               "findings": lines[:MAX_LISTED],
                                "findings_total": len(lines)})]
     evidence += [Evidence(kind="syntax", summary=line) for line in lines[:MAX_LISTED]]
     criterion = Criterion(name="Repository parses (Python, YAML/JSON/TOML, no conflict markers)", stage="syntax",

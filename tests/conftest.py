@@ -4,6 +4,9 @@ tests/fixtures_docker.py (engine, registry, sample image) and tests/fixtures_san
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 # Before any Google or Prefect import: no metadata-server probing, no telemetry, offline-safe.
 os.environ.pop("GOOGLE_API_USE_MTLS_ENDPOINT", None)
@@ -22,3 +25,15 @@ try:
 except ImportError as exc:  # pragma: no cover
     if "fixtures_sandbox" not in str(exc):
         raise
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _syntax_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The syntax stage's result cache of a test session lives in a temp dir, never ~/.cache."""
+    previous = os.environ.get("STAGECHECK_CACHE_DIR")
+    os.environ["STAGECHECK_CACHE_DIR"] = str(tmp_path_factory.mktemp("syntax-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("STAGECHECK_CACHE_DIR", None)
+    else:
+        os.environ["STAGECHECK_CACHE_DIR"] = previous

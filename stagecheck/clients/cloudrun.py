@@ -449,8 +449,11 @@ class CloudRun:
         return ready_condition(rev.conditions).ready is True
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,
-                                  interval_s: float = 0.25) -> tuple[run_v2.Revision | None, ReadyState]:
-        """Poll the revision's own Ready condition until it is terminal or the deadline passes."""
+                                  interval_s: float = 0.2, fast_for_s: float = 30.0) -> tuple[run_v2.Revision | None, ReadyState]:
+        """Poll the revision's own Ready condition until it is terminal or the deadline passes: every
+        `interval_s` for the first `fast_for_s` (most revisions start within it; Ready is seen within
+        one interval), then backing off to every 2 s (bounded reads for slow starts)."""
+        fast_until = time.monotonic() + fast_for_s
         deadline = time.monotonic() + timeout_s
         rev: run_v2.Revision | None = None
         state = ReadyState(None, "revision not created yet", "", None)
@@ -466,4 +469,5 @@ class CloudRun:
             if time.monotonic() >= deadline:
                 return rev, ReadyState(None, f"not Ready after {timeout_s:.0f}s: {state.message}", "", None)
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
-            interval_s = min(interval_s * 1.5, 2.0)
+            if time.monotonic() >= fast_until:
+                interval_s = min(interval_s * 1.5, 2.0)

@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--jobs", metavar="N", type=int, help="worker processes (default: one per core)")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="check every file; neither use nor update the result cache"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where results are remembered, by content (default: $STAGECHECK_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/stagecheck, else ~/.cache/stagecheck; shared by every clone)",
+    )
     return parser
 
 
@@ -58,6 +67,7 @@ def render_json(report: SyntaxReport) -> str:
             "files_checked": report.files_checked,
             "skipped": report.skipped,
             "duration_s": round(report.duration_s, 3),
+            "from_cache": report.from_cache,
             "findings": [finding.to_dict() for finding in report.findings],
         },
         indent=2,
@@ -90,7 +100,14 @@ def main(argv: list[str]) -> int:
         except UnsupportedTargetVersion as exc:
             return _usage_error(f"--target-version: {exc}")
     try:
-        report = check_repository(root, target_version=target, exclude=args.exclude, jobs=args.jobs)
+        report = check_repository(
+            root,
+            target_version=target,
+            exclude=args.exclude,
+            jobs=args.jobs,
+            cache=not args.no_cache,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        )
     except OSError as exc:
         return _usage_error(f"cannot read {args.path}: {exc.strerror or exc}")
     except KeyboardInterrupt:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import re
-import tomllib
 from fnmatch import fnmatchcase
 from typing import Any
-
-import yaml
 
 from .model import JSON, TOML, YAML, SyntaxFinding
 from .text import line_col_of_char
@@ -17,45 +15,51 @@ from .text import line_col_of_char
 # ---------------------------------------------------------------------------------------------- YAML
 
 _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
-_BaseSafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 
 
-class TolerantSafeLoader(_BaseSafeLoader):  # type: ignore[misc]
-    """SafeLoader that accepts application-specific tags (CloudFormation `!Ref`, `!GetAtt`, Ansible
-    `!vault`, ...) by constructing the plain node underneath, and that reports a value that fails to
-    construct (`!!int abc`) as a YAML error at the node instead of a bare ValueError."""
+@functools.cache
+def tolerant_loader() -> Any:
+    """SafeLoader (libyaml's when available) that accepts application-specific tags (CloudFormation
+    `!Ref`, `!GetAtt`, Ansible `!vault`, ...) by constructing the plain node underneath, and that
+    reports a value that fails to construct (`!!int abc`) as a YAML error at the node instead of a
+    bare ValueError. Built on first use: a run with no YAML to check never imports the YAML library."""
+    import yaml
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except yaml.YAMLError:
-            raise
-        except Exception as exc:  # a constructor choking on a value: a finding, not a crash
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid value for tag {_short_tag(node.tag)}: {exc}", node.start_mark
-            ) from exc
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class TolerantSafeLoader(base):  # type: ignore[misc,valid-type]
+        def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # a constructor choking on a value: a finding, not a crash
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"invalid value for tag {_short_tag(node.tag)}: {exc}", node.start_mark
+                ) from exc
+
+    def construct_untagged(loader: Any, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_scalar(node)
+
+    # `None` is PyYAML's fallback for any tag without a constructor (SafeLoader's raises).
+    TolerantSafeLoader.add_constructor(None, construct_untagged)
+    return TolerantSafeLoader
 
 
 def _short_tag(tag: str) -> str:
     return "!!" + tag.removeprefix(_YAML_TAG_PREFIX) if tag.startswith(_YAML_TAG_PREFIX) else tag
 
 
-def _construct_untagged(loader: TolerantSafeLoader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-
-# `None` is PyYAML's fallback for any tag without a constructor (SafeLoader's raises).
-TolerantSafeLoader.add_constructor(None, _construct_untagged)
-
-
 def check_yaml_text(text: str, path: str) -> list[SyntaxFinding]:
     """Every document of a (multi-document) YAML stream must load."""
+    import yaml
+
     try:
-        for _ in yaml.load_all(text, Loader=TolerantSafeLoader):  # a SafeLoader subclass
+        for _ in yaml.load_all(text, Loader=tolerant_loader()):  # a SafeLoader subclass
             pass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -135,6 +139,8 @@ _TOML_AT_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 
 
 def check_toml_text(text: str, path: str) -> list[SyntaxFinding]:
+    import tomllib  # here: most runs check no TOML, or take its result from the cache
+
     try:
         tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

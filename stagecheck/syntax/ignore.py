@@ -1,110 +1,27 @@
-"""`.gitignore` pattern semantics, pure: used by the non-git walker and for --exclude globs.
+"""`.gitignore` pattern semantics for the non-git walker and for --exclude globs, on `pathspec`'s
+`GitIgnoreSpec` (git's wildmatch rules: comments, escapes, trailing-space trimming, `!negation`,
+`dir/`, anchoring, `*`, `?`, `[...]`, `**`).
 
-Supported: comments, `\\#`/`\\!` escapes, trailing-space trimming, `!negation`, `dir/` (directories
-only), anchoring (a `/` at the start or in the middle), `*`, `?`, `[...]`, and `**` as a leading
-`**/`, trailing `/**` or inner `/**/`. As in git, the last matching rule wins, rules of deeper
-`.gitignore` files override shallower ones, and nothing below an ignored directory is re-included
-(callers prune ignored directories).
+As in git, the last matching rule wins, rules of deeper `.gitignore` files override shallower ones,
+and nothing below an ignored directory is re-included (callers prune ignored directories).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class IgnoreRule:
-    pattern: str
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
-
-    def matches(self, rel_path: str, is_dir: bool) -> bool:
-        if self.dir_only and not is_dir:
-            return False
-        return self.regex.fullmatch(rel_path) is not None
+from pathspec import GitIgnoreSpec
 
 
-def _translate_segment(glob: str) -> str:
-    out: list[str] = []
-    i, n = 0, len(glob)
-    while i < n:
-        c = glob[i]
-        if c == "*":
-            while i + 1 < n and glob[i + 1] == "*":  # a non-special `**` is a plain `*`
-                i += 1
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(glob[i]))
-        elif c == "[":
-            start = i + 1
-            if glob[start : start + 1] in ("!", "^"):
-                start += 1
-            if glob[start : start + 1] == "]":
-                start += 1
-            end = glob.find("]", start)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = glob[i + 1 : end]
-                if body[:1] in ("!", "^"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+def parse_ignore_file(text: str) -> GitIgnoreSpec:
+    """The rules of one `.gitignore` file (blank lines and comments carry none)."""
+    return GitIgnoreSpec.from_lines(text.splitlines())
 
 
-def _translate(pattern: str, anchored: bool) -> str:
-    """Regex source for a pattern (without `!` and trailing `/`), matched against a relative path."""
-    parts = pattern.split("/")
-    regex: list[str] = []
-    if not anchored:
-        regex.append("(?:.*/)?")
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        if part == "**":
-            regex.append(".*" if last else "(?:.*/)?")
-            continue
-        regex.append(_translate_segment(part))
-        if not last:
-            regex.append("/")
-    return "".join(regex)
-
-
-def compile_rule(line: str) -> IgnoreRule | None:
-    """One `.gitignore` line -> a rule (None for blanks and comments)."""
-    line = line.rstrip("\n").rstrip("\r")
-    stripped = line.rstrip(" ")
-    if stripped.endswith("\\") and len(stripped) < len(line):  # "foo\ " keeps one escaped space
-        stripped += " "
-    if not stripped or stripped.startswith("#"):
-        return None
-    negate = stripped.startswith("!")
-    if negate:
-        stripped = stripped[1:]
-    elif stripped.startswith(("\\!", "\\#")):
-        stripped = stripped[1:]
-    dir_only = stripped.endswith("/")
-    body = stripped.rstrip("/")
-    if not body:
-        return None
-    anchored = "/" in body
-    body = body.lstrip("/") if body.startswith("/") else body
-    if body.startswith("**/"):
-        anchored = True  # `(?:.*/)?` already leads the regex
-    return IgnoreRule(stripped, re.compile(_translate(body, anchored), re.DOTALL), negate, dir_only)
-
-
-def parse_ignore_file(text: str) -> tuple[IgnoreRule, ...]:
-    return tuple(rule for line in text.splitlines() if (rule := compile_rule(line)) is not None)
+def _spec_path(rel_path: str, is_dir: bool) -> str:
+    # pathspec tells directories from files by a trailing slash (`dir/` rules match only those).
+    return rel_path + "/" if is_dir else rel_path
 
 
 @dataclass(frozen=True)
@@ -112,7 +29,7 @@ class IgnoreSet:
     """The rules of one ignore file, relative to its directory (`base`, "" for the root)."""
 
     base: str
-    rules: tuple[IgnoreRule, ...]
+    rules: GitIgnoreSpec
 
     def verdict(self, rel_path: str, is_dir: bool) -> bool | None:
         """True ignored / False re-included / None no rule matches."""
@@ -120,11 +37,7 @@ class IgnoreSet:
             if not rel_path.startswith(self.base + "/"):
                 return None
             rel_path = rel_path[len(self.base) + 1 :]
-        result: bool | None = None
-        for rule in self.rules:
-            if rule.matches(rel_path, is_dir):
-                result = not rule.negate
-        return result
+        return self.rules.check_file(_spec_path(rel_path, is_dir)).include
 
 
 def is_ignored(rel_path: str, is_dir: bool, sets: Iterable[IgnoreSet]) -> bool:
@@ -142,8 +55,16 @@ class PathFilter:
     excludes everything below). Ancestor verdicts are cached: files share directories."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
-        self._set = IgnoreSet("", tuple(r for p in patterns if (r := compile_rule(p.removeprefix("./")))))
+        lines = [p.removeprefix("./") for p in patterns]
+        self._set = IgnoreSet("", GitIgnoreSpec.from_lines(lines))
         self._dir_cache: dict[str, bool] = {}
+        # Directory-only patterns (`build/`) never match a file: without negations, files need only
+        # the other patterns (the common case, the default skips alone, then costs nothing per file).
+        rules = [line.strip() for line in lines]
+        file_rules = [r for r in rules if r and not r.startswith("#") and not r.endswith("/")]
+        negated = any(r.startswith("!") for r in rules)
+        self._file_set = self._set if negated else IgnoreSet("", GitIgnoreSpec.from_lines(file_rules))
+        self._files_need_check = negated or bool(file_rules)
 
     def dir_excluded(self, rel_dir: str) -> bool:
         cached = self._dir_cache.get(rel_dir)
@@ -155,4 +76,10 @@ class PathFilter:
 
     def excluded(self, rel_path: str) -> bool:
         parent, _, _ = rel_path.rpartition("/")
-        return (bool(parent) and self.dir_excluded(parent)) or bool(self._set.verdict(rel_path, False))
+        if bool(parent) and self.dir_excluded(parent):
+            return True
+        return self.file_excluded(rel_path)
+
+    def file_excluded(self, rel_path: str) -> bool:
+        """The file's own verdict, for callers that already pruned excluded directories."""
+        return self._files_need_check and bool(self._file_set.verdict(rel_path, False))

@@ -50,6 +50,7 @@ class SyntaxReport:
     findings: tuple[SyntaxFinding, ...]  # sorted by (path, line, col)
     skipped: int  # listed files skipped: vendored/excluded paths, binary, symlinks, oversized text
     duration_s: float
+    from_cache: int = 0  # files whose result came from the result cache (checked or skipped)
 
     @property
     def ok(self) -> bool:
@@ -65,4 +66,5 @@ class SyntaxReport:
         return (
             f"{self.total_checked} files checked ({by_kind or 'none'}), {len(self.findings)} {noun}, "
             f"{self.skipped} skipped, {self.duration_s:.2f}s"
+            + (f" ({self.from_cache} from cache)" if self.from_cache else "")
         )
