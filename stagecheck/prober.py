@@ -213,15 +213,16 @@ def _timeout_error(timeout_s: float, policy: ProbePolicy) -> tuple[str, bool]:
     return f"timeout after {timeout_s:g} s", False
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """At most MAX_BODY_BYTES of the body, and whether there was more (the rest is never read)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-        if size >= MAX_BODY_BYTES:
+        if size > MAX_BODY_BYTES:
             break
-    return b"".join(chunks)[:MAX_BODY_BYTES]
+    return b"".join(chunks)[:MAX_BODY_BYTES], size > MAX_BODY_BYTES
 
 
 async def _attempt(
@@ -239,7 +240,7 @@ async def _attempt(
             async with client.stream(
                 "GET", url, headers=dict(headers or {}), timeout=timeout_s, follow_redirects=False
             ) as response:
-                body = await _read_capped(response)
+                body, oversized = await _read_capped(response)
     except (TimeoutError, httpx.TimeoutException):
         timeout_error, cut = _timeout_error(timeout_s, policy)
         return ProbeAttempt(at_s, None, clock() - started, error=timeout_error, cut_by_deadline=cut)
@@ -253,6 +254,9 @@ async def _attempt(
         location = response.headers.get("location", "?")
         redirect = f"redirect to {safe_url(location)} (redirects are not followed: probe the final URL)"
         return ProbeAttempt(at_s, status, latency, error=redirect)
+    if 200 <= status < 300 and oversized:
+        error = f"body larger than {MAX_BODY_BYTES // 1024} KiB: not a health answer (read stopped there)"
+        return ProbeAttempt(at_s, status, latency, error=error, body=_excerpt(body))
     if 200 <= status < 300:
         health, error = pp.parse_health_body(body, response.headers.get("content-type"))
         return ProbeAttempt(
