@@ -255,8 +255,8 @@ async def _attempt(
         redirect = f"redirect to {safe_url(location)} (redirects are not followed: probe the final URL)"
         return ProbeAttempt(at_s, status, latency, error=redirect)
     if 200 <= status < 300 and oversized:
-        error = f"body larger than {MAX_BODY_BYTES // 1024} KiB: not a health answer (read stopped there)"
-        return ProbeAttempt(at_s, status, latency, error=error, body=_excerpt(body))
+        too_big = f"body larger than {MAX_BODY_BYTES // 1024} KiB: not a health answer (read stopped there)"
+        return ProbeAttempt(at_s, status, latency, error=too_big, body=_excerpt(body))
     if 200 <= status < 300:
         health, error = pp.parse_health_body(body, response.headers.get("content-type"))
         return ProbeAttempt(

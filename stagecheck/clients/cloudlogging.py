@@ -7,11 +7,18 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
+from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 
 from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
+from stagecheck.errors import Api
 from stagecheck.settings import Settings
+
+# a read is idempotent: a burst of 429/503 is retried (the whole read again) with bounded backoff
+READ_RETRY = Retry(initial=0.5, maximum=4.0, multiplier=2.0, timeout=20.0,
+                   predicate=lambda e: isinstance(e, gexc.ServiceUnavailable | gexc.TooManyRequests))
 
 
 def _ts(when: datetime) -> str:
@@ -67,8 +74,8 @@ class LogReader:
             return [entry.to_api_repr() for entry in itertools.islice(entries, max_entries)]
 
         try:
-            return await asyncio.to_thread(read)
+            return await asyncio.to_thread(READ_RETRY(read))
         except API_ERRORS as exc:
-            raise describe_api_error(exc, f"read logs of {revision}") from None
+            raise describe_api_error(exc, f"read logs of {revision}", Api.LOGGING) from None
         except (KeyError, ValueError) as exc:
-            raise describe_api_error(exc, f"read logs of {revision} (malformed entry)") from None
+            raise describe_api_error(exc, f"read logs of {revision} (malformed entry)", Api.LOGGING) from None

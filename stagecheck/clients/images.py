@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import httpx
 
-from stagecheck.errors import StageError
+from stagecheck.errors import Api, ErrorClass, StageError, hint_for
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -250,7 +250,7 @@ async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str]
         raise StageError(f"image not found in the registry: {url.split('/v2/', 1)[-1]}")
     if response.status_code in (401, 403):
         raise StageError(f"registry denied access ({response.status_code}) to {url.split('/v2/', 1)[-1]}",
-                         hint="the identity needs roles/artifactregistry.reader")
+                         hint=hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN))
     if response.status_code >= 400:
         raise StageError(f"registry answered {response.status_code} for {url.split('/v2/', 1)[-1]}")
     try:
@@ -267,5 +267,5 @@ def _describe_push_error(message: str) -> str:
     if "connection refused" in lowered or "no such host" in lowered or "dial tcp" in lowered:
         return f"registry unreachable ({message.strip()[:200]})"
     if "denied" in lowered or "unauthorized" in lowered or "authentication required" in lowered:
-        return "permission denied by the registry (roles/artifactregistry.writer needed)"
+        return f"permission denied by the registry ({hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN)})"
     return message.strip()[:300]
