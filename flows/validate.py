@@ -11,6 +11,7 @@ Run: `python -m flows.validate --config stagecheck.toml [--sandbox]` or `stagech
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -37,7 +38,9 @@ from stagecheck.model import (
 )
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
+from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.secret_values import secret_values
 from stagecheck.settings import ConfigError, ProbeMode, ServiceConfig, Settings, TrafficPlan, UrlKind
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
@@ -336,6 +339,8 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
+    hold_secret_values(secret_values(settings, os.environ))  # every output masks them from here on
+    redact_run_logs()
     traffic_override = request.traffic_steps is not None or request.canary_hold_s is not None
 
     syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
@@ -375,7 +380,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
                             for r in failed)
         logger.error("verdict FAIL: %s", message)
         # a Failed final state (not an exception): the run fails closed, with the reason and no traceback
-        return Failed(message=message, data=results)
+        return Failed(message=redact(message), data=results)
     return results
 
 

@@ -325,6 +325,8 @@ async def probe_url(
     """Probe `url` until the policy decides: K healthy answers in a row, a failure, or the deadline."""
     if mode == ProbeMode.OFF:
         return _skipped(url, kind, policy)
+    if policy.headers:  # the config's probe headers (secret values, never recorded), the caller's win
+        headers = {**policy.headers, **(headers or {})}
     start = clock()
     attempts: list[ProbeAttempt] = []
     while True:

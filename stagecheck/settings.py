@@ -111,6 +111,9 @@ class ProbePolicy(Strict):
     jitter: float = Field(0.3, ge=0, le=1, description="fraction of the backoff randomised")
     success_interval_s: float = Field(0.2, ge=0, description="pause between consecutive successful probes")
     degraded: DegradedPolicy = DegradedPolicy.WARN
+    headers: dict[str, str] = Field(default_factory=dict, repr=False,
+                                    description="extra headers sent with every probe (e.g. an API key); "
+                                                "their values are treated as secrets: never shown, always redacted")
 
 
 class TrafficPlan(Strict):
@@ -383,7 +386,8 @@ def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> di
     """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces)."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL"}:
+        if not key.startswith(prefix) or key in {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL",
+                                                 "STAGECHECK_REGISTRY_USERNAME", "STAGECHECK_REGISTRY_PASSWORD"}:
             continue
         path = key[len(prefix) :].lower().split("__")
         node = out

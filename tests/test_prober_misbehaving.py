@@ -45,13 +45,15 @@ class RawServer:
     routes: dict[str, Writer] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, str] = field(default_factory=dict)  # the last request head per path
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0].decode()
-            path = request_line.split(" ")[1]
+            head_text = (await reader.readuntil(b"\r\n\r\n")).decode()
+            path = head_text.split("\r\n", 1)[0].split(" ")[1]
+            self.heads[path] = head_text
             self.hits[path] = self.hits.get(path, 0) + 1
             await self.routes[path](writer)
             await writer.drain()
@@ -221,3 +223,10 @@ async def test_a_self_signed_certificate_fails_with_verification_on_by_default(t
         attempt = _failed_with_evidence(result, f"TLS certificate rejected for 127.0.0.1:{srv.port}")
         assert "self-signed certificate" in str(attempt["error"])
         assert "/html" not in srv.hits  # no request was sent over the unverified connection
+
+
+async def test_the_configured_probe_headers_are_sent_and_never_recorded(raw: RawServer) -> None:
+    policy = POLICY.model_copy(update={"headers": {"X-Api-Key": "canary-probe-header"}})
+    result, _ = await _probe(f"http://127.0.0.1:{raw.port}/html", policy)
+    assert "x-api-key: canary-probe-header" in raw.heads["/html"].lower()
+    assert "canary-probe-header" not in repr(result) + str(result.evidence()) + repr(policy)

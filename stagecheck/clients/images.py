@@ -7,6 +7,7 @@ registry on loopback is plain HTTP without auth (as the sandbox's is).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from collections import deque
@@ -109,8 +110,9 @@ class Images:
     """Docker Engine (build/push) and registry (manifest) access for one target."""
 
     def __init__(self, docker_host: str | None, *, token_provider: Callable[[], str] = google_access_token,
-                 tail_lines: int = 40) -> None:
+                 tail_lines: int = 40, registry_auth: tuple[str, str] | None = None) -> None:
         self.docker_host = docker_host
+        self._registry_auth = registry_auth  # (username, password) for a registry that is not Google's
         self.http = httpx.AsyncClient()  # registry manifests; one pool for the run (honours proxy env)
         self._token_provider = token_provider
         self._docker: docker.DockerClient | None = None
@@ -135,6 +137,8 @@ class Images:
     def _auth_config(self, host: str) -> dict[str, str] | None:
         if GOOGLE_REGISTRY.search(host.split(":")[0]):
             return {"username": "oauth2accesstoken", "password": self._token_provider()}
+        if self._registry_auth is not None:
+            return {"username": self._registry_auth[0], "password": self._registry_auth[1]}
         return None
 
     # -- build ------------------------------------------------------------------------------
@@ -219,10 +223,12 @@ class Images:
         parsed = ImageRef.parse(ref)
         reference = parsed.digest or parsed.tag or "latest"
         headers = {"Accept": MANIFEST_TYPES}
-        auth = self._auth_config(parsed.host)
-        if auth:
+        if GOOGLE_REGISTRY.search(parsed.host.split(":")[0]):
             token = await asyncio.to_thread(self._token_provider)
             headers["Authorization"] = f"Bearer {token}"
+        elif self._registry_auth is not None:
+            user, password = self._registry_auth
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         base = registry_base_url(parsed.host)
         url = f"{base}/v2/{parsed.path}/manifests/{reference}"
         try:

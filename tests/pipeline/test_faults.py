@@ -48,7 +48,6 @@ def test_every_api_has_a_hint_for_403_401_and_unreachable() -> None:
 
 # ------------------------------------------------------------------ against the sandbox
 
-pytestmark_sandbox = [pytest.mark.docker, pytest.mark.sandbox]
 
 
 @pytest.fixture
