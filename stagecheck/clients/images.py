@@ -19,6 +19,8 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import requests
+import urllib3
 
 from stagecheck.errors import Api, ErrorClass, StageError, hint_for
 
@@ -134,6 +136,10 @@ class Images:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    @property
+    def _where(self) -> str:
+        return self.docker_host or "DOCKER_HOST / default socket"
+
     def _auth_config(self, host: str) -> dict[str, str] | None:
         if GOOGLE_REGISTRY.search(host.split(":")[0]):
             return {"username": "oauth2accesstoken", "password": self._token_provider()}
@@ -177,6 +183,9 @@ class Images:
             raise BuildFailed(f"Docker Engine refused the build: {exc.explanation or exc}", list(tail)) from None
         except docker.errors.DockerException as exc:
             raise StageError(f"build failed: {type(exc).__name__}: {exc}") from None
+        except ENGINE_LOST as exc:
+            raise BuildFailed(f"the Docker Engine at {self._where} stopped answering during the build "
+                              f"({type(exc).__name__}) after {count} log lines", list(tail)) from None
         try:
             image = self.docker.images.get(image_id or tag)
         except docker.errors.ImageNotFound:
@@ -209,6 +218,9 @@ class Images:
                         digest = str(aux["Digest"])
             except docker.errors.APIError as exc:
                 raise StageError(f"push of {repository}:{tag} failed: {_describe_push_error(str(exc.explanation or exc))}") from None
+            except ENGINE_LOST as exc:
+                raise StageError(f"push of {repository}:{tag} failed: the Docker Engine at {self._where} stopped "
+                                 f"answering during the push ({type(exc).__name__})") from None
         if digest is None:
             raise StageError(f"push of {repository} reported no digest")
         return PushResult(digest=digest, pinned=f"{repository}@{digest}",
@@ -244,6 +256,10 @@ class Images:
         return int(manifest.get("config", {}).get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
 
 
+# the engine's connection dropping mid-stream (the engine stopped): urllib3 / requests, not docker.errors
+ENGINE_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
+
+
 class BuildFailed(StageError):
     def __init__(self, message: str, tail: list[str]) -> None:
         super().__init__(f"build failed: {message}")
@@ -272,6 +288,8 @@ def _describe_push_error(message: str) -> str:
     lowered = message.lower()
     if "connection refused" in lowered or "no such host" in lowered or "dial tcp" in lowered:
         return f"registry unreachable ({message.strip()[:200]})"
+    if any(word in lowered for word in ("eof", "connection reset", "broken pipe")):
+        return f"the registry stopped answering during the upload ({message.strip()[:200]})"
     if "denied" in lowered or "unauthorized" in lowered or "authentication required" in lowered:
         return f"permission denied by the registry ({hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN)})"
     return message.strip()[:300]

@@ -1,0 +1,184 @@
+"""Real processes stopped mid-stage: a Docker Engine killed during a build, a registry killed during a
+push. Each test starts its OWN engine or registry (own state dir under /tmp, free port, own socket)
+and kills only that process; the shared engine and registry are never touched (the push test only
+builds its image on the shared engine). Each stage ends in a FAIL with a one-line cause."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from sandbox import processes
+from sandbox.infra import (
+    _cleanup_after_engine,
+    dockerd_argv,
+    engine_answers,
+    infra_paths,
+    registry_state,
+    start_registry,
+)
+from stagecheck.clients.images import Images
+from stagecheck.model import ImageInfo, Status
+from stagecheck.settings import ServiceConfig
+
+pytestmark = [pytest.mark.docker]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pids_under(root: Path) -> list[int]:
+    """Processes whose command line names `root` (our engine's containerd shims): ours only."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(root) in cmdline:
+                out.append(int(entry.name))
+    return out
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class OwnEngine:
+    root: Path
+    docker_host: str
+    record: processes.ProcessRecord
+    container_pids: list[int]
+
+
+@pytest.fixture
+def own_engine() -> Iterator[OwnEngine]:
+    root = Path(tempfile.mkdtemp(prefix="scf-", dir="/tmp"))  # short: unix socket paths
+    paths = infra_paths(root)
+    paths.docker_dir.mkdir(parents=True, exist_ok=True)
+    paths.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = processes.spawn_detached("dockerd", dockerd_argv(paths), paths.dockerd_log)
+    engine = OwnEngine(root, paths.docker_host, record, [])
+    try:
+        assert processes.wait_until(lambda: engine_answers(paths.docker_host), 60), "own dockerd did not start"
+        yield engine
+    finally:
+        processes.signal_until_gone(record, wait_s=15)
+        for pid in [*_pids_under(root), *engine.container_pids]:  # shims and the build container it left
+            _kill(pid)
+        processes.wait_until(lambda: not _pids_under(root), 10)
+        _cleanup_after_engine(paths, record)
+        with open("/proc/mounts") as mounts:
+            for point in [line.split()[1] for line in mounts if str(root) in line]:
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_the_docker_engine_stopped_during_the_build_fails_the_build_with_one_line(
+        prefect_api: None, own_engine: OwnEngine) -> None:
+    from prefect import flow
+
+    from tasks.build import build_image
+
+    ctx = own_engine.root / "ctx"
+    ctx.mkdir()
+    shutil.copy("/usr/bin/busybox", ctx / "busybox")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY busybox /busybox\nRUN ["/busybox", "sleep", "20"]\n')
+    client = docker.DockerClient(base_url=own_engine.docker_host)
+
+    def kill_when_the_build_runs() -> None:  # watches our engine; kills it once a build step runs
+        def running() -> bool:
+            try:
+                containers = client.api.containers()
+            except Exception:
+                return False
+            for c in containers:
+                own_engine.container_pids.append(int(client.api.inspect_container(c["Id"])["State"]["Pid"]))
+            return bool(containers)
+        if processes.wait_until(running, 60):
+            os.kill(own_engine.record.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_when_the_build_runs, daemon=True)
+    images = Images(own_engine.docker_host)
+
+    @flow
+    async def build_only() -> Any:
+        return await build_image(images, ServiceConfig(name="web", source_dir=ctx), "127.0.0.1:1/web", "a" * 40)
+
+    watcher.start()
+    started = time.monotonic()
+    stage, info = await build_only()
+    watcher.join(timeout=30)
+    assert time.monotonic() - started < 20  # not the 20 s of the RUN step: the stop was noticed at once
+    assert stage.status is Status.FAIL and info is None
+    assert re.fullmatch(rf"build failed: the Docker Engine at {re.escape(own_engine.docker_host)} stopped answering "
+                        r"during the build \(ProtocolError\) after \d+ log lines", stage.summary), stage.summary
+    assert any('RUN ["/busybox", "sleep", "20"]' in line for line in stage.evidence[0].data["log_tail"])
+
+
+async def test_the_registry_stopped_during_the_push_fails_the_push_with_one_line(
+        docker_env: Any, docker_client: docker.DockerClient) -> None:
+    from tasks.push import push_image
+
+    root = Path(tempfile.mkdtemp(prefix="scr-", dir="/tmp"))
+    paths = infra_paths(root)
+    addr = f"127.0.0.1:{_free_port()}"
+    record = start_registry(paths, addr)
+    ctx = root / "ctx"
+    ctx.mkdir()
+    (ctx / "blob").write_bytes(os.urandom(64 * 1024 * 1024))  # incompressible: the upload takes a while
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY blob /blob\n")
+    repository = f"{addr}/push-fault-{uuid.uuid4().hex[:6]}"
+    image, _ = docker_client.images.build(path=str(ctx), tag=f"{repository}:v1", rm=True)
+    uploads = paths.registry_dir / "data" / "docker" / "registry" / "v2" / "repositories" / repository.split("/", 1)[1]
+    try:
+        def kill_when_the_upload_starts() -> None:
+            if processes.wait_until(lambda: (uploads / "_uploads").exists(), 60):
+                os.kill(record.pid, signal.SIGKILL)
+
+        watcher = threading.Thread(target=kill_when_the_upload_starts, daemon=True)
+        watcher.start()
+        images = Images(docker_env.docker_host)
+        try:
+            stage, pushed = await push_image.fn(images, ImageInfo(reference=f"{repository}:v1", tags=["v1"]),
+                                                repository, None)
+        finally:
+            await images.aclose()
+        watcher.join(timeout=30)
+        assert registry_state(addr) != "registry"  # it really is gone
+        assert stage.status is Status.FAIL and pushed.digest is None
+        assert stage.summary.startswith(f"push of {repository}:v1 failed: ")
+        # the engine retries the upload, then finds nothing listening
+        assert f"failed: registry unreachable (dial tcp {addr}: connect: connection refused)" in stage.summary
+        assert "\n" not in stage.summary and len(stage.summary) < 400
+    finally:
+        processes.signal_until_gone(record, wait_s=5)
+        try:
+            docker_client.images.remove(image.id, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+        shutil.rmtree(root, ignore_errors=True)
