@@ -178,7 +178,7 @@ async def test_the_registry_stopped_during_the_push_fails_the_push_with_one_line
     finally:
         processes.signal_until_gone(record, wait_s=5)
         try:
-            docker_client.images.remove(image.id, force=True)
+            docker_client.images.remove(str(image.id), force=True)
         except docker.errors.ImageNotFound:
             pass
         shutil.rmtree(root, ignore_errors=True)
