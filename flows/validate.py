@@ -297,8 +297,10 @@ class ServiceValidation:
         self.record(result)
         if applied:
             self.traffic_after = applied
-        self.rollback = Rollback(needed=True, performed=True, ok=result.status is Status.PASS, restored=applied,
-                                 message=result.summary)
+        ok = result.status is Status.PASS
+        message = result.summary if ok else (f"rollback FAILED: {result.summary}; where traffic is now is unknown: "
+                                             "check the service before the next release")
+        self.rollback = Rollback(needed=True, performed=True, ok=ok, restored=applied, message=message)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
         verdict, decided_by, reasons, warnings = decide(self.stages, required_for(self.settings, self.svc))

@@ -182,3 +182,62 @@ async def test_the_registry_stopped_during_the_push_fails_the_push_with_one_line
         except docker.errors.ImageNotFound:
             pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.sandbox
+async def test_the_sandbox_api_killed_during_a_traffic_shift_fails_the_shift_and_the_rollback_says_so(
+        docker_env: Any, sample_image: Any, tmp_path: Path) -> None:
+    """Its own sandbox server (free ports, own state dir): the traffic update is accepted, the API dies
+    while the operation is polled; the shift FAILs naming the unreachable API and the rollback that
+    follows FAILs too: the report cannot claim where traffic is, and says so."""
+    import httpx
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    from sandbox.control import start, stop
+    from stagecheck.clients.cloudrun import CloudRun
+    from stagecheck.model import TrafficTarget
+    from stagecheck.settings import load_settings
+    from tasks.traffic import rollback_traffic, shift_traffic
+    from tests.fixtures_sandbox import RunClients, deploy
+
+    state = tmp_path / "own-sandbox"
+    info = start(state, port=0, lb_port=0, docker_host=docker_env.docker_host, registry=docker_env.registry,
+                 startup_timeout_s=30, cold_start_hold_s=10.0, ready_timeout=30.0)
+    try:
+        options = {"api_endpoint": info.run_api}
+        clients = RunClients(
+            services=run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
+            revisions=run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
+                                             client_options=options),
+            parent=info.parent, admin_url=info.admin_url, lb_url=info.lb_url)
+        svc = deploy(clients, "web", sample_image.ref)
+        rev = svc.latest_ready_revision.rsplit("/", 1)[-1]
+        settings = load_settings(None, environ={}, sandbox_json=state / "sandbox.json",
+                                 overrides={"services": [{"name": "web"}]})
+        cloudrun = CloudRun(settings)
+        # the operation's first poll hangs 5 s: the update has been accepted when the API dies
+        clients.admin("POST", "/sandbox/v1/faults", {"method": "Operations.GetOperation", "latency_s": 5})
+
+        def kill_when_polled() -> None:
+            def polled() -> bool:
+                try:
+                    return not httpx.get(f"{info.admin_url}/sandbox/v1/faults", timeout=2, trust_env=False).json()["faults"]
+                except httpx.HTTPError:
+                    return False
+            if processes.wait_until(polled, 30):
+                os.kill(info.pid, signal.SIGKILL)
+
+        watcher = threading.Thread(target=kill_when_polled, daemon=True)
+        watcher.start()
+        split = [TrafficTarget(revision=rev, percent=100, tag="sc-candidate")]
+        shifted, applied = await shift_traffic.fn(cloudrun, "web", split, 30.0, "step 1/1: 100 %")
+        watcher.join(timeout=30)
+        assert shifted.status is Status.FAIL and applied == []
+        assert shifted.summary == "set traffic of web: Cloud Run API unreachable (is the endpoint right / the sandbox up?)"
+        restore = [TrafficTarget(revision=None, percent=100)]
+        rolled, restored = await rollback_traffic.fn(cloudrun, "web", restore, 30.0, "traffic")
+        assert rolled.status is Status.FAIL and restored == []
+        assert rolled.summary == "get service web: Cloud Run API unreachable (is the endpoint right / the sandbox up?)"
+    finally:
+        stop(state)  # removes the containers the killed server left
