@@ -4,6 +4,7 @@ naming the role missing for the API that refused, an operation that never comple
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -171,3 +172,32 @@ async def test_an_operation_that_never_completes_hits_its_deadline_and_says_what
     assert 2 <= elapsed < 10
     assert str(info.value).startswith(f"set traffic of {served}: operation ")
     assert "still not done after 2 s (the Cloud Run API kept answering done=false)" in str(info.value)
+
+
+@pytest.mark.docker
+@pytest.mark.sandbox
+async def test_a_logging_403_mid_release_fails_the_logs_gate_naming_the_viewer_role_and_rolls_back(
+        prefect_api: None, scenario: Any, run_clients: RunClients, sample_image: Any, faults: Any) -> None:
+    from tests.pipeline.test_e2e import baseline, run_flow, serving
+
+    service = unique_name("lg403")
+    try:
+        before = baseline(run_clients, service, sample_image.digest_ref)
+        scenario.add_service("svc")
+        config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+        scenario.commit()
+        faults("LoggingServiceV2.ListLogEntries", count=-1, status=403,
+               message="Permission 'logging.logEntries.list' denied on resource (or it may not exist).")
+        run = await run_flow(scenario, config)
+        report = run.report(service)
+        assert report["verdict"] == "fail" and report["decided_by"] == "logs"
+        logs = run.stage(service, "logs")
+        assert "permission denied by the Cloud Logging API" in logs["summary"]
+        assert "roles/logging.viewer" in logs["summary"] and "roles/run.admin" not in json.dumps(report)
+        assert report["rollback"]["performed"] is True and report["rollback"]["ok"] is True
+        assert serving(run_clients, service) == {before: 100}
+    finally:
+        try:
+            run_clients.services.delete_service(name=run_clients.service_name(service)).result(timeout=60)
+        except gexc.NotFound:
+            pass
