@@ -393,7 +393,7 @@ class CloudRun:
                 return op.result(timeout=timeout_s, polling=_OP_POLLING, retry=_READ_RETRY)  # GetOperation is a read
             except TimeoutError:  # concurrent.futures.TimeoutError: polled until the bound, never done
                 name = op.operation.name.rsplit("/", 1)[-1]
-                raise StageError(f"{what}: operation {name} still not done after {timeout_s:g} s "
+                raise StageError(f"{what}: operation {name} still not done at its {timeout_s:g} s deadline "
                                  f"(the {Api.RUN} kept answering done=false)",
                                  hint="check the service in the console before another release") from None
         return await self._call(what, wait)

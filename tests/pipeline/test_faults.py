@@ -169,9 +169,9 @@ async def test_an_operation_that_never_completes_hits_its_deadline_and_says_what
     with pytest.raises(StageError) as info:
         await cloudrun.set_traffic(served, [TrafficTarget(revision=rev, percent=100, tag="x")], timeout_s=2)
     elapsed = time.monotonic() - started
-    assert 2 <= elapsed < 10
+    assert elapsed < 10  # the poller stops at the deadline (or one poll interval before it)
     assert str(info.value).startswith(f"set traffic of {served}: operation ")
-    assert "still not done after 2 s (the Cloud Run API kept answering done=false)" in str(info.value)
+    assert "still not done at its 2 s deadline (the Cloud Run API kept answering done=false)" in str(info.value)
 
 
 @pytest.mark.docker
