@@ -241,3 +241,66 @@ async def test_the_sandbox_api_killed_during_a_traffic_shift_fails_the_shift_and
         assert rolled.summary == "get service web: Cloud Run API unreachable (is the endpoint right / the sandbox up?)"
     finally:
         stop(state)  # removes the containers the killed server left
+
+
+@pytest.mark.sandbox
+async def test_the_whole_flow_with_the_api_killed_mid_shift_reports_traffic_unknown(
+        prefect_api: None, docker_env: Any, sample_image: Any, tmp_path: Path) -> None:
+    """The real flow on its own sandbox: once the candidate is deployed with no traffic, the next
+    operation poll (the traffic shift's) hangs and the sandbox server is killed. The run FAILs at
+    `traffic`, the rollback FAILs, and the report says that where traffic is now is unknown."""
+    import httpx
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    from sandbox.control import start, stop
+    from tests.fixtures_sandbox import RunClients, deploy
+    from tests.pipeline.conftest import Scenario
+    from tests.pipeline.test_e2e import run_flow
+
+    state = tmp_path / "own-sandbox"
+    info = start(state, port=0, lb_port=0, docker_host=docker_env.docker_host, registry=docker_env.registry,
+                 startup_timeout_s=30, cold_start_hold_s=10.0, ready_timeout=30.0)
+    try:
+        options = {"api_endpoint": info.run_api}
+        clients = RunClients(
+            services=run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
+            revisions=run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
+                                             client_options=options),
+            parent=info.parent, admin_url=info.admin_url, lb_url=info.lb_url)
+        deploy(clients, "web", sample_image.digest_ref)
+        scenario = Scenario(tmp_path / "repo", info)
+        scenario.add_service("svc")
+        config = scenario.config([{"name": "web", "source_dir": "svc"}], steps="[100]")
+        sha = scenario.commit()
+
+        def faults_left() -> list[Any]:
+            try:
+                return list(httpx.get(f"{info.admin_url}/sandbox/v1/faults", timeout=2, trust_env=False).json()["faults"])
+            except httpx.HTTPError:
+                return [None]
+
+        # the first request to the candidate's tagged URL (probe-tagged: the deploy is over) consumes this
+        clients.admin("POST", "/sandbox/v1/faults", {"method": f"proxy.tag.web.sc-{sha[:7]}", "latency_s": 0.01})
+
+        def kill_at_the_shift() -> None:
+            if processes.wait_until(lambda: not faults_left(), 120):
+                # the next operation poll is the traffic shift's: it hangs, and the server dies meanwhile
+                clients.admin("POST", "/sandbox/v1/faults", {"method": "Operations.GetOperation", "latency_s": 10})
+                if processes.wait_until(lambda: not faults_left(), 60):
+                    os.kill(info.pid, signal.SIGKILL)
+
+        watcher = threading.Thread(target=kill_at_the_shift, daemon=True)
+        watcher.start()
+        run = await run_flow(scenario, config)
+        watcher.join(timeout=30)
+        report = run.report("web")
+        assert report["verdict"] == "fail" and report["decided_by"] == "traffic"
+        assert run.stage("web", "traffic")["summary"] == (
+            "set traffic of web: Cloud Run API unreachable (is the endpoint right / the sandbox up?)")
+        assert report["rollback"]["performed"] is True and report["rollback"]["ok"] is False
+        assert report["rollback"]["message"].startswith("rollback FAILED: ")
+        assert report["rollback"]["message"].endswith(
+            "where traffic is now is unknown: check the service before the next release")
+    finally:
+        stop(state)
