@@ -391,7 +391,10 @@ class CloudRun:
         def wait() -> run_v2.Service:
             try:
                 return op.result(timeout=timeout_s, polling=_OP_POLLING, retry=_READ_RETRY)  # GetOperation is a read
-            except TimeoutError:  # concurrent.futures.TimeoutError: polled until the bound, never done
+            except TimeoutError as exc:  # concurrent.futures.TimeoutError: polled until the bound, never done
+                inner = exc.__context__  # ... or a GetOperation that kept failing past its own retry bound
+                if isinstance(inner, gexc.RetryError) and isinstance(inner.cause, gexc.GoogleAPICallError):
+                    raise describe_api_error(inner, f"{what} (polling the operation)") from None
                 name = op.operation.name.rsplit("/", 1)[-1]
                 raise StageError(f"{what}: operation {name} still not done at its {timeout_s:g} s deadline "
                                  f"(the {Api.RUN} kept answering done=false)",

@@ -201,3 +201,52 @@ async def test_a_logging_403_mid_release_fails_the_logs_gate_naming_the_viewer_r
             run_clients.services.delete_service(name=run_clients.service_name(service)).result(timeout=60)
         except gexc.NotFound:
             pass
+
+
+@pytest.mark.docker
+@pytest.mark.sandbox
+async def test_operation_polls_failing_past_the_retry_bound_are_not_reported_as_a_running_operation(
+        settings: Settings, run_clients: RunClients, faults: Any, served: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stagecheck.clients.cloudrun as cloudrun_module
+
+    monkeypatch.setattr(cloudrun_module, "_READ_RETRY", cloudrun_module._READ_RETRY.with_timeout(1.0))
+    cloudrun = CloudRun(settings)
+    svc = await cloudrun.get_service(served)
+    assert svc is not None
+    rev = svc.latest_ready_revision.rsplit("/", 1)[-1]
+    faults("Operations.GetOperation", count=-1, status=503)
+    with pytest.raises(StageError) as info:
+        await cloudrun.set_traffic(served, [TrafficTarget(revision=rev, percent=100, tag="y")], timeout_s=30)
+    text = str(info.value)
+    assert text.startswith(f"set traffic of {served} (polling the operation) (gave up retrying: Timeout of 1.0s")
+    assert "Cloud Run API unavailable" in text and "still not done" not in text
+
+
+@pytest.mark.docker
+@pytest.mark.sandbox
+async def test_a_release_rides_out_bursts_of_429_and_503_from_both_apis(
+        prefect_api: None, scenario: Any, run_clients: RunClients, sample_image: Any, faults: Any) -> None:
+    from tests.pipeline.test_e2e import baseline, run_flow, serving
+
+    service = unique_name("burst")
+    try:
+        baseline(run_clients, service, sample_image.digest_ref)
+        scenario.add_service("svc")
+        config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+        scenario.commit()
+        faults("Services.GetService", count=2, status=503)
+        faults("Services.GetService", count=1, status=429)
+        faults("Revisions.GetRevision", count=2, status=503)
+        faults("Operations.GetOperation", count=2, status=429)
+        faults("LoggingServiceV2.ListLogEntries", count=2, status=503)
+        faults("LoggingServiceV2.ListLogEntries", count=1, status=429)
+        run = await run_flow(scenario, config)
+        report = run.report(service)
+        assert report["verdict"] == "pass", report["reasons"]
+        assert pending(run_clients) == []  # every injected error was met, and survived
+        assert serving(run_clients, service) == {report["revision"]["name"]: 100}
+    finally:
+        try:
+            run_clients.services.delete_service(name=run_clients.service_name(service)).result(timeout=60)
+        except gexc.NotFound:
+            pass
