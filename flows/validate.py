@@ -11,6 +11,7 @@ Run: `python -m flows.validate --config stagecheck.toml [--sandbox]` or `stagech
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -39,7 +40,9 @@ from stagecheck.model import (
 from stagecheck.probe_auth import probe_audience
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
+from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
     ProbeAuth,
@@ -423,8 +426,10 @@ class ServiceValidation:
         self.record(result)
         if applied:
             self.traffic_after = applied
-        self.rollback = Rollback(needed=True, performed=True, ok=result.status is Status.PASS, restored=applied,
-                                 message=result.summary)
+        ok = result.status is Status.PASS
+        message = result.summary if ok else (f"rollback FAILED: {result.summary}; where traffic is now is unknown: "
+                                             "check the service before the next release")
+        self.rollback = Rollback(needed=True, performed=True, ok=ok, restored=applied, message=message)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
         required = required_for(self.settings, self.svc)
@@ -469,6 +474,8 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
+    hold_secret_values(secret_values(settings, os.environ))  # every output masks them from here on
+    redact_run_logs()
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
@@ -509,7 +516,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
                             for r in failed)
         logger.error("verdict FAIL: %s", message)
         # a Failed final state (not an exception): the run fails closed, with the reason and no traceback
-        return Failed(message=message, data=results)
+        return Failed(message=redact(message), data=results)
     return results
 
 

@@ -4,6 +4,8 @@ Keys are API methods (``Services.GetService`` ..., a short name such as ``GetSer
 stored in full) or proxy routes (``proxy.service.<service>``, ``proxy.tag.<service>.<tag>``,
 ``proxy.lb.<service>``). API methods fail with a Google JSON error; proxy routes with a plain-text page,
 as Google Front End answers. Faults for one key are consumed in the order they were added.
+``undone: true`` (``Operations.GetOperation`` only) answers the operation as still running
+(``done: false``) however far it got: an operation that never completes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import Any
@@ -37,7 +40,8 @@ API_METHODS: tuple[str, ...] = (
 _SHORT_NAMES = {method.split(".", 1)[1]: method for method in API_METHODS}
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 _PROXY_KEY = re.compile(rf"^proxy\.(service\.{_NAME}|tag\.{_NAME}\.{_NAME}|lb\.{_NAME})$")
-_FIELDS = ("method", "count", "status", "latency_s", "message")
+_FIELDS = ("method", "count", "status", "latency_s", "message", "undone")
+UNDONE_METHOD = "Operations.GetOperation"
 MAX_LATENCY_S = 600.0
 
 
@@ -64,6 +68,15 @@ class Fault:
     status: int | None
     latency_s: float
     message: str | None
+    undone: bool = False  # GetOperation answers done=false
+
+
+def fault_json(fault: Fault) -> dict[str, Any]:
+    """A fault as the admin API shows it (`undone` only when set)."""
+    out = asdict(fault)
+    if not fault.undone:
+        del out["undone"]
+    return out
 
 
 class FieldError(ValueError):
@@ -72,7 +85,8 @@ class FieldError(ValueError):
         self.field = field
 
 
-def validate_fault(method: Any, count: Any, status: Any, latency_s: Any, message: Any) -> Fault:
+def validate_fault(method: Any, count: Any, status: Any, latency_s: Any, message: Any,
+                   undone: Any = False) -> Fault:
     """A Fault from loosely typed input, or FieldError naming the first bad field."""
     if not isinstance(method, str) or not method:
         raise FieldError("method", "method must be a non-empty string")
@@ -96,9 +110,15 @@ def validate_fault(method: Any, count: Any, status: Any, latency_s: Any, message
         )
     if message is not None and not isinstance(message, str):
         raise FieldError("message", "message must be a string")
-    if status is None and latency_s == 0:
-        raise FieldError("status", "a fault needs a status, a latency_s, or both")
-    return Fault(full, count, status, float(latency_s), message)
+    if not isinstance(undone, bool):
+        raise FieldError("undone", "undone must be true or false")
+    if undone and full != UNDONE_METHOD:
+        raise FieldError("undone", f"undone applies only to {UNDONE_METHOD}")
+    if undone and status is not None:
+        raise FieldError("undone", "undone answers the operation as running: it takes no status")
+    if status is None and latency_s == 0 and not undone:
+        raise FieldError("status", "a fault needs a status, a latency_s, undone, or a combination")
+    return Fault(full, count, status, float(latency_s), message, undone)
 
 
 def fault_response(fault: Fault) -> Response:
@@ -127,9 +147,10 @@ class FaultInjector:
         status: int | None = None,
         latency_s: float = 0.0,
         message: str | None = None,
+        undone: bool = False,
     ) -> None:
         """Register a fault; raises ValueError (a FieldError naming the field) for bad input."""
-        fault = validate_fault(method, count, status, latency_s, message)
+        fault = validate_fault(method, count, status, latency_s, message, undone)
         with self._lock:
             self._faults.append(fault)
 
@@ -144,7 +165,7 @@ class FaultInjector:
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [asdict(fault) for fault in self._faults]
+            return [fault_json(fault) for fault in self._faults]
 
     def take(self, method: str) -> Fault | None:
         """Consume one use of the first fault registered for ``method`` (full or short key)."""
@@ -160,16 +181,20 @@ class FaultInjector:
                     fault.count -= 1
                     if fault.count == 0:
                         del self._faults[index]
-                return Fault(fault.method, fault.count, fault.status, fault.latency_s, fault.message)
+                return Fault(fault.method, fault.count, fault.status, fault.latency_s, fault.message,
+                             fault.undone)
         return None
 
-    async def apply(self, method: str) -> Response | None:
-        """Consume one use, await the injected latency; an error Response, or None to proceed."""
+    async def apply(self, method: str, undone: Callable[[], Response] | None = None) -> Response | None:
+        """Consume one use, await the injected latency; an error Response (or, for an `undone` fault,
+        what `undone()` answers), or None to proceed."""
         fault = self.take(method)
         if fault is None:
             return None
         if fault.latency_s > 0:
             await asyncio.sleep(fault.latency_s)  # the injected delay itself, not a wait for a condition
+        if fault.undone and undone is not None:
+            return undone()
         return fault_response(fault) if fault.status is not None else None
 
 
@@ -202,6 +227,7 @@ def fault_routes(faults: FaultInjector) -> list[BaseRoute]:
                 body.get("status"),
                 body.get("latency_s", 0.0),
                 body.get("message"),
+                body.get("undone", False),
             )
         except FieldError as exc:
             raise ApiError(400, str(exc), field=exc.field) from None
@@ -211,8 +237,9 @@ def fault_routes(faults: FaultInjector) -> list[BaseRoute]:
             status=fault.status,
             latency_s=fault.latency_s,
             message=fault.message,
+            undone=fault.undone,
         )
-        return JSONResponse(asdict(fault), status_code=201)
+        return JSONResponse(fault_json(fault), status_code=201)
 
     async def list_faults(request: Request) -> Response:
         return JSONResponse({"faults": faults.snapshot()})

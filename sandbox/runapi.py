@@ -63,7 +63,7 @@ def _flag(request: Request, name: str) -> bool:
 def run_routes(orch: Orchestrator, faults: FaultInjector) -> list[BaseRoute]:
     def handler(method: str, fn: Callable[[Request], Awaitable[Any]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            injected = await faults.apply(method)
+            injected = await faults.apply(method, undone=lambda: _undone(request))
             if injected is not None:
                 return injected
             result = await fn(request)
@@ -75,6 +75,11 @@ def run_routes(orch: Orchestrator, faults: FaultInjector) -> list[BaseRoute]:
 
     def ids(request: Request) -> tuple[str, str]:
         return request.path_params["project"], request.path_params["location"]
+
+    def _undone(request: Request) -> Response:
+        """The operation as if still running (fault `undone`): name and metadata, done=false."""
+        op = orch.operation(*ids(request), request.path_params["operation"])
+        return JSONResponse({k: v for k, v in op.to_json().items() if k not in ("response", "error")} | {"done": False})
 
     async def create_service(request: Request) -> Operation:
         project, location = ids(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class StageError(Exception):
     """A stage could not do its job; `str(exc)` says what happened and, where known, what to do."""
@@ -13,3 +15,48 @@ class StageError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+# ---------------------------------------------------------------------------------------------------
+# What to do about an API error: one table, keyed by the API that answered and the class of error.
+# A 403 names the role missing FOR THAT API (a Logging 403 is never answered with roles/run.admin).
+
+
+class Api(StrEnum):
+    RUN = "Cloud Run API"
+    LOGGING = "Cloud Logging API"
+    REGISTRY = "container registry"
+
+
+class ErrorClass(StrEnum):
+    FORBIDDEN = "forbidden"  # 403 / PERMISSION_DENIED
+    UNAUTHENTICATED = "unauthenticated"  # 401 / UNAUTHENTICATED
+    RATE_LIMITED = "rate limited"  # 429 / RESOURCE_EXHAUSTED
+    UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
+    UNREACHABLE = "unreachable"  # no connection
+
+
+_LOGIN = "run `gcloud auth application-default login` (or give the worker a service account)"
+_RETRIED = "retried with backoff until the bound; try again later or check the quota page of the project"
+
+HINTS: dict[tuple[Api, ErrorClass], str] = {
+    (Api.RUN, ErrorClass.FORBIDDEN):
+        "the identity needs roles/run.admin, and roles/iam.serviceAccountUser on the runtime service account",
+    (Api.LOGGING, ErrorClass.FORBIDDEN): "the identity needs roles/logging.viewer on the project",
+    (Api.REGISTRY, ErrorClass.FORBIDDEN): "the identity needs roles/artifactregistry.writer on the repository",
+    (Api.RUN, ErrorClass.UNAUTHENTICATED): _LOGIN,
+    (Api.LOGGING, ErrorClass.UNAUTHENTICATED): _LOGIN,
+    (Api.REGISTRY, ErrorClass.UNAUTHENTICATED): f"{_LOGIN}; for Artifact Registry also `gcloud auth configure-docker`",
+    (Api.RUN, ErrorClass.RATE_LIMITED): _RETRIED,
+    (Api.LOGGING, ErrorClass.RATE_LIMITED): f"{_RETRIED} (Logging API read requests are limited per minute)",
+    (Api.RUN, ErrorClass.UNAVAILABLE): _RETRIED,
+    (Api.LOGGING, ErrorClass.UNAVAILABLE): _RETRIED,
+    (Api.RUN, ErrorClass.UNREACHABLE): "is the endpoint right / the sandbox up?",
+    (Api.LOGGING, ErrorClass.UNREACHABLE): "is the endpoint right / the sandbox up?",
+    (Api.REGISTRY, ErrorClass.UNREACHABLE): "is the registry running and the name in `registry` right?",
+}
+
+
+def hint_for(api: Api, error: ErrorClass) -> str | None:
+    """What to do about `error` from `api`, or None when there is nothing specific to say."""
+    return HINTS.get((api, error))

@@ -222,15 +222,16 @@ def _timeout_error(timeout_s: float, policy: ProbePolicy) -> tuple[str, bool]:
     return f"timeout after {timeout_s:g} s", False
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """At most MAX_BODY_BYTES of the body, and whether there was more (the rest is never read)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-        if size >= MAX_BODY_BYTES:
+        if size > MAX_BODY_BYTES:
             break
-    return b"".join(chunks)[:MAX_BODY_BYTES]
+    return b"".join(chunks)[:MAX_BODY_BYTES], size > MAX_BODY_BYTES
 
 
 async def _attempt(
@@ -249,7 +250,7 @@ async def _attempt(
             async with client.stream(
                 "GET", url, headers=dict(headers or {}), timeout=timeout_s, follow_redirects=False
             ) as response:
-                body = await _read_capped(response)
+                body, oversized = await _read_capped(response)
     except (TimeoutError, httpx.TimeoutException):
         timeout_error, cut = _timeout_error(timeout_s, policy)
         return ProbeAttempt(at_s, None, clock() - started, error=timeout_error, cut_by_deadline=cut, timed_out=True)
@@ -265,6 +266,9 @@ async def _attempt(
         return ProbeAttempt(at_s, status, latency, error=redirect)
     if auth_errors and status in auth_errors:  # an invoker/token problem, never a cold start
         return ProbeAttempt(at_s, status, latency, error=auth_errors[status])
+    if 200 <= status < 300 and oversized:
+        too_big = f"body larger than {MAX_BODY_BYTES // 1024} KiB: not a health answer (read stopped there)"
+        return ProbeAttempt(at_s, status, latency, error=too_big, body=_excerpt(body))
     if 200 <= status < 300:
         health, error = pp.parse_health_body(body, response.headers.get("content-type"))
         return ProbeAttempt(
@@ -334,6 +338,8 @@ async def probe_url(
     """Probe `url` until the policy decides: K healthy answers in a row, a failure, or the deadline."""
     if mode == ProbeMode.OFF:
         return _skipped(url, kind, policy)
+    if policy.headers:  # the config's probe headers (secret values, never recorded), the caller's win
+        headers = {**policy.headers, **(headers or {})}
     start = clock()
     attempts: list[ProbeAttempt] = []
     while True:

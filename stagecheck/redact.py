@@ -7,7 +7,9 @@ Ordinary text - image digests (`sha256:...`), revision names, URLs without crede
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -63,13 +65,28 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
+_held: frozenset[str] = frozenset()
+_held_lock = threading.Lock()
+
+
+def hold_secret_values(values: Iterable[str]) -> None:
+    """Remember secret values this process holds (sensitive config env values, probe header values,
+    the registry password, the webhook URL): from now on every `redact` masks them, wherever it is
+    called from. Values are only ever added (masking a value too many is harmless)."""
+    global _held
+    new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN}
+    with _held_lock:
+        _held = _held | new
+
+
 def redact(text: str, secret_values: Iterable[str] = ()) -> str:
-    """Mask the given secret values (those of at least 4 characters) and known credential shapes."""
+    """Mask the given secret values and those held by the process (each of at least 4 characters),
+    and known credential shapes."""
     if not text:
         return text
     out = text
     values = sorted(
-        {v for v in secret_values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN}, key=len, reverse=True
+        {v for v in secret_values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN} | _held, key=len, reverse=True
     )
     for value in values:
         out = out.replace(value, MASK)
@@ -111,3 +128,24 @@ def _redact_any(obj: Any, values: tuple[str, ...]) -> Any:
         items = [_redact_any(item, values) for item in obj]
         return items if isinstance(obj, list) else tuple(items)
     return obj
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that passes every record's final message through `redact` (for the run
+    loggers whose records are shipped to the Prefect API and printed on the console)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler to report
+            return True
+        record.msg, record.args = redact(message), None
+        return True
+
+
+def redact_run_logs(names: Iterable[str] = ("prefect.flow_runs", "prefect.task_runs")) -> None:
+    """Install RedactingFilter on the named loggers once (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

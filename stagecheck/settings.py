@@ -59,7 +59,7 @@ MAX_SLOT_WAIT_S = 86400.0
 MAX_CONFIG_BYTES = 1024 * 1024
 # What stagecheck itself puts in the environment of smoke commands (and its own runtime knobs): never config.
 NOT_CONFIG_ENV = {"STAGECHECK_STATE_DIR", "STAGECHECK_CONFIG", "STAGECHECK_WEBHOOK_URL", "STAGECHECK_CACHE_DIR",
-                  "STAGECHECK_BASE_URL",
+                  "STAGECHECK_REGISTRY_USERNAME", "STAGECHECK_REGISTRY_PASSWORD", "STAGECHECK_BASE_URL",
                   "STAGECHECK_TAG_URL", "STAGECHECK_LB_URL", "STAGECHECK_REVISION", "STAGECHECK_SERVICE"}
 
 
@@ -153,6 +153,9 @@ class ProbePolicy(Strict):
         if auth:
             raise ValueError(f"{auth} are invoker/token answers, not cold starts: they are never retried")
         return v
+    headers: dict[str, str] = Field(default_factory=dict, repr=False,
+                                    description="extra headers sent with every probe (e.g. an API key); "
+                                                "their values are treated as secrets: never shown, always redacted")
 
 
 class TrafficPlan(Strict):

@@ -4,6 +4,7 @@ guard that turns any exception into a FAIL StageResult with a reason (fail close
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from stagecheck.clients.identity import IdTokens
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
+from stagecheck.secret_values import registry_auth
 from stagecheck.settings import Settings
 
 
@@ -35,7 +37,7 @@ class Clients:
         return cls(
             cloudrun=CloudRun(settings),
             logs=LogReader(settings),
-            images=Images(settings.docker_host),
+            images=Images(settings.docker_host, registry_auth=registry_auth(os.environ)),
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
             tokens=IdTokens(settings.endpoints.credentials_file),

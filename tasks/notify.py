@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import ServiceReport
 from stagecheck.notify import failure_summary
+from stagecheck.redact import hold_secret_values
 
 WEBHOOK_SECRET_BLOCK = "stagecheck-webhook-url"
 WEBHOOK_ENV = "STAGECHECK_WEBHOOK_URL"
@@ -75,6 +76,7 @@ async def notify_failure(reports: list[ServiceReport]) -> int:
         logger.info("no failure webhook configured (Secret block %r or env %s): not notifying",
                     WEBHOOK_SECRET_BLOCK, WEBHOOK_ENV)
         return 0
+    hold_secret_values([url])  # from a Secret block: masked in every output from here on
     delivered = 0
     async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as http:
         for report in reports:

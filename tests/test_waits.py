@@ -34,8 +34,8 @@ async def test_an_operation_that_never_completes_hits_its_deadline() -> None:
                                  services=({"name": "web"},)))  # type: ignore[arg-type]
     with pytest.raises(StageError) as info:
         await cloudrun.finish(op, "deploy web-00001-abc", timeout_s=0.5)
-    assert str(info.value) == ("deploy web-00001-abc: the operation projects/p/locations/l/operations/op-1 "
-                               "did not complete within 0.5 s")
+    assert str(info.value) == ("deploy web-00001-abc: operation op-1 still not done at its 0.5 s deadline "
+                               "(the Cloud Run API kept answering done=false)")
     assert len(refreshed) >= 2  # it polled, and then gave up
 
 

@@ -21,6 +21,7 @@ from google.api_core.client_options import ClientOptions
 
 from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
 from stagecheck.clients.identity import api_credentials
+from stagecheck.errors import Api
 from stagecheck.settings import Settings
 
 
@@ -161,12 +162,12 @@ class LogReader:
                 return await asyncio.to_thread(call)
             except RETRIED as exc:
                 if attempt >= self.retries:
-                    raise describe_api_error(exc, f"{what} (still {exc.code} after {attempt} retries)") from None
+                    raise describe_api_error(exc, f"{what} (still {exc.code} after {attempt} retries)", Api.LOGGING) from None
                 read.retried += 1
                 await self._sleep(retry_delay(attempt, random.random()))
                 attempt += 1
             except API_ERRORS as exc:
-                raise describe_api_error(exc, what) from None
+                raise describe_api_error(exc, what, Api.LOGGING) from None
 
     async def read(self, filter_: str, *, max_entries: int, newest_first: bool, what: str) -> LogRead:
         """Up to max_entries entries matching filter_, newest first or oldest first."""
@@ -181,7 +182,7 @@ class LogReader:
             answer = await self._page(body, read, what)
             entries = answer.get("entries") or []
             if not isinstance(entries, list):
-                raise describe_api_error(ValueError("entries is not a list"), f"{what} (malformed answer)")
+                raise describe_api_error(ValueError("entries is not a list"), f"{what} (malformed answer)", Api.LOGGING)
             read.entries.extend(entries)
             token = answer.get("nextPageToken") or None
             if not token:

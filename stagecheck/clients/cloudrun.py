@@ -26,7 +26,7 @@ from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 
 from stagecheck.clients.identity import api_credentials
-from stagecheck.errors import StageError
+from stagecheck.errors import Api, ErrorClass, StageError, hint_for
 from stagecheck.model import RevisionInfo, TrafficTarget
 from stagecheck.settings import ServiceConfig, Settings
 
@@ -49,29 +49,33 @@ def _message(exc: gexc.GoogleAPICallError) -> str:
     return _REQUEST_PREFIX.sub("", str(exc.message or "")).strip() or type(exc).__name__
 
 
-def describe_api_error(exc: BaseException, what: str) -> StageError:
-    """Turn a Google client / transport exception into a readable StageError.
+def describe_api_error(exc: BaseException, what: str, api: Api = Api.RUN) -> StageError:
+    """Turn a Google client / transport exception into a readable StageError; the hint comes from
+    the one table of hints (stagecheck.errors.HINTS), for the API that answered.
 
     HTTP classes (Forbidden, Unauthorized, BadRequest...) are the parents of the gRPC-named ones
     (PermissionDenied, Unauthenticated, InvalidArgument...), so both transports land here."""
     if isinstance(exc, gexc.Forbidden):
-        return StageError(f"{what}: permission denied ({_message(exc)})",
-                          hint="the identity needs roles/run.admin and roles/iam.serviceAccountUser")
+        return StageError(f"{what}: permission denied by the {api} ({_message(exc)})",
+                          hint=hint_for(api, ErrorClass.FORBIDDEN))
     if isinstance(exc, gexc.Unauthorized):
         return StageError(f"{what}: not authenticated ({_message(exc)})",
-                          hint="run `gcloud auth application-default login`")
+                          hint=hint_for(api, ErrorClass.UNAUTHENTICATED))
     if isinstance(exc, gexc.NotFound):
         return StageError(f"{what}: not found ({_message(exc)})")
     if isinstance(exc, gexc.BadRequest):
         return StageError(f"{what}: rejected as invalid ({_message(exc)})")
     if isinstance(exc, gexc.TooManyRequests):
-        return StageError(f"{what}: quota or rate limit hit ({_message(exc)})")
+        return StageError(f"{what}: {api} quota or rate limit hit ({_message(exc)})",
+                          hint=hint_for(api, ErrorClass.RATE_LIMITED))
     if isinstance(exc, gexc.ServiceUnavailable):
-        return StageError(f"{what}: Cloud Run API unavailable ({_message(exc)})")
+        return StageError(f"{what}: {api} unavailable ({_message(exc)})", hint=hint_for(api, ErrorClass.UNAVAILABLE))
     if isinstance(exc, gexc.DeadlineExceeded | gexc.GatewayTimeout):
         return StageError(f"{what}: timed out ({_message(exc)})")
     if isinstance(exc, gexc.GoogleAPICallError):
         return StageError(f"{what}: {type(exc).__name__} ({_message(exc)})")
+    if isinstance(exc, gexc.RetryError) and isinstance(exc.cause, BaseException):
+        return describe_api_error(exc.cause, f"{what} (gave up retrying: {exc.message})", api)
     if isinstance(exc, TimeoutError | gexc.RetryError):
         return StageError(f"{what}: timed out ({exc})")
     if isinstance(exc, auth_exc.DefaultCredentialsError):
@@ -80,7 +84,7 @@ def describe_api_error(exc: BaseException, what: str) -> StageError:
     if isinstance(exc, auth_exc.GoogleAuthError):
         return StageError(f"{what}: authentication failed ({type(exc).__name__})")
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return StageError(f"{what}: Cloud Run API unreachable", hint="is the endpoint right / the sandbox up?")
+        return StageError(f"{what}: {api} unreachable", hint=hint_for(api, ErrorClass.UNREACHABLE))
     if isinstance(exc, requests.exceptions.RequestException):
         return StageError(f"{what}: transport error ({type(exc).__name__})")
     return StageError(f"{what}: {type(exc).__name__}: {exc}")
@@ -408,14 +412,19 @@ class CloudRun:
         raise AssertionError("unreachable")
 
     async def finish(self, op: operation.Operation, what: str, timeout_s: float) -> run_v2.Service:
-        """Wait for a long-running operation; its error becomes a StageError with the API's message."""
+        """Wait for a long-running operation; its error becomes a StageError with the API's message,
+        and one still running after `timeout_s` a StageError naming the operation and the bound."""
         def wait() -> run_v2.Service:
             try:
-                return op.result(timeout=timeout_s, polling=_OP_POLLING)
-            except TimeoutError:  # still running at the deadline (google.api_core raises TimeoutError)
-                raise StageError(f"{what}: the operation {op.operation.name or '(unnamed)'} did not complete "
-                                 f"within {timeout_s:g} s") from None
-
+                return op.result(timeout=timeout_s, polling=_OP_POLLING, retry=_READ_RETRY)  # GetOperation is a read
+            except TimeoutError as exc:  # concurrent.futures.TimeoutError: polled until the bound, never done
+                inner = exc.__context__  # ... or a GetOperation that kept failing past its own retry bound
+                if isinstance(inner, gexc.RetryError) and isinstance(inner.cause, gexc.GoogleAPICallError):
+                    raise describe_api_error(inner, f"{what} (polling the operation)") from None
+                name = op.operation.name.rsplit("/", 1)[-1]
+                raise StageError(f"{what}: operation {name} still not done at its {timeout_s:g} s deadline "
+                                 f"(the {Api.RUN} kept answering done=false)",
+                                 hint="check the service in the console before another release") from None
         return await self._call(what, wait)
 
     async def set_traffic(self, service: str, split: Sequence[TrafficTarget], timeout_s: float) -> run_v2.Service:

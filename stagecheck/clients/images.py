@@ -7,6 +7,7 @@ registry on loopback is plain HTTP without auth (as the sandbox's is).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from collections import deque
@@ -18,8 +19,10 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+import requests
+import urllib3
 
-from stagecheck.errors import StageError
+from stagecheck.errors import Api, ErrorClass, StageError, hint_for
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -109,8 +112,9 @@ class Images:
     """Docker Engine (build/push) and registry (manifest) access for one target."""
 
     def __init__(self, docker_host: str | None, *, token_provider: Callable[[], str] = google_access_token,
-                 tail_lines: int = 40) -> None:
+                 tail_lines: int = 40, registry_auth: tuple[str, str] | None = None) -> None:
         self.docker_host = docker_host
+        self._registry_auth = registry_auth  # (username, password) for a registry that is not Google's
         self.http = httpx.AsyncClient()  # registry manifests; one pool for the run (honours proxy env)
         self._token_provider = token_provider
         self._docker: docker.DockerClient | None = None
@@ -132,9 +136,15 @@ class Images:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    @property
+    def _where(self) -> str:
+        return self.docker_host or "DOCKER_HOST / default socket"
+
     def _auth_config(self, host: str) -> dict[str, str] | None:
         if GOOGLE_REGISTRY.search(host.split(":")[0]):
             return {"username": "oauth2accesstoken", "password": self._token_provider()}
+        if self._registry_auth is not None:
+            return {"username": self._registry_auth[0], "password": self._registry_auth[1]}
         return None
 
     # -- build ------------------------------------------------------------------------------
@@ -173,6 +183,9 @@ class Images:
             raise BuildFailed(f"Docker Engine refused the build: {exc.explanation or exc}", list(tail)) from None
         except docker.errors.DockerException as exc:
             raise StageError(f"build failed: {type(exc).__name__}: {exc}") from None
+        except ENGINE_LOST as exc:
+            raise BuildFailed(f"the Docker Engine at {self._where} stopped answering during the build "
+                              f"({type(exc).__name__}) after {count} log lines", list(tail)) from None
         try:
             image = self.docker.images.get(image_id or tag)
         except docker.errors.ImageNotFound:
@@ -205,6 +218,9 @@ class Images:
                         digest = str(aux["Digest"])
             except docker.errors.APIError as exc:
                 raise StageError(f"push of {repository}:{tag} failed: {_describe_push_error(str(exc.explanation or exc))}") from None
+            except ENGINE_LOST as exc:
+                raise StageError(f"push of {repository}:{tag} failed: the Docker Engine at {self._where} stopped "
+                                 f"answering during the push ({type(exc).__name__})") from None
         if digest is None:
             raise StageError(f"push of {repository} reported no digest")
         return PushResult(digest=digest, pinned=f"{repository}@{digest}",
@@ -219,10 +235,12 @@ class Images:
         parsed = ImageRef.parse(ref)
         reference = parsed.digest or parsed.tag or "latest"
         headers = {"Accept": MANIFEST_TYPES}
-        auth = self._auth_config(parsed.host)
-        if auth:
+        if GOOGLE_REGISTRY.search(parsed.host.split(":")[0]):
             token = await asyncio.to_thread(self._token_provider)
             headers["Authorization"] = f"Bearer {token}"
+        elif self._registry_auth is not None:
+            user, password = self._registry_auth
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         base = registry_base_url(parsed.host)
         url = f"{base}/v2/{parsed.path}/manifests/{reference}"
         try:
@@ -238,6 +256,10 @@ class Images:
         return int(manifest.get("config", {}).get("size", 0)) + sum(int(layer.get("size", 0)) for layer in layers)
 
 
+# the engine's connection dropping mid-stream (the engine stopped): urllib3 / requests, not docker.errors
+ENGINE_LOST = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError)
+
+
 class BuildFailed(StageError):
     def __init__(self, message: str, tail: list[str]) -> None:
         super().__init__(f"build failed: {message}")
@@ -250,7 +272,7 @@ async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str]
         raise StageError(f"image not found in the registry: {url.split('/v2/', 1)[-1]}")
     if response.status_code in (401, 403):
         raise StageError(f"registry denied access ({response.status_code}) to {url.split('/v2/', 1)[-1]}",
-                         hint="the identity needs roles/artifactregistry.reader")
+                         hint=hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN))
     if response.status_code >= 400:
         raise StageError(f"registry answered {response.status_code} for {url.split('/v2/', 1)[-1]}")
     try:
@@ -266,6 +288,8 @@ def _describe_push_error(message: str) -> str:
     lowered = message.lower()
     if "connection refused" in lowered or "no such host" in lowered or "dial tcp" in lowered:
         return f"registry unreachable ({message.strip()[:200]})"
+    if any(word in lowered for word in ("eof", "connection reset", "broken pipe")):
+        return f"the registry stopped answering during the upload ({message.strip()[:200]})"
     if "denied" in lowered or "unauthorized" in lowered or "authentication required" in lowered:
-        return "permission denied by the registry (roles/artifactregistry.writer needed)"
+        return f"permission denied by the registry ({hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN)})"
     return message.strip()[:300]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from stagecheck.model import ServiceReport, StageResult, Status
+from stagecheck.redact import redact
 from stagecheck.report import merge_not_run
 
 MARK = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
@@ -34,7 +35,7 @@ class LiveDisplay:
 
     def _line(self, text: str) -> None:
         # write, not print: inside a flow run Prefect may capture print() into its logs
-        self.out.write(text + "\n")
+        self.out.write(redact(text) + "\n")
         self.out.flush()
 
     def stage_started(self, service: str, stage: str) -> None:
@@ -248,8 +249,8 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
         state: Any = asyncio.run(validate(request, return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
-    print(display.table())
+    print(redact(display.table()))
     if not display.reports:  # the flow died before any report: say why
-        print(f"stagecheck validate: run failed before reporting: {state.message}", file=sys.stderr)
+        print(f"stagecheck validate: run failed before reporting: {redact(str(state.message))}", file=sys.stderr)
         return 1
     return 0 if state.is_completed() and all(r.verdict.value == "pass" for r, _ in display.reports) else 1

@@ -200,3 +200,14 @@ def test_admin_api_rejects_malformed_json(admin: tuple[LoggingSandbox, httpx.Cli
 
     assert not_json.status_code == not_object.status_code == bad_clear.status_code == 400
     assert not_json.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_undone_is_only_for_get_operation_and_takes_no_status() -> None:
+    faults = FaultInjector()
+    faults.add("GetOperation", count=-1, undone=True)
+    taken = faults.take("Operations.GetOperation")
+    assert taken is not None and taken.undone and taken.status is None
+    for method, status in (("Services.GetService", None), ("Operations.GetOperation", 503)):
+        with pytest.raises(FieldError) as info:
+            faults.add(method, undone=True, status=status)
+        assert info.value.field == "undone"
