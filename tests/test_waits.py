@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ async def test_an_operation_that_never_completes_hits_its_deadline() -> None:
     pending = operations_pb2.Operation(name="projects/p/locations/l/operations/op-1", done=False)
     refreshed: list[float] = []
 
-    def refresh() -> operations_pb2.Operation:
+    def refresh(retry: Any = None) -> operations_pb2.Operation:
         refreshed.append(time.monotonic())
         return pending
 
@@ -35,7 +36,8 @@ async def test_an_operation_that_never_completes_hits_its_deadline() -> None:
     with pytest.raises(StageError) as info:
         await cloudrun.finish(op, "deploy web-00001-abc", timeout_s=0.5)
     assert str(info.value) == ("deploy web-00001-abc: operation op-1 still not done at its 0.5 s deadline "
-                               "(the Cloud Run API kept answering done=false)")
+                               "(the Cloud Run API kept answering done=false) "
+                               "(check the service in the console before another release)")
     assert len(refreshed) >= 2  # it polled, and then gave up
 
 

@@ -191,26 +191,19 @@ async def test_the_sandbox_api_killed_during_a_traffic_shift_fails_the_shift_and
     while the operation is polled; the shift FAILs naming the unreachable API and the rollback that
     follows FAILs too: the report cannot claim where traffic is, and says so."""
     import httpx
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import run_v2
 
     from sandbox.control import start, stop
     from stagecheck.clients.cloudrun import CloudRun
     from stagecheck.model import TrafficTarget
     from stagecheck.settings import load_settings
     from tasks.traffic import rollback_traffic, shift_traffic
-    from tests.fixtures_sandbox import RunClients, deploy
+    from tests.fixtures_sandbox import clients_for, deploy
 
     state = tmp_path / "own-sandbox"
     info = start(state, port=0, lb_port=0, docker_host=docker_env.docker_host, registry=docker_env.registry,
                  startup_timeout_s=30, cold_start_hold_s=10.0, ready_timeout=30.0)
     try:
-        options = {"api_endpoint": info.run_api}
-        clients = RunClients(
-            services=run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
-            revisions=run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
-                                             client_options=options),
-            parent=info.parent, admin_url=info.admin_url, lb_url=info.lb_url)
+        clients = clients_for(info)  # the sandbox's own key file: its APIs want credentials
         svc = deploy(clients, "web", sample_image.ref)
         rev = svc.latest_ready_revision.rsplit("/", 1)[-1]
         settings = load_settings(None, environ={}, sandbox_json=state / "sandbox.json",
@@ -250,11 +243,9 @@ async def test_the_whole_flow_with_the_api_killed_mid_shift_reports_traffic_unkn
     operation poll (the traffic shift's) hangs and the sandbox server is killed. The run FAILs at
     `traffic`, the rollback FAILs, and the report says that where traffic is now is unknown."""
     import httpx
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import run_v2
 
     from sandbox.control import start, stop
-    from tests.fixtures_sandbox import RunClients, deploy
+    from tests.fixtures_sandbox import clients_for, deploy
     from tests.pipeline.conftest import Scenario
     from tests.pipeline.test_e2e import run_flow
 
@@ -262,12 +253,7 @@ async def test_the_whole_flow_with_the_api_killed_mid_shift_reports_traffic_unkn
     info = start(state, port=0, lb_port=0, docker_host=docker_env.docker_host, registry=docker_env.registry,
                  startup_timeout_s=30, cold_start_hold_s=10.0, ready_timeout=30.0)
     try:
-        options = {"api_endpoint": info.run_api}
-        clients = RunClients(
-            services=run_v2.ServicesClient(transport="rest", credentials=AnonymousCredentials(), client_options=options),
-            revisions=run_v2.RevisionsClient(transport="rest", credentials=AnonymousCredentials(),
-                                             client_options=options),
-            parent=info.parent, admin_url=info.admin_url, lb_url=info.lb_url)
+        clients = clients_for(info)  # the sandbox's own key file: its APIs want credentials
         deploy(clients, "web", sample_image.digest_ref)
         scenario = Scenario(tmp_path / "repo", info)
         scenario.add_service("svc")

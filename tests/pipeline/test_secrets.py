@@ -127,7 +127,8 @@ async def test_no_canary_in_any_output_of_a_passing_and_a_failing_release(
     scenario.add_service("svc")
     headers = f'[probes.headers]\nX-Api-Key = "{canaries["header"]}"\n'
     env = {"DB_PASSWORD": canaries["env"], "GREETING": "hello"}
-    scenario.config([{"name": service, "source_dir": "svc", "env": env}], steps="[100]", extra=headers)
+    scenario.config([{"name": service, "source_dir": "svc", "env": env}], steps="[100]", extra=headers,
+                    bake_s=0)  # no bake: the failing release is decided by the logs gate
     scenario.commit("pass")
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     cli_env.update({"PREFECT_API_URL": str(PREFECT_API_URL.value()), REGISTRY_PASSWORD_ENV: canaries["registry"],
@@ -138,7 +139,8 @@ async def test_no_canary_in_any_output_of_a_passing_and_a_failing_release(
         assert passing.returncode == 0, passing.stdout + passing.stderr
         # the failing release: the service writes the password into its error log lines
         failing_env = {**env, "ERROR_RATE": "5", "ERROR_MESSAGE": f"db login failed with {canaries['env']} ({{id}})"}
-        scenario.config([{"name": service, "source_dir": "svc", "env": failing_env}], steps="[100]", extra=headers)
+        scenario.config([{"name": service, "source_dir": "svc", "env": failing_env}], steps="[100]", extra=headers,
+                        bake_s=0)
         (scenario.root / "svc" / "VERSION").write_text("2\n")
         scenario.commit("fail")
         failing = _cli(scenario, cli_env)
