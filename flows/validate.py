@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import UTC, datetime
+from typing import TypeVar, cast
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
@@ -54,7 +55,7 @@ from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from tasks.bake import watch_release
 from tasks.build import build_image
-from tasks.common import Clients
+from tasks.common import Clients, FailedGate
 from tasks.deploy import deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
@@ -65,6 +66,21 @@ from tasks.report import publish_report
 from tasks.smoke import run_smoke
 from tasks.syntax import check_syntax
 from tasks.traffic import finish_release, restore_after_failed_deploy, rollback_traffic, shift_traffic
+
+T = TypeVar("T")
+
+
+async def gate_value(value: T) -> T:
+    """What a stage task returned; from a Failed task run (a failed gate, see `tasks.common.gate`) the
+    value its state carries, so the flow reads every gate the same way and stops at the first FAIL."""
+    if not isinstance(value, State):
+        return value
+    data = await value.result(raise_on_failure=False)  # type: ignore[misc]
+    if isinstance(data, FailedGate):
+        return cast(T, data.value)
+    if isinstance(data, BaseException):  # a task that crashed outside its guard: nothing to read
+        raise data
+    raise RuntimeError(f"task run ended {value.name}: {value.message}")
 
 
 def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
@@ -213,26 +229,27 @@ class ServiceValidation:
             snapshot = ServiceSnapshot(exists=False)
         else:
             self.starting("inspect")
-            result, self.snapshot = await inspect_service(cr, self.svc.name)
+            result, self.snapshot = await gate_value(await inspect_service(cr, self.svc.name))
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
             self.traffic_after = list(snapshot.traffic)
 
         self.starting("build")
-        result, image = await build_image(self.clients.images, self.svc, self.repository, self.git_sha,
-                                          self.settings.extra_tags)
+        result, image = await gate_value(await build_image(self.clients.images, self.svc, self.repository, self.git_sha,
+                                          self.settings.extra_tags))
         if not self.record(result) or image is None or self.settings.dry_run:
             return image, None
 
         self.starting("push")
-        result, image = await push_image(self.clients.images, image, self.repository, snapshot.image)
+        pushed = await gate_value(await push_image(self.clients.images, image, self.repository, snapshot.image))
+        result, image = pushed
         if not self.record(result) or image.pinned is None:
             return image, None
 
         self.starting("deploy")
-        result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
-                                                tag=self.tag, snapshot=snapshot)
+        result, outcome = await gate_value(await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
+                                                tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
@@ -259,8 +276,8 @@ class ServiceValidation:
             self.starting("probe-tagged")
             tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
                                            outcome.service_url)
-            result = await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
-                                      tokens=self.clients.tokens, service=self.svc.name)
+            result = await gate_value(await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
+                                      tokens=self.clients.tokens, service=self.svc.name))
             self.last_probe_at = datetime.now(UTC)
             _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
                                            "probe its tag through the load balancer)")
@@ -276,15 +293,15 @@ class ServiceValidation:
             if self.svc.smoke:
                 self.starting("smoke")
                 env.update(await self._smoke_token(outcome.service_url))
-                gate_ok = self.record(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root))
+                gate_ok = self.record(await gate_value(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
         if gate_ok:
             self.starting("logs")
             previous = snapshot.previous.name if snapshot.previous else None
-            result = await analyse_logs(self.clients.logs, service=self.svc.name, revision=revision.name,
+            result = await gate_value(await analyse_logs(self.clients.logs, service=self.svc.name, revision=revision.name,
                                         previous_revision=previous,
                                         start=revision.created_at or outcome.started_at or self.started_at,
                                         last_probe_at=self.last_probe_at, rules=self.settings.logs,
-                                        probes=self.settings.probes)
+                                        probes=self.settings.probes))
             gate_ok = self.record(result)
         if not gate_ok:
             failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
@@ -298,9 +315,9 @@ class ServiceValidation:
         candidate pinned, and only the newest few of stagecheck's own tags."""
         self.starting("release")
         plan = self.traffic_plan
-        result, applied = await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
+        result, applied = await gate_value(await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
                                                self.tag, plan.after_pass, plan.keep_tags,
-                                               self.settings.deploy_timeout_s)
+                                               self.settings.deploy_timeout_s))
         if applied:
             self.traffic_after = applied
         if not self.record(result):
@@ -311,9 +328,9 @@ class ServiceValidation:
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
         self.starting("rollback")
         remembered = snapshot.traffic or snapshot.serving
-        result, applied = await restore_after_failed_deploy(
+        result, applied = await gate_value(await restore_after_failed_deploy(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
-            self.settings.deploy_timeout_s)
+            self.settings.deploy_timeout_s))
         self.record(result)
         if applied:
             self.traffic_after = applied
@@ -337,8 +354,8 @@ class ServiceValidation:
             label = f"step {number}/{len(steps)}: {percent} %"
             if snapshot.exists:
                 self.starting(f"traffic {percent}%")
-                result, applied = await shift_traffic(self.clients.cloudrun, self.svc.name, split,
-                                                      self.settings.deploy_timeout_s, label)
+                result, applied = await gate_value(await shift_traffic(self.clients.cloudrun, self.svc.name, split,
+                                                      self.settings.deploy_timeout_s, label))
                 if applied:
                     self.traffic_after = applied
                 if not self.record(result):
@@ -352,18 +369,10 @@ class ServiceValidation:
             # the optional WebSocket exchange runs once the new revision serves everything
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
-            result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
+            result = await gate_value(await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
-                                      service=self.svc.name)
+                                      service=self.svc.name, unprobed=missing))
             self.last_probe_at = datetime.now(UTC)
-            if missing:
-                result.criteria.extend(missing)
-                if any(c.status is Status.FAIL for c in missing):
-                    result.status = Status.FAIL
-                    result.summary = f"[{percent} %] {next(c for c in missing if c.status is Status.FAIL).observed}"
-                elif result.status is Status.SKIP:  # every URL closed by ingress: nothing could decide
-                    result.status = Status.FAIL
-                    result.summary = f"[{percent} %] no URL left to probe: {missing[0].observed}"
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, "probe-serving")
                 return False
@@ -379,13 +388,13 @@ class ServiceValidation:
                     label: str) -> bool:
         """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
         self.starting(label)
-        result = await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
+        result = await gate_value(await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
                                      previous_revision=snapshot.previous.name if snapshot.previous else None,
                                      since=self.revision_started or self.started_at, targets=targets,
                                      duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
                                      probes=self.settings.probes, rules=self.settings.logs,
-                                     tokens=self.clients.tokens)
+                                     tokens=self.clients.tokens))
         self.last_probe_at = datetime.now(UTC)
         if not self.record(result):
             await self._rollback_if_moved(True, revision, "bake")
@@ -415,8 +424,8 @@ class ServiceValidation:
             return
         restore = rollback_split(snapshot.serving, revision, self.tag)
         self.starting("rollback")
-        result, applied = await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
-                                                 self.settings.deploy_timeout_s, failed_stage)
+        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+                                                 self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:
             self.traffic_after = applied
@@ -453,7 +462,35 @@ def _flow_run_url() -> str | None:
     return str(url) if url and str(url).startswith(("http://", "https://")) else None
 
 
-@flow(name="stagecheck-validate", log_prints=False, persist_result=False)
+def run_name(services: list[str], git_sha: str | None) -> str:
+    """Pure: the flow run's name, `validate-checkout-1a2b3c4` (services joined by `+`; `all` when the
+    config's every service; `HEAD` while the commit is not resolved yet)."""
+    return f"validate-{'+'.join(services) if services else 'all'}-{git_sha[:7] if git_sha else 'HEAD'}"
+
+
+def _initial_run_name() -> str:
+    """The name a run starts with, from its parameters (renamed once the config and commit are known)."""
+    params = flow_run.parameters or {}
+    request = params.get("request") or {}
+    if isinstance(request, ValidationRequest):
+        request = request.model_dump()
+    return run_name(list(request.get("services") or []), request.get("git_sha"))
+
+
+async def _rename_run(name: str) -> None:
+    """Give the running flow run its final name (service and resolved SHA) through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.name == name:
+        return
+    async with get_client() as client:
+        await client.update_flow_run(context.flow_run.id, name=name)
+    context.flow_run.name = name
+
+
+@flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name)
 async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]] | State:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
     traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
@@ -469,13 +506,14 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
-    syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
+    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))  # once per run, recorded per service
     clients = Clients.from_settings(settings)
     git_sha: str | StageError
     try:
         git_sha = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in services))
     except StageError as exc:
         git_sha = exc
+    await _rename_run(run_name([s.name for s in services], git_sha if isinstance(git_sha, str) else settings.git_sha))
     try:
         reports = list(await asyncio.gather(*(
             ServiceValidation(settings, svc, clients, git_sha,
