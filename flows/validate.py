@@ -53,6 +53,7 @@ from stagecheck.settings import (
 )
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
+from stagecheck.verdict_events import emit, verdict_event
 from tasks.bake import watch_release
 from tasks.build import build_image
 from tasks.common import Clients, FailedGate
@@ -514,6 +515,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     except StageError as exc:
         git_sha = exc
     await _rename_run(run_name([s.name for s in services], git_sha if isinstance(git_sha, str) else settings.git_sha))
+    logger = get_run_logger()  # its lines carry the new name
     try:
         reports = list(await asyncio.gather(*(
             ServiceValidation(settings, svc, clients, git_sha,
@@ -528,6 +530,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
         path = await publish_report(report, settings.report_dir)
         paths.append(path)
         progress().service_finished(report, path)
+        emit(verdict_event(report, str(path)))  # others react to the verdict with their own Automations
         logger.info("%s: %s%s -> %s", report.service, report.verdict.value.upper(),
                     f" (decided by {report.decided_by})" if report.decided_by else "", path)
     if len(reports) > 1:

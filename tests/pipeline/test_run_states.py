@@ -4,6 +4,8 @@ through the Prefect client, against the sandbox, on a temporary Prefect server."
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -20,6 +22,25 @@ async def _task_runs(flow_run_id: Any) -> list[Any]:
     async with get_client() as client:
         return list(await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
+
+
+async def _verdict_events(service: str, within_s: float = 30) -> list[Any]:
+    """The verdict events about `service`, read back through the API's events filter (events reach the
+    server asynchronously: awaited, not slept on)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    from stagecheck.verdict_events import FAILED_EVENT, PASSED_EVENT, service_resource_id
+
+    deadline = time.monotonic() + within_s
+    async with get_client() as client:
+        while True:
+            page = await client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=[PASSED_EVENT, FAILED_EVENT]),
+                resource=EventResourceFilter(id=[service_resource_id(service)])), limit=10)
+            if page.events or time.monotonic() > deadline:
+                return list(page.events)
+            await asyncio.sleep(0.5)
 
 
 async def test_failed_gate_ends_its_task_run_failed_and_runs_are_named(
@@ -55,3 +76,32 @@ async def test_failed_gate_ends_its_task_run_failed_and_runs_are_named(
                  f"probe-tagged · {service}", f"traffic [step 1/2: 50 %] · {service}",
                  f"rollback [probe-serving] · {service}"):
         assert states[name].is_completed(), (name, states[name])
+
+    events = await _verdict_events(service)
+    assert [e.event for e in events] == ["stagecheck.validation.failed"]
+    event = events[0]
+    report = run.report(service)
+    assert event.resource["stagecheck.project"] == report["project"]
+    assert event.resource["stagecheck.region"] == report["region"]
+    assert event.payload["verdict"] == "fail" and event.payload["decided_by"] == "probe-serving"
+    assert event.payload["git_sha"] == sha and event.payload["revision"] == report["revision"]["name"]
+    assert event.payload["report"].endswith(".json") and service in event.payload["report"]
+    assert any(r.id == f"prefect.flow-run.{flow_run_id}" for r in event.related)
+
+
+async def test_passed_release_emits_its_event(prefect_api: None, scenario: Any, run_clients: Any,
+                                              created: Any) -> None:  # noqa: F811
+    service = created("event")
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]", bake_s=0)
+    sha = scenario.commit()
+    run = await run_flow(scenario, config, git_sha=sha, git_ref="refs/heads/main")
+    assert run.state.is_completed(), run.state.message
+    events = await _verdict_events(service)
+    assert [e.event for e in events] == ["stagecheck.validation.passed"]
+    payload = events[0].payload
+    report = run.report(service)
+    assert (payload["verdict"], payload["decided_by"]) == ("pass", None)
+    assert (payload["git_sha"], payload["git_ref"]) == (sha, "refs/heads/main")
+    assert payload["revision"] == report["revision"]["name"]
+    assert events[0].resource["prefect.resource.name"] == service
