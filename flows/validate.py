@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Annotated, TypeVar, cast
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from pydantic import Field, ValidationError
 
 from flows.params import ValidationRequest
 from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
@@ -472,10 +473,7 @@ def run_name(services: list[str], git_sha: str | None) -> str:
 def _initial_run_name() -> str:
     """The name a run starts with, from its parameters (renamed once the config and commit are known)."""
     params = flow_run.parameters or {}
-    request = params.get("request") or {}
-    if isinstance(request, ValidationRequest):
-        request = request.model_dump()
-    return run_name(list(request.get("services") or []), request.get("git_sha"))
+    return run_name(list(params.get("services") or []), params.get("git_sha"))
 
 
 async def _rename_run(name: str) -> None:
@@ -492,16 +490,45 @@ async def _rename_run(name: str) -> None:
 
 
 @flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name)
-async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]] | State:
+async def validate(
+    config: str = "stagecheck.toml",
+    services: list[str] | None = None,
+    git_sha: str | None = None,
+    git_ref: str | None = None,
+    traffic_steps: list[int] | None = None,
+    canary_hold_s: Annotated[float | None, Field(ge=0)] = None,
+    bake_s: Annotated[float | None, Field(ge=0)] = None,
+    dry_run: bool = False,
+    sandbox: bool = False,
+    state_dir: str = ".stagecheck",
+) -> list[dict[str, str]] | State:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
-    traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
-    request = request or ValidationRequest()
+    traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails.
+
+    Flat parameters (the UI's run form, `prefect deployment run --param git_sha=...`, and triggers that
+    set only `git_sha` and `git_ref`): the fields of `flows.params.ValidationRequest`, described alike.
+
+    Args:
+        config: Path of the stagecheck.toml (relative to the working directory)
+        services: Cloud Run services to validate; empty means every service in the config
+        git_sha: Commit to validate (checked against the checkout); empty means HEAD
+        git_ref: Branch or ref the commit came from (shown in the report)
+        traffic_steps: Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]
+        canary_hold_s: Override the wait after each canary step (seconds)
+        bake_s: Override the bake window after the last step (seconds)
+        dry_run: Check syntax and build the image only; deploy nothing
+        sandbox: Target the local sandbox (endpoints from STATE_DIR/sandbox.json)
+        state_dir: Where the sandbox writes sandbox.json
+    """
     logger = get_run_logger()
     try:
+        request = ValidationRequest(config=config, services=services or [], git_sha=git_sha, git_ref=git_ref,
+                                    traffic_steps=traffic_steps, canary_hold_s=canary_hold_s, bake_s=bake_s,
+                                    dry_run=dry_run, sandbox=sandbox, state_dir=state_dir)
         settings = request.load()
-        services = [settings.service(name) for name in request.services] or list(settings.services)
-        check_sources(settings, services)  # the build inputs exist, before any stage
-    except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
+        chosen = [settings.service(name) for name in request.services] or list(settings.services)
+        check_sources(settings, chosen)  # the build inputs exist, before any stage
+    except (ConfigError, ValidationError) as exc:  # bad input: a Failed run with the readable message, no traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
@@ -509,19 +536,19 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
 
     syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))  # once per run, recorded per service
     clients = Clients.from_settings(settings)
-    git_sha: str | StageError
+    commit: str | StageError
     try:
-        git_sha = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in services))
+        commit = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in chosen))
     except StageError as exc:
-        git_sha = exc
-    await _rename_run(run_name([s.name for s in services], git_sha if isinstance(git_sha, str) else settings.git_sha))
+        commit = exc
+    await _rename_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha))
     logger = get_run_logger()  # its lines carry the new name
     try:
         reports = list(await asyncio.gather(*(
-            ServiceValidation(settings, svc, clients, git_sha,
+            ServiceValidation(settings, svc, clients, commit,
                               settings.traffic if traffic_override else settings.traffic_for(svc),
                               request.git_ref).run(syntax)
-            for svc in services)))
+            for svc in chosen)))
     finally:
         await clients.aclose()
 
