@@ -21,7 +21,13 @@ from prefect.states import Failed, State
 from pydantic import Field, ValidationError
 
 from flows.params import ValidationRequest
-from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
+from stagecheck.concurrency import (
+    ServiceLockError,
+    ensure_service_limits,
+    limit_name,
+    lock_failed,
+    service_slot,
+)
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
@@ -207,6 +213,7 @@ class ServiceValidation:
 
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
+            await self._ensure_limit()
             try:
                 async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
                     self.started_at = datetime.now(UTC)
@@ -216,6 +223,14 @@ class ServiceValidation:
                 self.record(lock_failed(self.svc.name, exc))
                 image, revision = None, None
         return self._report(image, revision)
+
+    async def _ensure_limit(self) -> None:
+        """Create the service's concurrency limit when it is missing (an existing one is left as its owner
+        set it). When the API refuses, the lock gate that follows fails the run with what to do."""
+        try:
+            await ensure_service_limits([self.svc.name], repair=False)
+        except Exception as exc:  # the lock gate reports it; no traceback here
+            get_run_logger().warning("could not create the concurrency limit %s: %s", limit_name(self.svc.name), exc)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
         cr = self.clients.cloudrun

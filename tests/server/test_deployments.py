@@ -2,7 +2,8 @@
 
 One batch of runs is started together (the `batch` fixture) and the tests read what happened
 through the API: a merge event (emitted with `stagecheck notify-merge`), two runs for service `a`,
-one for `b` (fails its smoke test; `a` and `b` meet in their smoke stage), one for `nolimit` (its concurrency limit was removed).
+one for `b` (fails its smoke test; `a` and `b` meet in their smoke stage), one for `nolimit` (its concurrency limit was removed:
+the run creates it).
 """
 
 from __future__ import annotations
@@ -169,14 +170,18 @@ async def test_failed_verdict_posts_a_summary_without_the_secret(deployed: Deplo
                 if r.body.get("stagecheck", {}).get("service") == deployed.project.services["a"]]
 
 
-async def test_a_missing_concurrency_limit_fails_the_run_loudly(deployed: Deployed, batch: Batch) -> None:
+async def test_a_missing_concurrency_limit_is_created_by_the_run(deployed: Deployed, batch: Batch) -> None:
+    """A deployment in a user's own pool has no setup step: the run creates the limit it needs (1 slot)
+    instead of failing at the lock gate."""
     run = batch.runs["nolimit"]
     service = deployed.project.services["nolimit"]
-    assert run.state.is_failed()
-    assert "lock" in run.state.message
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
     report = json.loads((deployed.project.root / "reports" / f"{service}-latest.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["syntax", "lock"]
-    assert limit_name(service) in report["stages"][-1]["summary"]
+    assert report["verdict"] == "pass"
+    assert "lock" not in [s["name"] for s in report["stages"]]
+    async with client_for(deployed.server.url) as client:
+        limit = await client.read_global_concurrency_limit_by_name(limit_name(service))
+    assert limit.limit == 1 and limit.active
 
 
 async def test_merge_event_starts_a_run_for_its_sha(deployed: Deployed, batch: Batch) -> None:
