@@ -253,8 +253,8 @@ class ServiceValidation:
             self.traffic_after = list(snapshot.traffic)
 
         self.starting("build")
-        result, image = await gate_value(await build_image(self.clients.images, self.svc, self.repository, self.git_sha,
-                                          self.settings.extra_tags))
+        result, image = await gate_value(await build_image(
+            self.clients.images, self.svc, self.repository, self.git_sha, self.settings.extra_tags))
         if not self.record(result) or image is None or self.settings.dry_run:
             return image, None
 
@@ -265,8 +265,8 @@ class ServiceValidation:
             return image, None
 
         self.starting("deploy")
-        result, outcome = await gate_value(await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
-                                                tag=self.tag, snapshot=snapshot))
+        result, outcome = await gate_value(await deploy_revision(
+            cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
@@ -310,11 +310,13 @@ class ServiceValidation:
             if self.svc.smoke:
                 self.starting("smoke")
                 env.update(await self._smoke_token(outcome.service_url))
-                gate_ok = self.record(await gate_value(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
+                gate_ok = self.record(await gate_value(
+                    await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
         if gate_ok:
             self.starting("logs")
             previous = snapshot.previous.name if snapshot.previous else None
-            result = await gate_value(await analyse_logs(self.clients.logs, service=self.svc.name, revision=revision.name,
+            result = await gate_value(await analyse_logs(
+                                        self.clients.logs, service=self.svc.name, revision=revision.name,
                                         previous_revision=previous,
                                         start=revision.created_at or outcome.started_at or self.started_at,
                                         last_probe_at=self.last_probe_at, rules=self.settings.logs,
@@ -332,9 +334,9 @@ class ServiceValidation:
         candidate pinned, and only the newest few of stagecheck's own tags."""
         self.starting("release")
         plan = self.traffic_plan
-        result, applied = await gate_value(await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
-                                               self.tag, plan.after_pass, plan.keep_tags,
-                                               self.settings.deploy_timeout_s))
+        result, applied = await gate_value(await finish_release(
+            self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
+            plan.keep_tags, self.settings.deploy_timeout_s))
         if applied:
             self.traffic_after = applied
         if not self.record(result):
@@ -386,7 +388,8 @@ class ServiceValidation:
             # the optional WebSocket exchange runs once the new revision serves everything
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
-            result = await gate_value(await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
+            result = await gate_value(await probe_urls(
+                                      self.clients.http, "probe-serving", targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
                                       service=self.svc.name, unprobed=missing))
             self.last_probe_at = datetime.now(UTC)
@@ -405,7 +408,8 @@ class ServiceValidation:
                     label: str) -> bool:
         """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
         self.starting(label)
-        result = await gate_value(await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
+        result = await gate_value(await watch_release(
+                                     self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
                                      previous_revision=snapshot.previous.name if snapshot.previous else None,
                                      since=self.revision_started or self.started_at, targets=targets,
@@ -543,13 +547,14 @@ async def validate(
         settings = request.load()
         chosen = [settings.service(name) for name in request.services] or list(settings.services)
         check_sources(settings, chosen)  # the build inputs exist, before any stage
-    except (ConfigError, ValidationError) as exc:  # bad input: a Failed run with the readable message, no traceback
+    except (ConfigError, ValidationError) as exc:  # bad input: a Failed run, the readable message, no traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
-    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))  # once per run, recorded per service
+    # once per run, recorded per service
+    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))
     clients = Clients.from_settings(settings)
     commit: str | StageError
     try:

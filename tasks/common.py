@@ -85,14 +85,14 @@ class FailedGate:
 def gate(result: StageResult, value: T) -> T:
     """A task's return: `value` as is when the gate passed; when `result` FAILed, a Failed task state
     carrying `value` (so the run graph shows which gate failed) that the flow reads back with
-    `flows.validate.outcome`. Outside a task run (a direct `.fn()` call) there is no state to end:
+    `flows.validate.gate_value`. Outside a task run (a direct `.fn()` call) there is no state to end:
     the value is returned as is."""
     from prefect.context import TaskRunContext
     from prefect.states import Failed
 
     if result.status is not Status.FAIL or TaskRunContext.get() is None:
         return value
-    # typed as T: the caller unwraps the state (flows.validate.outcome); Prefect records it as the run's final state
+    # typed as T: the caller unwraps the state (flows.validate.gate_value); Prefect records it as the run's final state
     return Failed(message=f"{result.name} failed: {result.summary}",  # type: ignore[return-value]
                   data=FailedGate(result=result, value=value))
 
