@@ -85,16 +85,14 @@ class Target(BaseModel):
         return f"{FLOW_NAME}/{self.name}"
 
     def parameters(self) -> dict[str, Any]:
-        """The deployment's default parameters (JSON, what the run form is pre-filled with)."""
-        return {"request": self.request.model_dump(mode="json")}
+        """The deployment's default parameters (JSON, what the run form is pre-filled with): the flow's
+        flat parameters, one per field of the request."""
+        return self.request.model_dump(mode="json")
 
     def merge_parameters(self) -> dict[str, Any]:
-        """A merge-triggered run's parameters: the defaults with the event's commit and ref.
-
-        The whole `request` is given: trigger parameters replace the defaults key by key (shallow)."""
-        request = self.request.model_dump(mode="json")
-        request.update(git_sha="{{ event.payload.sha }}", git_ref="{{ event.payload.ref }}")
-        return {"request": request}
+        """A merge-triggered run's parameters: only the event's commit and ref. The server fills in the
+        rest from the deployment's defaults (key by key), so defaults edited in the UI reach merge runs."""
+        return {"git_sha": "{{ event.payload.sha }}", "git_ref": "{{ event.payload.ref }}"}
 
     def merge_match(self) -> dict[str, str]:
         match = {"prefect.resource.id": resource_id(self.merge_repo)}

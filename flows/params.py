@@ -31,6 +31,10 @@ class ValidationRequest(BaseModel):
     def _distinct(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
 
+    def parameters(self) -> dict[str, Any]:
+        """The validation flow's (flat) parameters for this request."""
+        return self.model_dump()
+
     def overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         traffic: dict[str, Any] = {}

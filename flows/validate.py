@@ -14,13 +14,21 @@ import asyncio
 import os
 import sys
 from datetime import UTC, datetime
+from typing import Annotated, TypeVar, cast
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from pydantic import Field, ValidationError
 
 from flows.params import ValidationRequest
-from stagecheck.concurrency import ServiceLockError, lock_failed, service_slot
+from stagecheck.concurrency import (
+    ServiceLockError,
+    ensure_service_limits,
+    limit_name,
+    lock_failed,
+    service_slot,
+)
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
@@ -55,9 +63,10 @@ from stagecheck.settings import (
 )
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
+from stagecheck.verdict_events import emit, verdict_event
 from tasks.bake import watch_release
 from tasks.build import build_image
-from tasks.common import Clients
+from tasks.common import Clients, FailedGate
 from tasks.deploy import deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
@@ -68,6 +77,21 @@ from tasks.report import publish_report
 from tasks.smoke import run_smoke
 from tasks.syntax import check_syntax
 from tasks.traffic import finish_release, restore_after_failed_deploy, rollback_traffic, shift_traffic
+
+T = TypeVar("T")
+
+
+async def gate_value(value: T) -> T:
+    """What a stage task returned; from a Failed task run (a failed gate, see `tasks.common.gate`) the
+    value its state carries, so the flow reads every gate the same way and stops at the first FAIL."""
+    if not isinstance(value, State):
+        return value
+    data = await value.result(raise_on_failure=False)  # type: ignore[misc]
+    if isinstance(data, FailedGate):
+        return cast(T, data.value)
+    if isinstance(data, BaseException):  # a task that crashed outside its guard: nothing to read
+        raise data
+    raise RuntimeError(f"task run ended {value.name}: {value.message}")
 
 
 def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
@@ -192,6 +216,7 @@ class ServiceValidation:
 
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
+            await self._ensure_limit()
             try:
                 async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
                     self.started_at = datetime.now(UTC)
@@ -201,6 +226,14 @@ class ServiceValidation:
                 self.record(lock_failed(self.svc.name, exc))
                 image, revision = None, None
         return self._report(image, revision)
+
+    async def _ensure_limit(self) -> None:
+        """Create the service's concurrency limit when it is missing (an existing one is left as its owner
+        set it). When the API refuses, the lock gate that follows fails the run with what to do."""
+        try:
+            await ensure_service_limits([self.svc.name], repair=False)
+        except Exception as exc:  # the lock gate reports it; no traceback here
+            get_run_logger().warning("could not create the concurrency limit %s: %s", limit_name(self.svc.name), exc)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
         cr = self.clients.cloudrun
@@ -216,26 +249,27 @@ class ServiceValidation:
             snapshot = ServiceSnapshot(exists=False)
         else:
             self.starting("inspect")
-            result, self.snapshot = await inspect_service(cr, self.svc.name)
+            result, self.snapshot = await gate_value(await inspect_service(cr, self.svc.name))
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
             self.traffic_after = list(snapshot.traffic)
 
         self.starting("build")
-        result, image = await build_image(self.clients.images, self.svc, self.repository, self.git_sha,
-                                          self.settings.extra_tags)
+        result, image = await gate_value(await build_image(
+            self.clients.images, self.svc, self.repository, self.git_sha, self.settings.extra_tags))
         if not self.record(result) or image is None or self.settings.dry_run:
             return image, None
 
         self.starting("push")
-        result, image = await push_image(self.clients.images, image, self.repository, snapshot.image)
+        pushed = await gate_value(await push_image(self.clients.images, image, self.repository, snapshot.image))
+        result, image = pushed
         if not self.record(result) or image.pinned is None:
             return image, None
 
         self.starting("deploy")
-        result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
-                                                tag=self.tag, snapshot=snapshot)
+        result, outcome = await gate_value(await deploy_revision(
+            cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
@@ -262,8 +296,8 @@ class ServiceValidation:
             self.starting("probe-tagged")
             tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
                                            outcome.service_url)
-            result = await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
-                                      tokens=self.clients.tokens, service=self.svc.name)
+            result = await gate_value(await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
+                                      tokens=self.clients.tokens, service=self.svc.name))
             self.last_probe_at = datetime.now(UTC)
             _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
                                            "probe its tag through the load balancer)")
@@ -279,15 +313,17 @@ class ServiceValidation:
             if self.svc.smoke:
                 self.starting("smoke")
                 env.update(await self._smoke_token(outcome.service_url))
-                gate_ok = self.record(await run_smoke(list(self.svc.smoke), env, self.settings.repo_root))
+                gate_ok = self.record(await gate_value(
+                    await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
         if gate_ok:
             self.starting("logs")
             previous = snapshot.previous.name if snapshot.previous else None
-            result = await analyse_logs(self.clients.logs, service=self.svc.name, revision=revision.name,
+            result = await gate_value(await analyse_logs(
+                                        self.clients.logs, service=self.svc.name, revision=revision.name,
                                         previous_revision=previous,
                                         start=revision.created_at or outcome.started_at or self.started_at,
                                         last_probe_at=self.last_probe_at, rules=self.settings.logs,
-                                        probes=self.settings.probes)
+                                        probes=self.settings.probes))
             gate_ok = self.record(result)
         if not gate_ok:
             failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
@@ -301,9 +337,9 @@ class ServiceValidation:
         candidate pinned, and only the newest few of stagecheck's own tags."""
         self.starting("release")
         plan = self.traffic_plan
-        result, applied = await finish_release(self.clients.cloudrun, self.svc.name, self.traffic_after, revision,
-                                               self.tag, plan.after_pass, plan.keep_tags,
-                                               self.settings.deploy_timeout_s)
+        result, applied = await gate_value(await finish_release(
+            self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
+            plan.keep_tags, self.settings.deploy_timeout_s))
         if applied:
             self.traffic_after = applied
         if not self.record(result):
@@ -314,9 +350,9 @@ class ServiceValidation:
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
         self.starting("rollback")
         remembered = snapshot.traffic or snapshot.serving
-        result, applied = await restore_after_failed_deploy(
+        result, applied = await gate_value(await restore_after_failed_deploy(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
-            self.settings.deploy_timeout_s)
+            self.settings.deploy_timeout_s))
         self.record(result)
         if applied:
             self.traffic_after = applied
@@ -340,8 +376,8 @@ class ServiceValidation:
             label = f"step {number}/{len(steps)}: {percent} %"
             if snapshot.exists:
                 self.starting(f"traffic {percent}%")
-                result, applied = await shift_traffic(self.clients.cloudrun, self.svc.name, split,
-                                                      self.settings.deploy_timeout_s, label)
+                result, applied = await gate_value(await shift_traffic(self.clients.cloudrun, self.svc.name, split,
+                                                      self.settings.deploy_timeout_s, label))
                 if applied:
                     self.traffic_after = applied
                 if not self.record(result):
@@ -355,18 +391,11 @@ class ServiceValidation:
             # the optional WebSocket exchange runs once the new revision serves everything
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
-            result = await probe_urls(self.clients.http, "probe-serving", targets, self.settings.probes,
+            result = await gate_value(await probe_urls(
+                                      self.clients.http, "probe-serving", targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
-                                      service=self.svc.name)
+                                      service=self.svc.name, unprobed=missing))
             self.last_probe_at = datetime.now(UTC)
-            if missing:
-                result.criteria.extend(missing)
-                if any(c.status is Status.FAIL for c in missing):
-                    result.status = Status.FAIL
-                    result.summary = f"[{percent} %] {next(c for c in missing if c.status is Status.FAIL).observed}"
-                elif result.status is Status.SKIP:  # every URL closed by ingress: nothing could decide
-                    result.status = Status.FAIL
-                    result.summary = f"[{percent} %] no URL left to probe: {missing[0].observed}"
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, "probe-serving")
                 return False
@@ -382,13 +411,14 @@ class ServiceValidation:
                     label: str) -> bool:
         """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
         self.starting(label)
-        result = await watch_release(self.clients.http, self.clients.logs, label=label, service=self.svc.name,
+        result = await gate_value(await watch_release(
+                                     self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
                                      previous_revision=snapshot.previous.name if snapshot.previous else None,
                                      since=self.revision_started or self.started_at, targets=targets,
                                      duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
                                      probes=self.settings.probes, rules=self.settings.logs,
-                                     tokens=self.clients.tokens)
+                                     tokens=self.clients.tokens))
         # the logs stage settles to the request log of the last probe the bake actually sent
         sent = result.data.get("last_probe_at") if isinstance(result.data, dict) else None
         if sent:
@@ -421,8 +451,8 @@ class ServiceValidation:
             return
         restore = rollback_split(snapshot.serving, revision, self.tag)
         self.starting("rollback")
-        result, applied = await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
-                                                 self.settings.deploy_timeout_s, failed_stage)
+        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+                                                 self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:
             self.traffic_after = applied
@@ -461,17 +491,71 @@ def _flow_run_url() -> str | None:
     return str(url) if url and str(url).startswith(("http://", "https://")) else None
 
 
-@flow(name="stagecheck-validate", log_prints=False, persist_result=False)
-async def validate(request: ValidationRequest | None = None) -> list[dict[str, str]] | State:
+def run_name(services: list[str], git_sha: str | None) -> str:
+    """Pure: the flow run's name, `validate-checkout-1a2b3c4` (services joined by `+`; `all` when the
+    config's every service; `HEAD` while the commit is not resolved yet)."""
+    return f"validate-{'+'.join(services) if services else 'all'}-{git_sha[:7] if git_sha else 'HEAD'}"
+
+
+def _initial_run_name() -> str:
+    """The name a run starts with, from its parameters (renamed once the config and commit are known)."""
+    params = flow_run.parameters or {}
+    return run_name(list(params.get("services") or []), params.get("git_sha"))
+
+
+async def _rename_run(name: str) -> None:
+    """Give the running flow run its final name (service and resolved SHA) through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.name == name:
+        return
+    async with get_client() as client:
+        await client.update_flow_run(context.flow_run.id, name=name)
+    context.flow_run.name = name
+
+
+@flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name)
+async def validate(
+    config: str = "stagecheck.toml",
+    services: list[str] | None = None,
+    git_sha: str | None = None,
+    git_ref: str | None = None,
+    traffic_steps: list[int] | None = None,
+    canary_hold_s: Annotated[float | None, Field(ge=0)] = None,
+    bake_s: Annotated[float | None, Field(ge=0)] = None,
+    dry_run: bool = False,
+    sandbox: bool = False,
+    state_dir: str = ".stagecheck",
+) -> list[dict[str, str]] | State:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
-    traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails."""
-    request = request or ValidationRequest()
+    traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails.
+
+    Flat parameters (the UI's run form, `prefect deployment run --param git_sha=...`, and triggers that
+    set only `git_sha` and `git_ref`): the fields of `flows.params.ValidationRequest`, described alike.
+
+    Args:
+        config: Path of the stagecheck.toml (relative to the working directory)
+        services: Cloud Run services to validate; empty means every service in the config
+        git_sha: Commit to validate (checked against the checkout); empty means HEAD
+        git_ref: Branch or ref the commit came from (shown in the report)
+        traffic_steps: Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]
+        canary_hold_s: Override the wait after each canary step (seconds)
+        bake_s: Override the bake window after the last step (seconds)
+        dry_run: Check syntax and build the image only; deploy nothing
+        sandbox: Target the local sandbox (endpoints from STATE_DIR/sandbox.json)
+        state_dir: Where the sandbox writes sandbox.json
+    """
     logger = get_run_logger()
     try:
+        request = ValidationRequest(config=config, services=services or [], git_sha=git_sha, git_ref=git_ref,
+                                    traffic_steps=traffic_steps, canary_hold_s=canary_hold_s, bake_s=bake_s,
+                                    dry_run=dry_run, sandbox=sandbox, state_dir=state_dir)
         settings = request.load()
-        services = [settings.service(name) for name in request.services] or list(settings.services)
-        check_sources(settings, services)  # the build inputs exist, before any stage
-    except ConfigError as exc:  # bad input: a Failed run with the readable message, not a traceback
+        chosen = [settings.service(name) for name in request.services] or list(settings.services)
+        check_sources(settings, chosen)  # the build inputs exist, before any stage
+    except (ConfigError, ValidationError) as exc:  # bad input: a Failed run, the readable message, no traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
     hold_secret_values(secret_values(settings, os.environ))  # every output masks them from here on
@@ -479,19 +563,22 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
-    syntax = await check_syntax(settings.repo_root, settings.syntax)  # once per run, recorded per service
+    # once per run, recorded per service
+    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))
     clients = Clients.from_settings(settings)
-    git_sha: str | StageError
+    commit: str | StageError
     try:
-        git_sha = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in services))
+        commit = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in chosen))
     except StageError as exc:
-        git_sha = exc
+        commit = exc
+    await _rename_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha))
+    logger = get_run_logger()  # its lines carry the new name
     try:
         reports = list(await asyncio.gather(*(
-            ServiceValidation(settings, svc, clients, git_sha,
+            ServiceValidation(settings, svc, clients, commit,
                               settings.traffic if traffic_override else settings.traffic_for(svc),
                               request.git_ref).run(syntax)
-            for svc in services)))
+            for svc in chosen)))
     finally:
         await clients.aclose()
 
@@ -500,6 +587,7 @@ async def validate(request: ValidationRequest | None = None) -> list[dict[str, s
         path = await publish_report(report, settings.report_dir)
         paths.append(path)
         progress().service_finished(report, path)
+        emit(verdict_event(report, str(path)))  # others react to the verdict with their own Automations
         logger.info("%s: %s%s -> %s", report.service, report.verdict.value.upper(),
                     f" (decided by {report.decided_by})" if report.decided_by else "", path)
     if len(reports) > 1:

@@ -1,9 +1,11 @@
 """One validation per Cloud Run service at a time.
 
 Each service has a Prefect global concurrency limit of 1 slot (`stagecheck-service-<name>`). The
-setup (`stagecheck serve`, `stagecheck validate`) creates the limits; the flow holds the slot for the
-whole per-service walk, acquired with `strict=True`: a missing limit fails the run loudly instead of
-limiting nothing. A second run for the same service waits; runs for other services proceed.
+setup (`stagecheck serve`, `stagecheck validate`) creates the limits, and so does the flow for a limit
+that is missing (a deployment in a user's own pool has no setup step); the flow holds the slot for the
+whole per-service walk, acquired with `strict=True`: a limit that still does not exist (the API refused
+to create it) fails the run loudly instead of limiting nothing. A second run for the same service waits;
+runs for other services proceed.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def limit_name(service: str) -> str:
     return f"{LIMIT_PREFIX}{service}"
 
 
-async def ensure_limits(client: PrefectClient, services: Iterable[str]) -> list[str]:
-    """Create (or repair to 1 active slot) the limit of each service; returns the limit names."""
+async def ensure_limits(client: PrefectClient, services: Iterable[str], *, repair: bool = True) -> list[str]:
+    """Create (or, with `repair`, repair to 1 active slot) the limit of each service; returns the limit names."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -50,7 +52,7 @@ async def ensure_limits(client: PrefectClient, services: Iterable[str]) -> list[
             except ObjectAlreadyExists:  # created concurrently by another setup: fine
                 pass
             continue
-        if existing.limit != SLOTS_PER_SERVICE or not existing.active:
+        if repair and (existing.limit != SLOTS_PER_SERVICE or not existing.active):
             await client.update_global_concurrency_limit(
                 name, GlobalConcurrencyLimitUpdate(limit=SLOTS_PER_SERVICE, active=True))
     return names
@@ -144,9 +146,9 @@ def lock_failed(service: str, error: ServiceLockError) -> StageResult:
                                            observed=str(error))])
 
 
-async def ensure_service_limits(services: Iterable[str]) -> list[str]:
+async def ensure_service_limits(services: Iterable[str], *, repair: bool = True) -> list[str]:
     """`ensure_limits` on the configured Prefect API (or the ephemeral one a local flow run uses)."""
     from prefect import get_client
 
     async with get_client() as client:
-        return await ensure_limits(client, services)
+        return await ensure_limits(client, services, repair=repair)

@@ -13,10 +13,10 @@ from stagecheck.container_platform import CLOUD_RUN_PLATFORM, judge_platform
 from stagecheck.model import Criterion, Evidence, ImageInfo, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.settings import ServiceConfig
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 
 
-@task(name="build", cache_policy=NO_CACHE)
+@task(name="build", cache_policy=NO_CACHE, task_run_name=stage_run_name("build"))
 async def build_image(images: Images, service: ServiceConfig, repository: str, git_sha: str,
                       extra_tags: tuple[str, ...] = ()) -> tuple[StageResult, ImageInfo | None]:
     logger = get_run_logger()
@@ -71,4 +71,4 @@ async def build_image(images: Images, service: ServiceConfig, repository: str, g
         )
 
     stage = await guarded("build", body, logger)
-    return stage, info
+    return gate(stage, (stage, info))

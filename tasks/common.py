@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -21,6 +21,7 @@ from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.secret_values import registry_auth
 from stagecheck.settings import Settings
 
+T = TypeVar("T")
 
 @dataclass
 class Clients:
@@ -69,3 +70,46 @@ async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],
                                                  expected="stage completes", observed=message)])
     result.duration_s = round(time.monotonic() - started, 3)
     return result
+
+
+@dataclass(frozen=True)
+class FailedGate:
+    """What a failed gate's task state carries: the task's return value (its StageResult inside), with a
+    short repr (Prefect logs the state; the evidence belongs in the report, not in one log line)."""
+
+    result: StageResult
+    value: Any
+
+    def __repr__(self) -> str:
+        return f"FailedGate({self.result.name}: {self.result.summary})"
+
+
+def gate(result: StageResult, value: T) -> T:
+    """A task's return: `value` as is when the gate passed; when `result` FAILed, a Failed task state
+    carrying `value` (so the run graph shows which gate failed) that the flow reads back with
+    `flows.validate.gate_value`. Outside a task run (a direct `.fn()` call) there is no state to end:
+    the value is returned as is."""
+    from prefect.context import TaskRunContext
+    from prefect.states import Failed
+
+    if result.status is not Status.FAIL or TaskRunContext.get() is None:
+        return value
+    # typed as T: the caller unwraps the state (flows.validate.gate_value); Prefect records it as the run's final state
+    return Failed(message=f"{result.name} failed: {result.summary}",  # type: ignore[return-value]
+                  data=FailedGate(result=result, value=value))
+
+
+def stage_run_name(stage: str | None = None, *, stage_param: str = "name", label_param: str | None = None
+                   ) -> Callable[..., str]:
+    """A `task_run_name` callable: the stage, the step label (`probe-serving [50 %]`) and the service,
+    read from the task's parameters (`service` is a name or a ServiceConfig)."""
+    def name(parameters: dict[str, Any]) -> str:
+        out = stage or str(parameters.get(stage_param, "stage"))
+        label = str(parameters.get(label_param) or "").strip() if label_param else ""
+        if label:
+            out += f" {label}" if label.startswith("[") else f" [{label}]"
+        service = parameters.get("service")
+        service_name = getattr(service, "name", service)
+        return f"{out} · {service_name}" if service_name else out
+
+    return name

@@ -34,7 +34,7 @@ from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Sta
 from stagecheck.report import console_logs_url
 from stagecheck.settings import ServiceConfig, Settings
 from stagecheck.traffic import describe, with_tagged_candidate
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 from tasks.inspect import ServiceSnapshot
 
 MAX_REVISION_NAME = 63
@@ -78,7 +78,7 @@ def _tag_uri(service: object, tag: str) -> str | None:
     return None
 
 
-@task(name="deploy", cache_policy=NO_CACHE)
+@task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name("deploy"))
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
     outcome = DeployOutcome(started_at=datetime.now(UTC))
@@ -187,4 +187,4 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
     stage = await guarded("deploy", body)
     if outcome.revision is None and stage.status is Status.FAIL:
         outcome.revision = RevisionInfo(name=name, tag=tag, image=image, log_url=log_url)
-    return stage, outcome
+    return gate(stage, (stage, outcome))

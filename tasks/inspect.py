@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.clients.cloudrun import CloudRun, ingress_name, revision_info, split_from_proto
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.traffic import describe, pin_latest, without_unready
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 
 
 @dataclass
@@ -51,7 +51,7 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
                            uri=svc.uri or None, previous=previous, ingress=ingress_name(svc), stale=stale)
 
 
-@task(name="inspect", cache_policy=NO_CACHE)
+@task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name("inspect"))
 async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult, ServiceSnapshot | None]:
     snapshot: ServiceSnapshot | None = None
 
@@ -75,4 +75,4 @@ async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult
         )
 
     result = await guarded("inspect", body)
-    return result, snapshot
+    return gate(result, (result, snapshot))

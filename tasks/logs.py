@@ -23,7 +23,7 @@ from stagecheck.log_analysis import (
 )
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import LogRules, ProbePolicy
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 
 
 def _records(entries: list[dict[str, Any]]) -> list[LogRecord]:
@@ -61,7 +61,7 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
         interval = min(interval * 2, 4.0)
 
 
-@task(name="logs", cache_policy=NO_CACHE)
+@task(name="logs", cache_policy=NO_CACHE, task_run_name=stage_run_name("logs"))
 async def analyse_logs(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
                        start: datetime, last_probe_at: datetime | None, rules: LogRules,
                        probes: ProbePolicy) -> StageResult:
@@ -92,4 +92,5 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
             result.status, result.summary = Status.FAIL, note
         return result
 
-    return await guarded("logs", body)
+    result = await guarded("logs", body)
+    return gate(result, result)

@@ -10,11 +10,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.clients.identity import IdTokens
-from stagecheck.model import StageResult, Status
+from stagecheck.model import Criterion, StageResult, Status
 from stagecheck.probe_auth import auth_failures
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
 from stagecheck.settings import ProbeAuth, ProbeMode, ProbePolicy
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 
 
 async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, tokens: IdTokens | None,
@@ -56,11 +56,27 @@ def probe_stage_result(name: str, results: Sequence[ProbeResult], label: str = "
                        criteria=[r.criterion(name) for r in results if r.status is not Status.SKIP or r.mode != ProbeMode.OFF])
 
 
-@task(name="probe", cache_policy=NO_CACHE)
+def with_unprobed(result: StageResult, unprobed: Sequence[Criterion], label: str = "") -> StageResult:
+    """Pure: the rows of URLs that could not be probed join the stage; a required URL nobody knows FAILs it,
+    and a stage left with nothing probed (every URL closed by ingress) FAILs: nothing could decide."""
+    if not unprobed:
+        return result
+    result.criteria.extend(unprobed)
+    if any(c.status is Status.FAIL for c in unprobed):
+        result.status = Status.FAIL
+        result.summary = f"{label}{next(c for c in unprobed if c.status is Status.FAIL).observed}"
+    elif result.status is Status.SKIP:
+        result.status = Status.FAIL
+        result.summary = f"{label}no URL left to probe: {unprobed[0].observed}"
+    return result
+
+
+@task(name="probe", cache_policy=NO_CACHE, task_run_name=stage_run_name(label_param="label"))
 async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarget], policy: ProbePolicy,
                      websocket: ProbeTarget | None = None, label: str = "", tokens: IdTokens | None = None,
-                     service: str = "") -> StageResult:
-    """Probe the URLs (ID tokens per probes.auth; a 401/403 fails naming the permission or audience)."""
+                     service: str = "", unprobed: list[Criterion] | None = None) -> StageResult:
+    """Probe the URLs (ID tokens per probes.auth; a 401/403 fails naming the permission or audience);
+    `unprobed`: rows of URLs that could not be probed (see `with_unprobed`)."""
     async def body() -> StageResult:
         results = await probe_many(http, await with_credentials(targets, policy, tokens, service), policy)
         # the WebSocket exchange runs after the HTTP probes warmed the revision up
@@ -70,4 +86,5 @@ async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarg
                                                  kind=ws.kind, mode=ws.mode, headers=ws.headers))
         return probe_stage_result(name, results, label)
 
-    return await guarded(name, body)
+    result = with_unprobed(await guarded(name, body), unprobed or [], label)
+    return gate(result, result)

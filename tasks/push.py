@@ -10,14 +10,14 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, ImageInfo, StageResult, Status
-from tasks.common import guarded
+from tasks.common import gate, guarded
 
 
 def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.2f} MB"
 
 
-@task(name="push", cache_policy=NO_CACHE)
+@task(name="push", cache_policy=NO_CACHE, task_run_name="push")
 async def push_image(images: Images, image: ImageInfo, repository: str,
                      previous_image: str | None) -> tuple[StageResult, ImageInfo]:
     pushed = image.model_copy()
@@ -50,4 +50,4 @@ async def push_image(images: Images, image: ImageInfo, repository: str,
         )
 
     stage = await guarded("push", body)
-    return stage, pushed
+    return gate(stage, (stage, pushed))

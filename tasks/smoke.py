@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.settings import SmokeCommand
-from tasks.common import guarded
+from tasks.common import gate, guarded
 
 TAIL_CHARS = 2000
 
@@ -39,7 +39,7 @@ async def run_command(cmd: SmokeCommand, env: Mapping[str, str], cwd: Path) -> t
     return proc.returncode, out.decode(errors="replace")[-TAIL_CHARS:], time.monotonic() - started
 
 
-@task(name="smoke", cache_policy=NO_CACHE)
+@task(name="smoke", cache_policy=NO_CACHE, task_run_name="smoke")
 async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: Path) -> StageResult:
     async def body() -> StageResult:
         if not commands:
@@ -59,4 +59,5 @@ async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: 
         summary = f"failed: {', '.join(failed)}" if failed else f"{len(commands)} command(s) passed"
         return StageResult(name="smoke", status=status, summary=summary, evidence=evidence, criteria=criteria)
 
-    return await guarded("smoke", body)
+    result = await guarded("smoke", body)
+    return gate(result, result)

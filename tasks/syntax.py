@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import SyntaxSettings
 from stagecheck.syntax import SyntaxReport, check_repository
-from tasks.common import guarded
+from tasks.common import gate, guarded
 
 MAX_LISTED = 50
 
@@ -40,7 +40,7 @@ def syntax_stage_result(report: SyntaxReport) -> StageResult:
     return StageResult(name="syntax", status=status, summary=summary, evidence=evidence, criteria=[criterion])
 
 
-@task(name="syntax", cache_policy=NO_CACHE)
+@task(name="syntax", cache_policy=NO_CACHE, task_run_name="syntax")
 async def check_syntax(repo_root: Path, config: SyntaxSettings) -> StageResult:
     async def body() -> StageResult:
         if not config.enabled:
@@ -49,4 +49,5 @@ async def check_syntax(repo_root: Path, config: SyntaxSettings) -> StageResult:
                                          exclude=config.exclude)
         return syntax_stage_result(report)
 
-    return await guarded("syntax", body)
+    result = await guarded("syntax", body)
+    return gate(result, result)

@@ -24,7 +24,7 @@ from stagecheck.traffic import (
     serving_revisions,
     without_unready,
 )
-from tasks.common import guarded
+from tasks.common import gate, guarded, stage_run_name
 
 
 def _resolved(split: Sequence[TrafficTarget], latest: str | None) -> dict[str, int]:
@@ -74,7 +74,8 @@ async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], t
         applied = stored
         return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled)
 
-    return await guarded(stage, body), applied
+    result = await guarded(stage, body)
+    return gate(result, (result, applied))
 
 
 async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[TrafficTarget]) -> dict[str, datetime | None]:
@@ -90,14 +91,15 @@ async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[Traffic
     return dict(zip(revisions, await asyncio.gather(*(created(r) for r in revisions)), strict=True))
 
 
-@task(name="shift-traffic", cache_policy=NO_CACHE)
+@task(name="shift-traffic", cache_policy=NO_CACHE,
+      task_run_name=stage_run_name("traffic", label_param="step_label"))
 async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
                         step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
     """One step of the traffic plan, verified against what serves."""
     return await _apply(cloudrun, service, split, timeout_s, "traffic", f"Traffic shifted ({step_label})", step_label)
 
 
-@task(name="rollback", cache_policy=NO_CACHE)
+@task(name="rollback", cache_policy=NO_CACHE, task_run_name=stage_run_name("rollback", label_param="reason"))
 async def rollback_traffic(cloudrun: CloudRun, service: str, restore: list[TrafficTarget], timeout_s: float,
                            reason: str) -> tuple[StageResult, list[TrafficTarget]]:
     """Restore the remembered split after a failed gate, verified against what serves."""
@@ -105,7 +107,7 @@ async def rollback_traffic(cloudrun: CloudRun, service: str, restore: list[Traff
                         f"rolled back after {reason}")
 
 
-@task(name="release-traffic", cache_policy=NO_CACHE)
+@task(name="release-traffic", cache_policy=NO_CACHE, task_run_name=stage_run_name("release"))
 async def finish_release(cloudrun: CloudRun, service: str, current: list[TrafficTarget], candidate: str, tag: str,
                          after_pass: AfterPass, keep_tags: int, timeout_s: float
                          ) -> tuple[StageResult, list[TrafficTarget]]:
@@ -134,10 +136,12 @@ async def finish_release(cloudrun: CloudRun, service: str, current: list[Traffic
         result.data["removed_tags"] = removed
         return result
 
-    return await guarded("release", body), applied
+    result = await guarded("release", body)
+    return gate(result, (result, applied))
 
 
-@task(name="restore-after-failed-deploy", cache_policy=NO_CACHE)
+@task(name="restore-after-failed-deploy", cache_policy=NO_CACHE,
+      task_run_name=stage_run_name("rollback [failed deploy]"))
 async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remembered: list[TrafficTarget],
                                       candidate: str, tag: str, keep_tags: int, timeout_s: float
                                       ) -> tuple[StageResult, list[TrafficTarget]]:
@@ -181,4 +185,5 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
             result.summary = f"{done}: the failed revision {candidate} is still a traffic target"
         return result
 
-    return await guarded("rollback", body), applied
+    result = await guarded("rollback", body)
+    return gate(result, (result, applied))

@@ -246,7 +246,7 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
           f"{' (sandbox)' if args.sandbox else ''}", flush=True)
     token = current_progress.set(display)
     try:
-        state: Any = asyncio.run(validate(request, return_state=True))  # type: ignore[arg-type]
+        state: Any = asyncio.run(validate(**request.parameters(), return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
     print(redact(display.table()))

@@ -214,7 +214,7 @@ def _run_flow(case: Case, config: Path, sandbox: Any) -> str:
     recorder = StageRecorder()
     token = current_progress.set(recorder)  # type: ignore[arg-type]
     try:
-        state: Any = asyncio.run(validate(ValidationRequest(**params), return_state=True))  # type: ignore[arg-type]
+        state: Any = asyncio.run(validate(**ValidationRequest(**params).parameters(), return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
     assert state.is_failed(), state

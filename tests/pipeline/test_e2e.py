@@ -47,7 +47,7 @@ async def run_flow(scenario: Any, config: Path, **request: Any) -> Run:
 
     req = ValidationRequest(config=str(config), sandbox=True, state_dir=scenario.sandbox.state_dir, **request)
     await ensure_service_limits([s.name for s in req.load().services])  # the setup `stagecheck validate` does
-    state = await validate(req, return_state=True)  # type: ignore[call-overload]
+    state = await validate(**req.parameters(), return_state=True)  # type: ignore[call-overload]
     reports = {p.name.removesuffix("-latest.json"): json.loads(p.read_text())
                for p in (scenario.root / "reports").glob("*-latest.json")}
     async with get_client() as client:

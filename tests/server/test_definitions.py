@@ -58,10 +58,12 @@ def test_schedule_and_merge_trigger_are_on_for_staging_and_off_for_production_un
 
 def test_merge_parameters_keep_the_defaults_and_template_sha_and_ref() -> None:
     target = Target(name="staging", request=ValidationRequest(config="c.toml", sandbox=True, dry_run=True))
-    request = target.merge_parameters()["request"]
+    # a trigger sets only the commit and ref; the server fills the rest in from the deployment's defaults
+    assert set(target.merge_parameters()) == {"git_sha", "git_ref"}
+    request = {**target.parameters(), **target.merge_parameters()}
     assert request["git_sha"] == "{{ event.payload.sha }}" and request["git_ref"] == "{{ event.payload.ref }}"
     assert request["config"] == "c.toml" and request["sandbox"] is True and request["dry_run"] is True
-    assert target.parameters()["request"]["git_sha"] is None
+    assert target.parameters()["git_sha"] is None
     assert target.merge_match() == {"prefect.resource.id": "git.repo.*"}
     only_main = Target(name="s", merge_repo="acme/shop", merge_branch="main")
     assert only_main.merge_match() == {"prefect.resource.id": "git.repo.acme.shop", REF_LABEL: "main"}
@@ -261,3 +263,19 @@ def test_the_webhook_env_is_not_taken_for_a_setting() -> None:
 
     assert env_overrides({"STAGECHECK_WEBHOOK_URL": "http://127.0.0.1:9/hook", "STAGECHECK_DRY_RUN": "1"}) == {
         "dry_run": "1"}
+
+
+def test_flow_parameters_are_the_request_fields_with_their_descriptions() -> None:
+    """The run form (from the flow's signature and docstring, also when read from source as `prefect deploy`
+    does) offers one parameter per request field, each with the field's description and rules."""
+    from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
+
+    from deployments.definitions import ENTRYPOINT, REPO_ROOT
+    from flows.validate import validate
+
+    for schema in (parameter_schema(validate.fn), parameter_schema_from_entrypoint(str(REPO_ROOT / ENTRYPOINT))):
+        properties = schema.model_dump()["properties"]
+        assert list(properties) == list(ValidationRequest.model_fields)
+        for name, field in ValidationRequest.model_fields.items():
+            assert properties[name]["description"] == field.description, name
+        assert properties["bake_s"]["anyOf"][0]["minimum"] == 0

@@ -2,7 +2,8 @@
 
 One batch of runs is started together (the `batch` fixture) and the tests read what happened
 through the API: a merge event (emitted with `stagecheck notify-merge`), two runs for service `a`,
-one for `b` (fails its smoke test; `a` and `b` meet in their smoke stage), one for `nolimit` (its concurrency limit was removed).
+one for `b` (fails its smoke test; `a` and `b` meet in their smoke stage), one for `nolimit` (its concurrency limit was removed:
+the run creates it).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ async def batch(deployed: Deployed) -> Batch:
     plan = {"a1": "a", "a2": "a", "b": "b", "nolimit": "nolimit"}
     async with client_for(deployed.server.url) as client:
         created = {label: await client.create_flow_run_from_deployment(
-            manual, parameters={"request": project.request(key)}) for label, key in plan.items()}
+            manual, parameters=project.request(key)) for label, key in plan.items()}
         # release `a`'s slot only once both `a` runs are Running: the one holding the slot and the
         # one waiting for it (a flow run is Running while it waits for the concurrency slot)
         try:
@@ -126,7 +127,7 @@ async def test_run_started_through_the_api_executes_on_the_worker_and_publishes_
         run = batch.runs[label]
         assert run.state.is_completed(), f"{label}: {run.state.name}: {run.state.message}"
         assert run.work_pool_name == POOL and run.infrastructure_pid
-        assert run.parameters["request"]["services"] == [service]
+        assert run.parameters["services"] == [service]
     async with client_for(deployed.server.url) as client:
         artifacts = await client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[batch.runs["a1"].id])))
@@ -169,20 +170,24 @@ async def test_failed_verdict_posts_a_summary_without_the_secret(deployed: Deplo
                 if r.body.get("stagecheck", {}).get("service") == deployed.project.services["a"]]
 
 
-async def test_a_missing_concurrency_limit_fails_the_run_loudly(deployed: Deployed, batch: Batch) -> None:
+async def test_a_missing_concurrency_limit_is_created_by_the_run(deployed: Deployed, batch: Batch) -> None:
+    """A deployment in a user's own pool has no setup step: the run creates the limit it needs (1 slot)
+    instead of failing at the lock gate."""
     run = batch.runs["nolimit"]
     service = deployed.project.services["nolimit"]
-    assert run.state.is_failed()
-    assert "lock" in run.state.message
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
     report = json.loads((deployed.project.root / "reports" / f"{service}-latest.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["syntax", "lock"]
-    assert limit_name(service) in report["stages"][-1]["summary"]
+    assert report["verdict"] == "pass"
+    assert "lock" not in [s["name"] for s in report["stages"]]
+    async with client_for(deployed.server.url) as client:
+        limit = await client.read_global_concurrency_limit_by_name(limit_name(service))
+    assert limit.limit == 1 and limit.active
 
 
 async def test_merge_event_starts_a_run_for_its_sha(deployed: Deployed, batch: Batch) -> None:
     project = deployed.project
     run = batch.merge_run
-    request = run.parameters["request"]
+    request = run.parameters
     assert request["git_sha"] == project.sha and request["git_ref"] == "refs/heads/main"
     assert request["services"] == [project.services["m"]] and request["dry_run"] is True
     assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
@@ -223,3 +228,24 @@ async def test_ensure_limits_creates_one_slot_per_service_and_repairs_a_changed_
         for name in names:
             limit = await client.read_global_concurrency_limit_by_name(name)
             assert (limit.limit, limit.active) == (1, True)
+
+
+async def test_the_run_form_has_flat_parameters_with_descriptions(deployed: Deployed) -> None:
+    """The UI's run form (the deployment's parameter schema) offers each parameter on its own, described,
+    so `prefect deployment run --param git_sha=...` and triggers can set one without the others."""
+    async with client_for(deployed.server.url) as client:
+        deployment = await client.read_deployment(deployed.ids["on-merge"])
+    properties = deployment.parameter_openapi_schema["properties"]
+    assert {"config", "services", "git_sha", "git_ref", "traffic_steps", "canary_hold_s", "bake_s", "dry_run",
+            "sandbox", "state_dir"} <= set(properties)
+    assert "request" not in properties
+    assert all(properties[name].get("description") for name in ("git_sha", "services", "bake_s", "dry_run"))
+    assert deployment.parameters["services"] == [deployed.project.services["m"]]
+    assert deployment.parameters["dry_run"] is True
+    # the merge trigger (an automation running the deployment) sets only the commit and ref
+    async with client_for(deployed.server.url) as client:
+        automations = await client.read_automations()
+    runs = [action for automation in automations for action in automation.actions
+            if getattr(action, "deployment_id", None) == deployed.ids["on-merge"]]
+    assert len(runs) == 1
+    assert runs[0].parameters == {"git_sha": "{{ event.payload.sha }}", "git_ref": "{{ event.payload.ref }}"}
