@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._infra import running_infra  # noqa: E402
 from sandbox.control import start, stop  # noqa: E402
+from sandbox.sample_image import ensure_build_context  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EXAMPLE = REPO / "examples" / "stagecheck.sandbox.toml"
@@ -114,6 +115,9 @@ def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, 
         if "stages" not in report:
             continue
         verdicts.append(f"{report['service']}={report['verdict']}")
+        if report["verdict"] == "fail":  # a benchmark of failing runs measures the wrong thing: say why
+            print(f"    {report['service']} failed at {report.get('decided_by')}: {(report.get('reasons') or [''])[0]}",
+                  flush=True)
         durations = {s["name"]: s["duration_s"] for s in report["stages"]}
         works.append(sum(durations.values()))
         stages = stages or durations
@@ -207,6 +211,7 @@ def main() -> int:
     if unknown:
         parser.error(f"--cases: unknown {unknown}; choose from {list(CASES)}")
     infra = running_infra()
+    ensure_build_context()  # the sample service's bin/busybox (a copy of the host's, gitignored)
     with tempfile.TemporaryDirectory(prefix="stagecheck-bench-verdict-") as tmp:
         work = Path(tmp)
         codes: dict[str, Path] = {"this": REPO}

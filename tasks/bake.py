@@ -8,14 +8,13 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.bake import BakeFinding, BakeWatch, bake_result, judge_bake_logs, judge_probe_answer
-from stagecheck.clients.cloudlogging import LogReader
-from stagecheck.clients.identity import IdTokens
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -30,6 +29,10 @@ from stagecheck.prober import ProbeTarget, probe_once, safe_url
 from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
 from tasks.common import guarded
 from tasks.probe import with_credentials
+
+if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported where first used
+    from stagecheck.clients.cloudlogging import LogReader
+    from stagecheck.clients.identity import IdTokens
 
 PAGE = 1000  # entries per incremental read (one entries.list request)
 
