@@ -200,7 +200,6 @@ class ServiceValidation:
         return self._report(image, revision)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
-        cr = self.clients.cloudrun
         if not self.record(syntax):
             return None, None
         if self.git_error is not None:
@@ -213,7 +212,7 @@ class ServiceValidation:
             snapshot = ServiceSnapshot(exists=False)
         else:
             self.starting("inspect")
-            result, self.snapshot = await inspect_service(cr, self.svc.name)
+            result, self.snapshot = await inspect_service(self.clients.cloudrun, self.svc.name)
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
@@ -231,7 +230,7 @@ class ServiceValidation:
             return image, None
 
         self.starting("deploy")
-        result, outcome = await deploy_revision(cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
+        result, outcome = await deploy_revision(self.clients.cloudrun, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha,
                                                 tag=self.tag, snapshot=snapshot)
         revision = outcome.revision
         if revision is not None:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from stagecheck.clients.identity import IdTokens
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
@@ -20,6 +19,7 @@ from stagecheck.settings import Settings
 if TYPE_CHECKING:  # the API client modules load google.cloud.run_v2 (~0.3 s): imported where first used
     from stagecheck.clients.cloudlogging import LogReader
     from stagecheck.clients.cloudrun import CloudRun
+    from stagecheck.clients.identity import IdTokens
 
 
 @dataclass
@@ -31,9 +31,9 @@ class Clients:
     settings: Settings
     images: Images
     http: httpx.AsyncClient
-    tokens: IdTokens | None = None  # ID tokens for the probes (probes.auth = "id_token")
     _cloudrun: CloudRun | None = field(default=None, repr=False)
     _logs: LogReader | None = field(default=None, repr=False)
+    _tokens: IdTokens | None = field(default=None, repr=False)
 
     @property
     def cloudrun(self) -> CloudRun:
@@ -42,6 +42,15 @@ class Clients:
 
             self._cloudrun = CloudRun(self.settings)
         return self._cloudrun
+
+    @property
+    def tokens(self) -> IdTokens | None:
+        """ID tokens for the probes (probes.auth = "id_token"); google.auth's JWT/crypto modules load on first use."""
+        if self._tokens is None:
+            from stagecheck.clients.identity import IdTokens
+
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file)
+        return self._tokens
 
     @property
     def logs(self) -> LogReader:
@@ -58,7 +67,6 @@ class Clients:
             images=Images(settings.docker_host),
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
-            tokens=IdTokens(settings.endpoints.credentials_file),
         )
 
     async def aclose(self) -> None:
