@@ -1,6 +1,10 @@
 """Benchmark: time to verdict of `stagecheck validate` on the sandbox. Prints figures; not a test.
 
     STAGECHECK_STATE_DIR=/work/main/.stagecheck .venv/bin/python benchmarks/bench_verdict.py [--repeat 3]
+        [--cases dry-temp,dry,x1-temp,x1,x3] [--baseline REV]
+
+--baseline REV also runs a `git archive` copy of commit REV (PYTHONPATH first, the same venv),
+interleaved with this checkout, and prints this/baseline ratios: before and after in the same run.
 
 Starts its own sandbox (temp state dir, the running Docker Engine and registry of
 $STAGECHECK_STATE_DIR) and, for the "configured server" runs, its own `prefect server start` on a free
