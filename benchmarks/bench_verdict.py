@@ -1,6 +1,10 @@
 """Benchmark: time to verdict of `stagecheck validate` on the sandbox. Prints figures; not a test.
 
     STAGECHECK_STATE_DIR=/work/main/.stagecheck .venv/bin/python benchmarks/bench_verdict.py [--repeat 3]
+        [--cases dry-temp,dry,x1-temp,x1,x3] [--baseline REV]
+
+--baseline REV also runs a `git archive` copy of commit REV (PYTHONPATH first, the same venv),
+interleaved with this checkout, and prints this/baseline ratios: before and after in the same run.
 
 Starts its own sandbox (temp state dir, the running Docker Engine and registry of
 $STAGECHECK_STATE_DIR) and, for the "configured server" runs, its own `prefect server start` on a free
@@ -42,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._infra import running_infra  # noqa: E402
 from sandbox.control import start, stop  # noqa: E402
+from sandbox.sample_image import ensure_build_context  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EXAMPLE = REPO / "examples" / "stagecheck.sandbox.toml"
@@ -52,6 +57,7 @@ class Outcome:
     wall_s: float
     stage_work_s: float  # the slowest service's sum of stage durations
     stages: dict[str, float]  # stage -> seconds (first service)
+    per_service: dict[str, dict[str, float]]  # service -> stage -> seconds (every service)
     verdicts: list[str]
     max_rss_mb: float
     cpu_s: float  # user + system CPU of the validate process and the children it waited for
@@ -84,14 +90,18 @@ def write_config(dest: Path, services: int, reports: Path) -> Path:
     return dest
 
 
-def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, reports: Path) -> Outcome:
+def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, reports: Path,
+                 code: Path = REPO) -> Outcome:
+    """One `stagecheck validate` run of the code in `code` (this checkout, or a copy of another commit)."""
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
+    if code != REPO:  # the copy's packages come first on sys.path (the venv's editable install points here)
+        env = {**env, "PYTHONPATH": str(code)}
     cmd = [str(BIN / "stagecheck"), "validate", "--config", str(config), "--sandbox", "--state-dir", str(state)]
     if dry_run:
         cmd.append("--dry-run")
     started = time.perf_counter()
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=code)
     assert process.stdout is not None
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -103,15 +113,20 @@ def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, 
     works: list[float] = []
     verdicts: list[str] = []
     stages: dict[str, float] = {}
+    per_service: dict[str, dict[str, float]] = {}
     for path in found:
         report = json.loads(path.read_text())
         if "stages" not in report:
             continue
         verdicts.append(f"{report['service']}={report['verdict']}")
+        if report["verdict"] == "fail":  # a benchmark of failing runs measures the wrong thing: say why
+            print(f"    {report['service']} failed at {report.get('decided_by')}: {(report.get('reasons') or [''])[0]}",
+                  flush=True)
         durations = {s["name"]: s["duration_s"] for s in report["stages"]}
         works.append(sum(durations.values()))
         stages = stages or durations
-    return Outcome(wall, max(works), stages, verdicts, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+        per_service[report["service"]] = durations
+    return Outcome(wall, max(works), stages, per_service, verdicts, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -148,10 +163,10 @@ def stop_prefect_server(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def import_cost() -> str:
+def import_cost(code: Path = REPO) -> str:
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import stagecheck.commands.validate, flows.validate"],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        capture_output=True, text=True, cwd=code, check=True, env={**os.environ, "PYTHONPATH": str(code)},
     )  # fmt: skip
     rows = []
     for line in out.stderr.splitlines():
@@ -169,14 +184,49 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+CASES = {  # key -> (label, services, temporary server?, dry run?)
+    "dry-temp": ("dry run, temporary server", 1, True, True),
+    "dry": ("dry run, configured server", 1, False, True),
+    "x1-temp": ("release x1, temporary server", 1, True, False),
+    "x1": ("release x1, configured server", 1, False, False),
+    "x3": ("release x3, configured server", 3, False, False),
+}
+
+
+def median_stages(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:
+    """service -> stage -> median seconds over the runs."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for outcome in outcomes:
+        for service, stages in outcome.per_service.items():
+            for stage, seconds in stages.items():
+                table.setdefault(service, {}).setdefault(stage, []).append(seconds)
+    return {svc: {stage: med(values) for stage, values in stages.items()} for svc, stages in table.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--baseline", default="", metavar="REV",
+                        help="also run a copy of this git revision (git archive), interleaved: before/after ratios")
     args = parser.parse_args()
+    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; choose from {list(CASES)}")
     infra = running_infra()
-    print(f"imports: {import_cost()}")
+    ensure_build_context()  # the sample service's bin/busybox (a copy of the host's, gitignored)
     with tempfile.TemporaryDirectory(prefix="stagecheck-bench-verdict-") as tmp:
         work = Path(tmp)
+        codes: dict[str, Path] = {"this": REPO}
+        if args.baseline:
+            base = work / "baseline"
+            base.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+            codes = {f"baseline {args.baseline}": base, "this": REPO}
+        for name, code in codes.items():
+            print(f"imports ({name}): {import_cost(code)}")
         state = work / "sandbox"
         start(state, docker_host=infra.docker_host, registry=infra.registry)
         server = None
@@ -187,42 +237,52 @@ def main() -> int:
             base_env.pop("PREFECT_API_URL", None)
             without = {**base_env, "PREFECT_HOME": str(work / "prefect-ephemeral")}
             configured = {**base_env, "PREFECT_HOME": str(work / "prefect-client"), "PREFECT_API_URL": api}
-            one = write_config(work / "one.toml", 1, work / "reports")
-            three = write_config(work / "three.toml", 3, work / "reports")
-            cases = [
-                ("dry run, temporary server", one, without, True),
-                ("dry run, configured server", one, configured, True),
-                ("release x1, temporary server", one, without, False),
-                ("release x1, configured server", one, configured, False),
-                ("release x3, configured server", three, configured, False),
-            ]
-            results: dict[str, list[Outcome]] = {label: [] for label, *_ in cases}
-            for _label, config, env, dry in cases:  # warm-up: image layers, caches, the Prefect DBs
-                run_validate(config, state, env, dry, work / "reports")
+            configs = {n: write_config(work / f"services-{n}.toml", n, work / "reports") for n in (1, 3)}
+            runs = [(f"{CASES[k][0]}", configs[CASES[k][1]], without if CASES[k][2] else configured, CASES[k][3])
+                    for k in keys]
+            results: dict[tuple[str, str], list[Outcome]] = {(c, r[0]): [] for r in runs for c in codes}
+            load = [os.getloadavg()[0]]
+            for _label, config, env, dry in runs:  # warm-up: image layers, caches, the Prefect DBs
+                for code in codes.values():
+                    run_validate(config, state, env, dry, work / "reports", code)
             for _ in range(args.repeat):
-                for label, config, env, dry in cases:
-                    results[label].append(run_validate(config, state, env, dry, work / "reports"))
+                for label, config, env, dry in runs:
+                    for name, code in codes.items():
+                        results[(name, label)].append(run_validate(config, state, env, dry, work / "reports", code))
+                load.append(os.getloadavg()[0])
         finally:
             if server is not None:
                 stop_prefect_server(server)
             stop(state)
     print(f"\nmedian of {args.repeat} (interleaved, warm); cores={len(os.sched_getaffinity(0))}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  {'case':<32}{'wall s':>8}{'stage work s':>14}{'overhead s':>12}{'CPU s':>8}{'peak RSS MB':>13}  verdicts")
-    for label, outcomes in results.items():
-        print(f"  {label:<32}{med([o.wall_s for o in outcomes]):8.2f}{med([o.stage_work_s for o in outcomes]):14.2f}"
+          f"load average (1 min) {min(load):.1f}-{max(load):.1f}, at the end {os.getloadavg()[0]:.1f}")
+    print(f"  {'code':<20}{'case':<32}{'wall s':>8}{'stage work s':>14}{'overhead s':>12}{'CPU s':>8}"
+          f"{'peak RSS MB':>13}  verdicts")
+    for (name, label), outcomes in results.items():
+        print(f"  {name:<20}{label:<32}{med([o.wall_s for o in outcomes]):8.2f}"
+              f"{med([o.stage_work_s for o in outcomes]):14.2f}"
               f"{med([o.overhead_s for o in outcomes]):12.2f}{med([o.cpu_s for o in outcomes]):8.2f}"
               f"{max(o.max_rss_mb for o in outcomes):13.0f}  {' '.join(sorted(set(outcomes[-1].verdicts)))}")
-    for label in ("dry run, configured server", "release x1, configured server"):
-        stages = results[label][-1].stages
-        print(f"  stages ({label}, last run): " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
-    for kind in ("dry run", "release x1"):
-        cost = med([o.wall_s for o in results[f"{kind}, temporary server"]]) - med(
-            [o.wall_s for o in results[f"{kind}, configured server"]])
-        print(f"  temporary server cost ({kind}): {cost:.2f} s of wall time")
-    ratio = med([o.wall_s for o in results["release x3, configured server"]]) / med(
-        [o.wall_s for o in results["release x1, configured server"]])
-    print(f"  three services in one run: {ratio:.2f}x the wall time of one (target <= 1.5x)")
+
+    def wall(name: str, key: str) -> float:
+        return med([o.wall_s for o in results[(name, CASES[key][0])]])
+
+    for name in codes:
+        for key in ("dry", "x1", "x3"):
+            if (name, CASES[key][0]) in results:
+                for svc, stages in median_stages(results[(name, CASES[key][0])]).items():
+                    print(f"  stages ({name}, {CASES[key][0]}, {svc}, median): "
+                          + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+        for kind, temp, conf in (("dry run", "dry-temp", "dry"), ("release x1", "x1-temp", "x1")):
+            if temp in keys and conf in keys:
+                print(f"  temporary server cost ({name}, {kind}): {wall(name, temp) - wall(name, conf):.2f} s of wall time")
+        if "x1" in keys and "x3" in keys:
+            print(f"  three services in one run ({name}): {wall(name, 'x3') / wall(name, 'x1'):.2f}x the wall "
+                  "time of one (target <= 1.5x)")
+    if len(codes) == 2:
+        base_name = next(iter(codes))
+        for key in keys:
+            print(f"  {CASES[key][0]}: this / baseline wall time {wall('this', key) / wall(base_name, key):.2f}")
     return 0
 
 

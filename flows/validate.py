@@ -236,7 +236,6 @@ class ServiceValidation:
             get_run_logger().warning("could not create the concurrency limit %s: %s", limit_name(self.svc.name), exc)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
-        cr = self.clients.cloudrun
         if not self.record(syntax):
             return None, None
         if self.git_error is not None:
@@ -249,7 +248,7 @@ class ServiceValidation:
             snapshot = ServiceSnapshot(exists=False)
         else:
             self.starting("inspect")
-            result, self.snapshot = await gate_value(await inspect_service(cr, self.svc.name))
+            result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
@@ -269,7 +268,7 @@ class ServiceValidation:
 
         self.starting("deploy")
         result, outcome = await gate_value(await deploy_revision(
-            cr, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
+            self.clients.cloudrun, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at

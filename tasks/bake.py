@@ -8,14 +8,13 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.bake import BakeFinding, BakeWatch, bake_result, judge_bake_logs, judge_probe_answer
-from stagecheck.clients.cloudlogging import LogReader
-from stagecheck.clients.identity import IdTokens
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -30,6 +29,10 @@ from stagecheck.prober import ProbeTarget, probe_once, safe_url
 from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
 from tasks.common import gate, guarded, stage_run_name
 from tasks.probe import with_credentials
+
+if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported where first used
+    from stagecheck.clients.cloudlogging import LogReader
+    from stagecheck.clients.identity import IdTokens
 
 PAGE = 1000  # entries per incremental read (one entries.list request)
 
@@ -51,6 +54,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
     watch = BakeWatch(label=label, planned_s=duration_s, started_at=datetime.now(UTC),
                       urls=[safe_url(t.url) for t in watched])
     started = time.monotonic()
+    ends = started + duration_s  # a log read the project's budget cannot start before this is not made
     done = asyncio.Event()
 
     def found(source: str, reason: str, evidence_at: datetime | None = None) -> None:
@@ -78,25 +82,32 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 watch.advisory_failures.append(reason)
             await _pause(done, interval_s)
 
-    async def baseline() -> LogSummary | None:
+    async def baseline() -> tuple[LogSummary | None, bool]:
+        """The previous revision's summary, and False when the budget had no slot for it before the end."""
         if not previous_revision:
-            return None
+            return None, True
         length = (datetime.now(UTC) - since) + timedelta(seconds=duration_s)
         read = await reader.read_revision(service=service, revision=previous_revision, start=since - length,
-                                          end=since, max_entries=rules.max_entries, newest_first=True)
+                                          end=since, max_entries=rules.max_entries, newest_first=True,
+                                          deadline=ends)
         watch.log_reads += read.requests
         watch.log_retries += read.retried
         return summarise([record_from_entry_dict(e) for e in read.entries], revision=previous_revision,
-                         window=(since - length, since), retry_statuses=probes.retry_statuses)
+                         window=(since - length, since), retry_statuses=probes.retry_statuses), not read.declined
 
     async def log_loop() -> None:
-        previous = await baseline()
+        previous, complete = await baseline()
+        if not complete:  # without the whole baseline every old signature would look new: the logs stage judges
+            return
         records: dict[str, LogRecord] = {}
         cursor = since
         while not done.is_set():
-            read = await reader.read_revision(service=service, revision=revision, start=cursor, max_entries=PAGE)
+            read = await reader.read_revision(service=service, revision=revision, start=cursor, max_entries=PAGE,
+                                              deadline=ends)
             watch.log_reads += read.requests
             watch.log_retries += read.retried
+            if read.declined:  # no read slot left before the watch ends: the logs stage reads what follows
+                return
             for entry in read.entries:
                 record = record_from_entry_dict(entry)
                 records.setdefault(record.insert_id or f"{record.timestamp.isoformat()} {record.message}", record)

@@ -7,14 +7,11 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from stagecheck.clients.cloudlogging import LogReader
-from stagecheck.clients.cloudrun import CloudRun
-from stagecheck.clients.identity import IdTokens
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
@@ -23,25 +20,57 @@ from stagecheck.settings import Settings
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:  # the API client modules load google.cloud.run_v2 (~0.3 s): imported where first used
+    from stagecheck.clients.cloudlogging import LogReader
+    from stagecheck.clients.cloudrun import CloudRun
+    from stagecheck.clients.identity import IdTokens
+
+
 @dataclass
 class Clients:
-    """The outside world, built once from Settings and shared by every service of a run."""
+    """The outside world, built once from Settings and shared by every service of a run. The Cloud Run
+    and Cloud Logging clients are built (and their libraries imported) on first use: a dry run and the
+    syntax check never load them."""
 
-    cloudrun: CloudRun
-    logs: LogReader
+    settings: Settings
     images: Images
     http: httpx.AsyncClient
-    tokens: IdTokens | None = None  # ID tokens for the probes (probes.auth = "id_token")
+    _cloudrun: CloudRun | None = field(default=None, repr=False)
+    _logs: LogReader | None = field(default=None, repr=False)
+    _tokens: IdTokens | None = field(default=None, repr=False)
+
+    @property
+    def cloudrun(self) -> CloudRun:
+        if self._cloudrun is None:
+            from stagecheck.clients.cloudrun import CloudRun
+
+            self._cloudrun = CloudRun(self.settings)
+        return self._cloudrun
+
+    @property
+    def tokens(self) -> IdTokens | None:
+        """ID tokens for the probes (probes.auth = "id_token"); google.auth's JWT/crypto modules load on first use."""
+        if self._tokens is None:
+            from stagecheck.clients.identity import IdTokens
+
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file)
+        return self._tokens
+
+    @property
+    def logs(self) -> LogReader:
+        if self._logs is None:
+            from stagecheck.clients.cloudlogging import LogReader
+
+            self._logs = LogReader(self.settings)
+        return self._logs
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
         return cls(
-            cloudrun=CloudRun(settings),
-            logs=LogReader(settings),
+            settings=settings,
             images=Images(settings.docker_host, registry_auth=registry_auth(os.environ)),
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
-            tokens=IdTokens(settings.endpoints.credentials_file),
         )
 
     async def aclose(self) -> None:

@@ -15,20 +15,11 @@ import secrets as _random
 import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from google.cloud import run_v2
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import (
-    DEPLOY_MASK,
-    CloudRun,
-    RevisionNameConflict,
-    build_template,
-    revision_info,
-    split_from_proto,
-    template_facts,
-)
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.report import console_logs_url
@@ -36,6 +27,11 @@ from stagecheck.settings import ServiceConfig, Settings
 from stagecheck.traffic import describe, with_tagged_candidate
 from tasks.common import gate, guarded, stage_run_name
 from tasks.inspect import ServiceSnapshot
+
+if TYPE_CHECKING:  # google.cloud.run_v2 is imported where the API is first used (a dry run never does)
+    from google.cloud import run_v2
+
+    from stagecheck.clients.cloudrun import CloudRun
 
 MAX_REVISION_NAME = 63
 
@@ -81,6 +77,15 @@ def _tag_uri(service: object, tag: str) -> str | None:
 @task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name("deploy"))
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
+    from stagecheck.clients.cloudrun import (
+        DEPLOY_MASK,
+        RevisionNameConflict,
+        build_template,
+        revision_info,
+        split_from_proto,
+        template_facts,
+    )
+
     outcome = DeployOutcome(started_at=datetime.now(UTC))
     name = revision_name(service.name, git_sha[:7])
     log_url = console_logs_url(project=settings.project, region=settings.region, service=service.name,

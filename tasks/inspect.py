@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, ingress_name, revision_info, split_from_proto
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.traffic import describe, pin_latest, without_unready
 from tasks.common import gate, guarded, stage_run_name
+
+if TYPE_CHECKING:  # google.cloud.run_v2 is imported where the API is first used (a dry run never does)
+    from stagecheck.clients.cloudrun import CloudRun
 
 
 @dataclass
@@ -34,6 +37,8 @@ class ServiceSnapshot:
 
 
 async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
+    from stagecheck.clients.cloudrun import ingress_name, revision_info, split_from_proto
+
     svc = await cloudrun.get_service(service)
     if svc is None:
         return ServiceSnapshot(exists=False)

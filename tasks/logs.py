@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudlogging import PAGE_SIZE_MAX, LogReader
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -24,6 +23,9 @@ from stagecheck.log_analysis import (
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import LogRules, ProbePolicy
 from tasks.common import gate, guarded, stage_run_name
+
+if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported where first used
+    from stagecheck.clients.cloudlogging import LogReader
 
 
 def _records(entries: list[dict[str, Any]]) -> list[LogRecord]:
@@ -41,11 +43,16 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
 
     Reads newest first, so the last probe's request log is inside the `max_entries` cap even on a busy
     revision; (records, settled, truncated), truncated when older entries were left out by the cap.
-    Each poll costs entries.list requests from the project's read budget, so the polls back off."""
+    Each poll costs entries.list requests from the project's read budget, so the polls back off; the
+    pause between polls counts from when a poll was asked for, so the time a poll already waited for
+    its budget slot (other services of the project reading) is not waited again."""
+    from stagecheck.clients.cloudlogging import PAGE_SIZE_MAX
+
     deadline = time.monotonic() + rules.settle_s
     interval = 0.5
     page = min(PAGE_SIZE_MAX, rules.max_entries)  # one entries.list request per poll
     while True:
+        asked = time.monotonic()
         end = datetime.now(UTC)
         read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
                                           max_entries=page, newest_first=True)
@@ -57,7 +64,8 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
                                                   max_entries=rules.max_entries, newest_first=True)
                 records = _records(read.entries)
             return records, settled, read.truncated
-        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        pause = interval - (time.monotonic() - asked)
+        await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
         interval = min(interval * 2, 4.0)
 
 

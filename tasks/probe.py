@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.identity import IdTokens
 from stagecheck.model import Criterion, StageResult, Status
 from stagecheck.probe_auth import auth_failures
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
 from stagecheck.settings import ProbeAuth, ProbeMode, ProbePolicy
 from tasks.common import gate, guarded, stage_run_name
+
+if TYPE_CHECKING:  # google.auth's JWT and crypto modules: loaded where ID tokens are first minted
+    from stagecheck.clients.identity import IdTokens
 
 
 async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, tokens: IdTokens | None,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from stagecheck.clients.cloudrun import CloudRun, proto_time, split_from_proto, split_from_statuses
 from stagecheck.model import Criterion, Evidence, StageResult, Status, TrafficTarget
 from stagecheck.settings import AfterPass
 from stagecheck.traffic import (
@@ -25,6 +25,9 @@ from stagecheck.traffic import (
     without_unready,
 )
 from tasks.common import gate, guarded, stage_run_name
+
+if TYPE_CHECKING:  # google.cloud.run_v2 is imported where the API is first used (a dry run never does)
+    from stagecheck.clients.cloudrun import CloudRun
 
 
 def _resolved(split: Sequence[TrafficTarget], latest: str | None) -> dict[str, int]:
@@ -58,6 +61,8 @@ def split_result(stage: str, criterion: str, requested: list[TrafficTarget], ser
 async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float
                            ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
     """Send `split`, wait for the operation, then for reconciliation; (requested as stored, serving, reconciled)."""
+    from stagecheck.clients.cloudrun import split_from_proto, split_from_statuses
+
     await cloudrun.set_traffic(service, split, timeout_s)
     svc = await cloudrun.wait_served(service, timeout_s=timeout_s)
     reconciled = not svc.reconciling and svc.observed_generation >= svc.generation
@@ -80,6 +85,8 @@ async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], t
 
 async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[TrafficTarget]) -> dict[str, datetime | None]:
     """Creation time of each revision that holds one of stagecheck's own tags (None: unknown / gone)."""
+    from stagecheck.clients.cloudrun import proto_time
+
     revisions = sorted({t.revision for t in split if t.revision and t.tag and OWN_TAG_RE.match(t.tag)})
 
     async def created(revision: str) -> datetime | None:
@@ -148,6 +155,8 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
     """After a failed deploy: put back the split remembered before it, without the candidate's target and
     without any 0 % target whose revision is not Ready (a stale target to a failed revision makes
     every later update of the service fail with that revision's error)."""
+    from stagecheck.clients.cloudrun import split_from_proto
+
     applied: list[TrafficTarget] = []
 
     async def body() -> StageResult:

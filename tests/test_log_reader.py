@@ -65,6 +65,68 @@ def test_at_most_burst_plus_rate_reads_start_in_any_minute() -> None:
     assert sum(1 for s in starts if s < 60.0) <= 33
 
 
+def test_a_caller_with_a_deadline_takes_no_slot_past_it() -> None:
+    now = [0.0]
+    budget = ReadBudget(30, burst=1, clock=lambda: now[0])
+    assert budget.reserve() == 0.0  # the burst is spent: the next slot starts 2 s from now
+
+    async def ask(deadline: float) -> float | None:
+        return await budget.acquire(deadline)
+
+    assert asyncio.run(ask(1.5)) is None  # declined, nothing taken
+    assert (budget.granted, budget.declined) == (1, 1)
+    assert budget.reserve() == pytest.approx(2.0)  # the slot a declined caller did not take is still the next
+
+
+def test_a_cancelled_waiter_gives_back_only_the_latest_slot() -> None:
+    now = [0.0]
+    budget = ReadBudget(30, burst=1, clock=lambda: now[0])
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        asleep = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            asleep.set()
+            await asyncio.sleep(3600)
+
+        budget._sleep = sleep
+        assert budget.reserve() == 0.0
+        waiter = asyncio.create_task(budget.acquire())  # the slot at 2 s, the latest reservation
+        await asleep.wait()
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        after_latest = [budget.reserve()]  # as if the cancelled waiter never asked: 2 s again
+        asleep.clear()
+        middle = asyncio.create_task(budget.acquire())  # 4 s
+        await asleep.wait()
+        after_latest.append(budget.reserve())  # 6 s: someone reserved after the waiter
+        middle.cancel()
+        await asyncio.gather(middle, return_exceptions=True)
+        return after_latest, [budget.reserve()]  # not the latest: its slot stays spent, the next is 8 s
+
+    after_latest, after_middle = asyncio.run(scenario())
+    assert after_latest == pytest.approx([2.0, 6.0])
+    assert after_middle == pytest.approx([8.0])
+    assert budget.returned == 1
+
+
+def test_cancelled_waiters_never_let_more_reads_start() -> None:
+    now = [0.0]
+    budget = ReadBudget(30, burst=3, clock=lambda: now[0])
+    starts: list[float] = []
+    for n in range(300):  # callers arrive every 0.5 s; every third one is cancelled right after asking
+        now[0] = n * 0.5
+        taken = budget._take(None)
+        assert taken is not None
+        wait, ticket = taken
+        if n % 3 == 2 and budget._give_back(ticket):
+            continue
+        starts.append(now[0] + wait)
+    starts.sort()
+    for first in starts:  # any 60 s window: at most burst + 30
+        assert sum(1 for t in starts if first <= t < first + 60.0) <= 33
+
+
 def test_readers_of_one_project_share_one_budget() -> None:
     one, two = LogReader(settings("http://127.0.0.1:9")), LogReader(settings("http://127.0.0.1:9"))
     assert one.budget is two.budget

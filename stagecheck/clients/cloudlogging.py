@@ -54,7 +54,10 @@ class ReadBudget:
     In any 60 s window at most `burst + per_minute` requests start, so 30/min with a burst of 3 stays
     far below Cloud Logging's 60/min per project even when every service of a run reads at once.
     Each caller reserves the next free slot under a (thread) lock and sleeps outside it, so waiters are
-    served in arrival order and the budget works across event loops and threads."""
+    served in arrival order and the budget works across event loops and threads. A caller that only
+    wants a slot before a deadline (a bake's read near its end) takes none past it; a caller cancelled
+    while waiting gives its slot back when nobody reserved after it (exactly as if it never asked;
+    later reservations keep theirs, so the budget is never exceeded)."""
 
     _shared: dict[tuple[str, str, float], ReadBudget] = {}
     _shared_lock = threading.Lock()
@@ -70,6 +73,10 @@ class ReadBudget:
         self._lock = threading.Lock()
         self.granted = 0
         self.waited_s = 0.0
+        self.declined = 0  # no slot before the caller's deadline: nothing taken
+        self.returned = 0  # cancelled waiters whose slot went back to the bucket
+        self._ticket = 0  # the latest reservation, while it can still be given back (0: none)
+        self._last: tuple[float, float] = (0.0, 0.0)  # its (wait, clock at reservation)
 
     @classmethod
     def for_project(cls, endpoint: str, project: str, per_minute: float) -> ReadBudget:
@@ -83,21 +90,53 @@ class ReadBudget:
 
     def reserve(self) -> float:
         """Take the next slot; the seconds to wait before using it."""
+        taken = self._take(None)
+        assert taken is not None  # no deadline: always a slot
+        return taken[0]
+
+    def _take(self, deadline: float | None) -> tuple[float, int] | None:
+        """(wait, ticket) of the next slot, or None (nothing taken) when it starts after `deadline`."""
         with self._lock:
             now = self._clock()
             self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_minute / 60.0)
             self._updated = now
+            wait = max(0.0, (1.0 - self._tokens) * 60.0 / self.per_minute)
+            if deadline is not None and now + wait > deadline:
+                self.declined += 1
+                return None
             self._tokens -= 1.0
-            wait = max(0.0, -self._tokens * 60.0 / self.per_minute)
             self.granted += 1
             self.waited_s += wait
-            return wait
+            self._ticket = self.granted
+            self._last = (wait, now)
+            return wait, self._ticket
 
-    async def acquire(self) -> float:
-        """Wait for a slot; the seconds waited."""
-        wait = self.reserve()
+    def _give_back(self, ticket: int) -> bool:
+        """Undo reservation `ticket` if it is still the latest and its slot has not started."""
+        with self._lock:
+            wait, at = self._last
+            if ticket != self._ticket or self._clock() >= at + wait:
+                return False
+            self._tokens += 1.0  # the bucket as if the reservation never happened (the refill is path-free)
+            self._ticket = 0
+            self.granted -= 1
+            self.waited_s -= wait
+            self.returned += 1
+            return True
+
+    async def acquire(self, deadline: float | None = None) -> float | None:
+        """Wait for a slot; the seconds waited. With `deadline` (on the budget's clock): None, and
+        nothing taken, when no slot starts before it."""
+        taken = self._take(deadline)
+        if taken is None:
+            return None
+        wait, ticket = taken
         if wait > 0:
-            await self._sleep(wait)
+            try:
+                await self._sleep(wait)
+            except asyncio.CancelledError:
+                self._give_back(ticket)
+                raise
         return wait
 
 
@@ -116,6 +155,7 @@ class LogRead:
     truncated: bool = False  # max_entries reached while more entries matched
     requests: int = 0  # entries.list calls, retries included
     retried: int = 0  # of which answered 429/503 and retried
+    declined: bool = False  # stopped early: the budget had no slot before the caller's deadline
 
 
 class LogReader:
@@ -146,8 +186,10 @@ class LogReader:
             self._client = google.cloud.logging.Client(**self._kwargs)
         return self._client
 
-    async def _page(self, body: dict[str, Any], read: LogRead, what: str) -> dict[str, Any]:
-        """One entries.list call (one page) within the budget; 429/503 retried with backoff."""
+    async def _page(self, body: dict[str, Any], read: LogRead, what: str,
+                    deadline: float | None = None) -> dict[str, Any] | None:
+        """One entries.list call (one page) within the budget; 429/503 retried with backoff. None (no
+        request made) when the budget has no slot before `deadline`."""
         def call() -> dict[str, Any]:
             # the client's own connection (endpoint, credentials, user agent), one request per page
             answer: dict[str, Any] = self.client._connection.api_request(method="POST", path="/entries:list",
@@ -156,7 +198,8 @@ class LogReader:
 
         attempt = 0
         while True:
-            await self.budget.acquire()
+            if await self.budget.acquire(deadline) is None:
+                return None
             read.requests += 1
             try:
                 return await asyncio.to_thread(call)
@@ -169,8 +212,10 @@ class LogReader:
             except API_ERRORS as exc:
                 raise describe_api_error(exc, what, Api.LOGGING) from None
 
-    async def read(self, filter_: str, *, max_entries: int, newest_first: bool, what: str) -> LogRead:
-        """Up to max_entries entries matching filter_, newest first or oldest first."""
+    async def read(self, filter_: str, *, max_entries: int, newest_first: bool, what: str,
+                   deadline: float | None = None) -> LogRead:
+        """Up to max_entries entries matching filter_, newest first or oldest first. With `deadline`
+        (time.monotonic): pages the budget cannot start before it are not read (`declined`)."""
         read = LogRead()
         token: str | None = None
         while len(read.entries) < max_entries:
@@ -179,7 +224,10 @@ class LogReader:
                                     "pageSize": min(PAGE_SIZE_MAX, max_entries - len(read.entries))}
             if token:
                 body["pageToken"] = token
-            answer = await self._page(body, read, what)
+            answer = await self._page(body, read, what, deadline)
+            if answer is None:
+                read.declined = True
+                return read
             entries = answer.get("entries") or []
             if not isinstance(entries, list):
                 raise describe_api_error(ValueError("entries is not a list"), f"{what} (malformed answer)", Api.LOGGING)
@@ -192,12 +240,14 @@ class LogReader:
         return read
 
     async def read_revision(self, *, service: str, revision: str, start: datetime, end: datetime | None = None,
-                            max_entries: int = 5000, newest_first: bool = False) -> LogRead:
-        """The revision's entries in [start, end]: the newest max_entries of them when newest_first."""
+                            max_entries: int = 5000, newest_first: bool = False,
+                            deadline: float | None = None) -> LogRead:
+        """The revision's entries in [start, end]: the newest max_entries of them when newest_first
+        (only the pages the budget can start before `deadline`, when given)."""
         filter_ = revision_filter(project=self.project, region=self.region, service=service,
                                   revision=revision, start=start, end=end)
         return await self.read(filter_, max_entries=max_entries, newest_first=newest_first,
-                               what=f"read logs of {revision}")
+                               what=f"read logs of {revision}", deadline=deadline)
 
     async def revision_entries(self, *, service: str, revision: str, start: datetime,
                                end: datetime | None = None, max_entries: int = 5000) -> list[dict[str, Any]]:
