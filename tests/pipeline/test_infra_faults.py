@@ -127,7 +127,11 @@ async def test_the_docker_engine_stopped_during_the_build_fails_the_build_with_o
 
     @flow
     async def build_only() -> Any:
-        return await build_image(images, ServiceConfig(name="web", source_dir=ctx), "127.0.0.1:1/web", "a" * 40)
+        # a failed gate ends its task run Failed; the flow reads the stage result back, as flows/validate does
+        from flows.validate import gate_value
+
+        return await gate_value(
+            await build_image(images, ServiceConfig(name="web", source_dir=ctx), "127.0.0.1:1/web", "a" * 40))
 
     watcher.start()
     started = time.monotonic()
