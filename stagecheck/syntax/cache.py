@@ -249,16 +249,8 @@ class SqliteStore:
     def store(self, entries: Mapping[str, CachedResult]) -> None:
         if not entries:
             return
-        try:
-            db = self._connect()
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)",
-                    [(key, result.encode(key)) for key, result in entries.items()],
-                )
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("syntax cache %s: store failed (%s); results not remembered", self.path, exc)
+        self._write("INSERT OR REPLACE INTO results (key, value) VALUES (?, ?)",
+                    [(key, result.encode(key)) for key, result in entries.items()], "; results not remembered")
 
     def known_contents(self, root: str) -> dict[str, tuple[str, str]]:
         known: dict[str, tuple[str, str]] = {}
@@ -275,16 +267,18 @@ class SqliteStore:
     def remember_contents(self, root: str, contents: Mapping[str, tuple[str, str]]) -> None:
         if not contents:
             return
+        self._write("INSERT OR REPLACE INTO contents (root, path, signature, content_id) VALUES (?, ?, ?, ?)",
+                    [(root, path, signature, content_id) for path, (signature, content_id) in contents.items()], "")
+
+    def _write(self, sql: str, rows: list[tuple[str, ...]], consequence: str) -> None:
+        """One transaction of upserts; a failure costs the remembering, never a result."""
         try:
             db = self._connect()
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "INSERT OR REPLACE INTO contents (root, path, signature, content_id) VALUES (?, ?, ?, ?)",
-                    [(root, path, signature, content_id) for path, (signature, content_id) in contents.items()],
-                )
+                db.executemany(sql, rows)
         except (sqlite3.Error, OSError) as exc:
-            log.warning("syntax cache %s: store failed (%s)", self.path, exc)
+            log.warning("syntax cache %s: store failed (%s)%s", self.path, exc, consequence)
 
     def close(self) -> None:
         if self._db is not None:

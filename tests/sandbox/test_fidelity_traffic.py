@@ -16,6 +16,7 @@ from google.cloud import run_v2
 
 from sandbox.control import SandboxInfo
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, logging_client_for, wait_for
+from tests.sandbox.test_traffic import short, two_revisions
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
@@ -24,21 +25,12 @@ REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REV
 NO_INSTANCE = "The request was aborted because there was no available instance."
 
 
-def short(resource_name: str) -> str:
-    return resource_name.rsplit("/", 1)[-1]
 
 
 def served_by(url: str, n: int = 10, headers: dict[str, str] | None = None) -> set[str]:
     with httpx.Client(timeout=10, trust_env=False) as client:
         return {client.get(url, headers=headers).headers.get("x-sandbox-revision", "") for _ in range(n)}
 
-
-def two_revisions(clients: RunClients, name: str, image: str) -> tuple[run_v2.Service, str, str]:
-    svc = deploy(clients, name, image, env={"V": "a"})
-    rev_a = short(svc.latest_ready_revision)
-    svc.template.containers[0].env[0].value = "b"
-    svc = clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
-    return svc, rev_a, short(svc.latest_ready_revision)
 
 
 # ---------------------------------------------------------------- reconciling
