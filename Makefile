@@ -18,7 +18,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 STATE_DIR ?= $(CURDIR)/.stagecheck
-PYTEST_ARGS ?= -ra
+# The suite waits far more than it computes (probes, holds, bakes, cold starts): it runs in parallel
+# processes (pytest-xdist), each with its own sandbox and temporary Prefect server; the tests on one
+# real `prefect server` stay together on one worker (xdist_group, tests/server/conftest.py).
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?= -ra -n $(PYTEST_WORKERS) --dist loadgroup
 BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp

@@ -37,3 +37,14 @@ def _syntax_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Ite
         os.environ.pop("STAGECHECK_CACHE_DIR", None)
     else:
         os.environ["STAGECHECK_CACHE_DIR"] = previous
+
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the groups into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make pytest` runs `-n N --dist loadgroup`) the tests on the real Prefect server
+    (the `prefect_server` session fixture of tests/server: a server, a worker and the deployments, a minute or
+    more to set up) share one worker instead of each worker starting its own."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("prefect-server"))

@@ -216,3 +216,4 @@ def deployed(prefect_server: LocalServer, project: Project, webhook: WebhookRece
     start_worker(prefect_server.layout, prefect_server.url, POOL, query_seconds=1)
     return Deployed(server=prefect_server, project=project, webhook=webhook, targets=targets,
                     ids=dict(zip(targets, ids, strict=True)))
+
