@@ -11,7 +11,7 @@ developer's working copy) is rarely at the commit a merge event names. So:
   $STAGECHECK_GIT_REMOTE: a remote name or URL), then `git worktree add --detach --lock` into
   `<cache dir>/checkouts/<sha12>-<token>`. The run reads everything from that tree and `remove`s it
   at the end. Its lock reason names the owner (host, pid, process start), so the next run on the
-  machine removes the checkouts of a run that crashed. Fetch, add and remove hold a file lock in the
+  machine removes the checkouts of a run that crashed (and any checkout whose clone was deleted). Fetch, add and remove hold a file lock in the
   clone's git dir: runs at different commits on one worker never race on git's own lock files.
 * a repository that is not git with a SHA given: the SHA is taken as given (no commit to check).
 """
@@ -191,6 +191,23 @@ def prune_stale(clone: Path, root: Path) -> list[Path]:
     return removed
 
 
+def prune_orphans(root: Path) -> list[Path]:
+    """Remove per-run checkouts under `root` whose clone is gone (a worker deletes a run's clone, e.g. the
+    `git_clone` pull step's, also when the run crashed): their `.git` file points to a missing git dir."""
+    removed = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        pointer = path / ".git"
+        try:
+            text = pointer.read_text().strip()
+        except OSError:  # not a worktree, or one still being created: not ours to judge
+            continue
+        gitdir = Path(text.removeprefix("gitdir:").strip())
+        if text.startswith("gitdir:") and not gitdir.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 # ------------------------------------------------------------------ checking out
 
 
@@ -253,13 +270,14 @@ def prepare(repo_root: Path, requested: str | None, paths: tuple[Path, ...] = ()
         sha = _resolve(repo_root, requested, paths)  # refuses a missing SHA; otherwise taken as given
         return Checkout(sha=sha, tree=repo_root, clone=repo_root, per_run=False,
                         how=f"{repo_root} is not a git repository: the commit id is taken as given")
+    root = (root or default_root()).resolve()
+    prune_orphans(root)
+    prune_stale(clone, root)
     head = _git(clone, "rev-parse", "HEAD")
     if requested is None or (head.startswith(requested) and _clean(clone, paths)):
         sha = _resolve(clone, requested, paths)  # keeps the refusal of uncommitted changes
         return Checkout(sha=sha, tree=clone, clone=clone, per_run=False, how=f"HEAD of {clone}, clean")
-    root = (root or default_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    prune_stale(clone, root)
     remote = remote or os.environ.get(REMOTE_ENV) or None
     with repo_lock(clone):
         sha, fetched_from = fetch_commit(clone, requested, remote)

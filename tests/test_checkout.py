@@ -143,6 +143,19 @@ def test_the_checkout_of_a_crashed_run_is_removed_by_the_next_run(repos: Repos) 
     remove(nxt)
 
 
+def test_a_checkout_whose_clone_was_deleted_is_removed_by_the_next_run(repos: Repos, tmp_path: Path) -> None:
+    """A worker deletes a run's clone (the pull step's) also when the run crashed: its tree is an orphan."""
+    other = tmp_path / "other-clone"
+    subprocess.run(["git", "clone", "-q", f"file://{repos.origin}", str(other)], check=True)
+    orphan = prepare(other, repos.shas[0], root=repos.root)
+    live = prepare(repos.clone, repos.shas[1], root=repos.root)
+    subprocess.run(["rm", "-rf", str(other)], check=True)
+    nxt = prepare(repos.clone, None, root=repos.root)  # any run, even one in place, cleans up
+    assert not nxt.per_run
+    assert not orphan.tree.exists() and version(live.tree) == "1"
+    remove(live)
+
+
 def test_settings_point_into_the_tree_and_the_config_is_read_from_the_commit(repos: Repos) -> None:
     from flows.params import ValidationRequest
     from tasks.checkout import settings_in_tree
