@@ -576,7 +576,7 @@ async def validate(
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
-    # once per run, recorded per service: the commit's tree (a per-run checkout unless the clone is at it)
+    # once per run: the commit's tree (a per-run checkout unless the clone is at it; reported when per run or failed)
     checked, tree = await gate_value(await checkout_commit(request, settings, [s.name for s in chosen], _run_token()))
     if tree is not None:  # from here on every repository path points into the commit's tree
         settings, chosen = tree.settings, list(tree.services)
@@ -590,7 +590,7 @@ async def validate(
         reports = list(await asyncio.gather(*(
             ServiceValidation(settings, svc, clients, commit,
                               settings.traffic if traffic_override else settings.traffic_for(svc),
-                              request.git_ref, checked).run(syntax)
+                              request.git_ref, None if tree and not tree.checkout.per_run else checked).run(syntax)
             for svc in chosen)))
     finally:
         await clients.aclose()

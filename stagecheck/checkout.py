@@ -216,12 +216,12 @@ def _local_commit(clone: Path, sha: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def _remote(clone: Path, remote: str | None) -> str:
+def _remote(clone: Path, remote: str | None, sha: str) -> str:
     if remote:
         return remote
     if _run(clone, "remote", "get-url", "origin").returncode != 0:
-        raise CheckoutError(f"the clone at {clone} has no remote 'origin' to fetch the commit from; "
-                            f"set {REMOTE_ENV} to a remote name or URL")
+        raise CheckoutError(f"commit {sha} not found in the clone at {clone}, which has no remote 'origin' to "
+                            f"fetch it from; set {REMOTE_ENV} to a remote name or URL")
     return "origin"
 
 
@@ -231,7 +231,7 @@ def fetch_commit(clone: Path, sha: str, remote: str | None = None) -> tuple[str,
     found = _local_commit(clone, sha)
     if found:
         return found, None
-    source = _remote(clone, remote)
+    source = _remote(clone, remote, sha)
     shallow = _git(clone, "rev-parse", "--is-shallow-repository") == "true"
     if FULL_SHA_RE.match(sha):  # fetch exactly that commit (servers allow wants of reachable commits)
         args = ["fetch", "--no-tags", "--quiet", *(["--depth", "1"] if shallow else []), source, sha]

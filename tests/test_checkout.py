@@ -98,7 +98,7 @@ def test_an_abbreviated_sha_is_found_after_fetching_the_branches(repos: Repos) -
 def test_a_configured_remote_url_is_used_when_the_clone_has_no_origin(repos: Repos, monkeypatch: pytest.MonkeyPatch
                                                                       ) -> None:
     git(repos.clone, "remote", "remove", "origin")
-    with pytest.raises(CheckoutError, match=r"no remote 'origin'.*STAGECHECK_GIT_REMOTE"):
+    with pytest.raises(CheckoutError, match=r"not found in the clone .* no remote 'origin'.*STAGECHECK_GIT_REMOTE"):
         prepare(repos.clone, repos.shas[0], root=repos.root)
     monkeypatch.setenv("STAGECHECK_GIT_REMOTE", str(repos.origin))
     checkout = prepare(repos.clone, repos.shas[0], root=repos.root)
