@@ -88,7 +88,9 @@ async def checkout_commit(request: ValidationRequest, settings: Settings, servic
             check_sources(moved, chosen)
         except ConfigError as exc:
             await asyncio.to_thread(remove, checkout)
-            raise CheckoutError(str(exc)) from None
+            message = str(exc) if str(exc).startswith("the config at commit") else \
+                f"at commit {checkout.sha[:12]}: {exc}"
+            raise CheckoutError(message) from None
         done = CheckedOut(checkout=checkout, settings=moved, services=chosen)
         return checkout_stage_result(checkout, request.git_sha)
 

@@ -174,3 +174,22 @@ def test_settings_point_into_the_tree_and_the_config_is_read_from_the_commit(rep
     assert moved.services[0].source_dir == (repos.root / "t" / "svc").resolve()
     assert moved.repo_root == (repos.root / "t").resolve()
     assert moved.report_dir == settings.report_dir  # reports stay with the clone
+
+
+async def test_the_checkout_gate_fails_on_an_unusable_config_at_the_commit_and_removes_its_tree(repos: Repos) -> None:
+    from flows.params import ValidationRequest
+    from stagecheck.model import Status
+    from tasks.checkout import checkout_commit
+
+    config = repos.clone / "stagecheck.toml"
+    config.write_text('project = "demo-project"\nregion = "europe-west1"\nregistry = "127.0.0.1:5000/x"\n'
+                      '[[services]]\nname = "svc"\nsource_dir = "svc"\n')
+    git(repos.clone, "commit", "-qam", "config")
+    request = ValidationRequest(config=str(config), git_sha=repos.shas[0])  # its config is a comment only
+    result, done = await checkout_commit.fn(request, request.load({}), ["svc"], "t1")
+    assert result.status is Status.FAIL and done is None
+    assert f"the config at commit {repos.shas[0][:12]} is invalid" in result.summary
+    assert [w.path for w in worktrees(repos.clone)] == [repos.clone.resolve()]
+    from stagecheck.checkout import default_root  # where the task puts per-run trees
+
+    assert not [p for p in default_root().iterdir() if p.name.startswith(repos.shas[0][:12])]
