@@ -16,7 +16,7 @@ class ValidationRequest(BaseModel):
     config: str = Field("stagecheck.toml", description="Path of the stagecheck.toml (relative to the working directory)")
     services: list[str] = Field(default_factory=list,
                                 description="Cloud Run services to validate; empty means every service in the config")
-    git_sha: str | None = Field(None, description="Commit to validate (checked against the checkout); empty means HEAD")
+    git_sha: str | None = Field(None, description="Commit to validate (checked out for the run unless the clone is at it); empty means HEAD")
     git_ref: str | None = Field(None, description="Branch or ref the commit came from (shown in the report)")
     traffic_steps: list[int] | None = Field(
         None, description="Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]")

@@ -22,6 +22,7 @@ from prefect.states import Failed, State
 from pydantic import Field, ValidationError
 
 from flows.params import ValidationRequest
+from stagecheck.checkout import remove as remove_checkout
 from stagecheck.concurrency import (
     ServiceLockError,
     ensure_service_limits,
@@ -31,7 +32,6 @@ from stagecheck.concurrency import (
 )
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
-from stagecheck.gitinfo import resolve_sha
 from stagecheck.ingress import closed_by_ingress
 from stagecheck.model import (
     Criterion,
@@ -66,6 +66,7 @@ from stagecheck.verdict import collect_criteria, decide, required_stages
 from stagecheck.verdict_events import emit, verdict_event
 from tasks.bake import watch_release
 from tasks.build import build_image
+from tasks.checkout import checkout_commit
 from tasks.common import Clients, FailedGate
 from tasks.deploy import deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
@@ -182,8 +183,9 @@ class ServiceValidation:
     delegated to the pure functions, every action to a task."""
 
     def __init__(self, settings: Settings, svc: ServiceConfig, clients: Clients, git_sha: str | StageError,
-                 traffic_plan: TrafficPlan, git_ref: str | None = None) -> None:
+                 traffic_plan: TrafficPlan, git_ref: str | None = None, checkout: StageResult | None = None) -> None:
         self.settings, self.svc, self.clients = settings, svc, clients
+        self.checkout = checkout  # the run's checkout gate, recorded first
         self.git_ref = git_ref
         self.git_error = git_sha if isinstance(git_sha, StageError) else None
         self.git_sha = git_sha if isinstance(git_sha, str) else "0" * 40
@@ -222,6 +224,8 @@ class ServiceValidation:
                     self.started_at = datetime.now(UTC)
                     image, revision = await self._stages(syntax)
             except ServiceLockError as exc:
+                if self.checkout is not None:
+                    self.record(self.checkout)
                 self.record(syntax)
                 self.record(lock_failed(self.svc.name, exc))
                 image, revision = None, None
@@ -236,6 +240,8 @@ class ServiceValidation:
             get_run_logger().warning("could not create the concurrency limit %s: %s", limit_name(self.svc.name), exc)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
+        if self.checkout is not None and not self.record(self.checkout):
+            return None, None
         if not self.record(syntax):
             return None, None
         if self.git_error is not None:
@@ -496,6 +502,13 @@ def run_name(services: list[str], git_sha: str | None) -> str:
     return f"validate-{'+'.join(services) if services else 'all'}-{git_sha[:7] if git_sha else 'HEAD'}"
 
 
+def _run_token() -> str:
+    """A per-run checkout's directory suffix: the flow run's id (8 hex digits) and 4 random ones."""
+    import secrets
+
+    return f"{str(flow_run.id or '')[:8] or 'local'}-{secrets.token_hex(2)}"
+
+
 def _initial_run_name() -> str:
     """The name a run starts with, from its parameters (renamed once the config and commit are known)."""
     params = flow_run.parameters or {}
@@ -537,7 +550,7 @@ async def validate(
     Args:
         config: Path of the stagecheck.toml (relative to the working directory)
         services: Cloud Run services to validate; empty means every service in the config
-        git_sha: Commit to validate (checked against the checkout); empty means HEAD
+        git_sha: Commit to validate (checked out for the run unless the clone is at it); empty means HEAD
         git_ref: Branch or ref the commit came from (shown in the report)
         traffic_steps: Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]
         canary_hold_s: Override the wait after each canary step (seconds)
@@ -553,7 +566,8 @@ async def validate(
                                     dry_run=dry_run, sandbox=sandbox, state_dir=state_dir)
         settings = request.load()
         chosen = [settings.service(name) for name in request.services] or list(settings.services)
-        check_sources(settings, chosen)  # the build inputs exist, before any stage
+        if not request.git_sha:  # with a requested commit, the checkout gate checks them in its tree
+            check_sources(settings, chosen)  # the build inputs exist, before any stage
     except (ConfigError, ValidationError) as exc:  # bad input: a Failed run, the readable message, no traceback
         logger.error("%s", exc)
         return Failed(message=str(exc))
@@ -562,24 +576,26 @@ async def validate(
     traffic_override = (request.traffic_steps is not None or request.canary_hold_s is not None
                         or request.bake_s is not None)
 
-    # once per run, recorded per service
-    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax))
+    # once per run: the commit's tree (a per-run checkout unless the clone is at it; reported when per run or failed)
+    checked, tree = await gate_value(await checkout_commit(request, settings, [s.name for s in chosen], _run_token()))
+    if tree is not None:  # from here on every repository path points into the commit's tree
+        settings, chosen = tree.settings, list(tree.services)
+    syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax)) if tree else StageResult(
+        name="syntax", status=Status.SKIP, summary="not run: the commit was not checked out")
     clients = Clients.from_settings(settings)
-    commit: str | StageError
-    try:
-        commit = resolve_sha(settings.repo_root, settings.git_sha, tuple(s.source_dir for s in chosen))
-    except StageError as exc:
-        commit = exc
+    commit: str | StageError = tree.checkout.sha if tree else StageError(checked.summary)
     await _rename_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha))
     logger = get_run_logger()  # its lines carry the new name
     try:
         reports = list(await asyncio.gather(*(
             ServiceValidation(settings, svc, clients, commit,
                               settings.traffic if traffic_override else settings.traffic_for(svc),
-                              request.git_ref).run(syntax)
+                              request.git_ref, None if tree and not tree.checkout.per_run else checked).run(syntax)
             for svc in chosen)))
     finally:
         await clients.aclose()
+        if tree is not None:  # also on failure; a crashed run's checkout is removed by the next run
+            await asyncio.to_thread(remove_checkout, tree.checkout)
 
     paths = []
     for report in reports:
