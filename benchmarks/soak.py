@@ -173,7 +173,7 @@ def main() -> int:
         for run in range(1, args.runs + 1):
             started = time.monotonic()
             proc = subprocess.run(
-                [sys.executable, "-m", "stagecheck.cli", "validate", "--config", str(repo / "stagecheck.toml"),
+                [sys.executable, "-m", "cli.main", "validate", "--config", str(repo / "stagecheck.toml"),
                  "--sandbox", "--state-dir", str(sandbox_state)],
                 cwd=repo, env=env, capture_output=True, text=True, timeout=900)
             durations.append(time.monotonic() - started)

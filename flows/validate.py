@@ -608,7 +608,7 @@ async def validate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stagecheck.commands.validate import main as cli_main
+    from cli.commands.validate import main as cli_main
 
     return cli_main(argv if argv is not None else sys.argv[1:])
 

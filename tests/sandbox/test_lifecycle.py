@@ -84,7 +84,7 @@ def process_gone(pid: int) -> bool:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagecheck.cli", "sandbox", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", "sandbox", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **(env or {})})
 
 

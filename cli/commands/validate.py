@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
-    from stagecheck.cli import offline_defaults
+    from cli.main import offline_defaults
 
     offline_defaults(os.environ)  # before Prefect is imported (also for `python -m flows.validate`)
     # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
