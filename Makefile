@@ -23,7 +23,7 @@ BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp
 APT_PACKAGES := docker.io docker-registry busybox-static
-PY_PACKAGES := cli stagecheck flows tasks deployments sandbox examples tests
+PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests
 # mypy refuses a directory without Python files: check only the packages that have some.
 MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
 
@@ -99,7 +99,7 @@ demo: up
 # Session tags (test-/bench-/soak-<hex>) of the sample image and the tests' one-off repositories not pushed to
 # for an hour; the running sessions' own tags stay (each session also removes its own at the end).
 clean-registry: setup
-	$(BIN)/python -m sandbox.cleanup --state-dir $(STATE_DIR) --older-than 3600
+	$(BIN)/python -m localenv.cleanup --state-dir $(STATE_DIR) --older-than 3600
 
 # Each benchmark prints its figures (and the command line that reproduces them); none is a test.
 # The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks._infra import running_infra  # noqa: E402
-from sandbox.control import start, stop  # noqa: E402
+from localenv.control import start, stop  # noqa: E402
 from sandbox.sample_image import ensure_build_context  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -12,8 +12,8 @@ from collections.abc import MutableMapping
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cli.commands.validate", "run the staging validation flow"),
     "check-syntax": ("cli.commands.check_syntax", "syntax-check a repository (pre-commit / CI)"),
-    "sandbox": ("sandbox.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
-    "infra": ("sandbox.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
+    "sandbox": ("localenv.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
+    "infra": ("localenv.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
     "notify-merge": ("cli.commands.notify_merge", "emit a merge event that triggers a validation"),
     "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
 }

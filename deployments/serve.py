@@ -39,7 +39,7 @@ from deployments.definitions import (
     register,
     service_names,
 )
-from sandbox.processes import (
+from localenv.processes import (
     ProcessRecord,
     is_running,
     last_line,
