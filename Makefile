@@ -6,7 +6,7 @@
 #   make down       stop the sandbox, then only what `make up` started (by pid)
 #   make serve      local Prefect server + deployments + worker (UI on http://127.0.0.1:4200); make down stops them
 #   make test       lint + typecheck + pytest (starts the engine/registry first)
-#   make lint | typecheck | pytest
+#   make lint | typecheck | pytest   (lint = ruff + the import contracts in pyproject [tool.importlinter])
 #   make demo       set up, start the sandbox, validate the example service end to end
 #   make clean-registry   untag what test sessions left in the local registry (older than an hour)
 #   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
@@ -83,6 +83,7 @@ down:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy $(MYPY_TARGETS)

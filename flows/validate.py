@@ -5,14 +5,13 @@ The flow only orchestrates: each stage is a task in `tasks/`, the decisions live
 first failed gate, rolls traffic back when it had moved, always reports, and ends Failed when a
 verdict fails (fail closed).
 
-Run: `python -m flows.validate --config stagecheck.toml [--sandbox]` or `stagecheck validate`.
+Run: `stagecheck validate --config stagecheck.toml [--sandbox]` (or `python -m cli validate ...`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar, cast
 
@@ -605,13 +604,3 @@ async def validate(
         # a Failed final state (not an exception): the run fails closed, with the reason and no traceback
         return Failed(message=redact(message), data=results)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cli.commands.validate import main as cli_main
-
-    return cli_main(argv if argv is not None else sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
