@@ -60,6 +60,7 @@ from stagecheck.settings import (
     UrlKind,
     check_sources,
 )
+from stagecheck.stages import Stage
 from stagecheck.traffic import describe, plan_steps, rollback_split
 from stagecheck.verdict import collect_criteria, decide, required_stages
 from stagecheck.verdict_events import emit, verdict_event
@@ -97,11 +98,11 @@ def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
     """Pure: the stages whose PASS/WARN the verdict needs (a probe kind turned off is not required)."""
     stages = list(required_stages(dry_run=settings.dry_run))
     if not settings.dry_run:
-        stages.insert(1, "inspect")
+        stages.insert(1, Stage.INSPECT)
     if svc.health.tagged.mode == ProbeMode.OFF:
-        stages = [s for s in stages if s != "probe-tagged"]
+        stages = [s for s in stages if s != Stage.PROBE_TAGGED]
     if svc.health.service.mode == ProbeMode.OFF and (svc.health.lb.mode == ProbeMode.OFF or not settings.lb_url):
-        stages = [s for s in stages if s != "probe-serving"]
+        stages = [s for s in stages if s != Stage.PROBE_SERVING]
     return tuple(stages)
 
 
@@ -119,12 +120,12 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
             continue
         closed = closed_by_ingress(ingress, kind)
         if closed is not None:
-            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=Status.WARN,
+            missing.append(Criterion(name=f"{kind} URL healthy", stage=Stage.PROBE_SERVING, status=Status.WARN,
                                      expected=f"the {kind} URL answers ({check.mode})", observed=closed))
             continue
         if url is None:
             status = Status.FAIL if check.mode == ProbeMode.REQUIRED else Status.WARN
-            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=status,
+            missing.append(Criterion(name=f"{kind} URL healthy", stage=Stage.PROBE_SERVING, status=status,
                                      expected=f"a {kind} URL to probe ({check.mode})",
                                      observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
                                      else "the service has no URL"))
@@ -143,7 +144,7 @@ def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: st
     notes: list[Criterion] = []
     closed = closed_by_ingress(ingress, UrlKind.TAGGED)
     if closed is not None:
-        notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage="probe-tagged", status=Status.WARN,
+        notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage=Stage.PROBE_TAGGED, status=Status.WARN,
                                expected=f"the tag URL answers ({check.mode})", observed=closed))
     elif tag_url:
         targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
@@ -238,34 +239,34 @@ class ServiceValidation:
         if not self.record(syntax):
             return None, None
         if self.git_error is not None:
-            self.record(StageResult(name="build", status=Status.FAIL, summary=str(self.git_error),
-                                    criteria=[Criterion(name="Commit identified", stage="build", status=Status.FAIL,
+            self.record(StageResult(name=Stage.BUILD, status=Status.FAIL, summary=str(self.git_error),
+                                    criteria=[Criterion(name="Commit identified", stage=Stage.BUILD, status=Status.FAIL,
                                                         expected="a clean checkout of the commit",
                                                         observed=str(self.git_error))]))
             return None, None
         if self.settings.dry_run:  # no API contact at all: build only
             snapshot = ServiceSnapshot(exists=False)
         else:
-            self.starting("inspect")
+            self.starting(Stage.INSPECT)
             result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
             self.traffic_after = list(snapshot.traffic)
 
-        self.starting("build")
+        self.starting(Stage.BUILD)
         result, image = await gate_value(await build_image(
             self.clients.images, self.svc, self.repository, self.git_sha, self.settings.extra_tags))
         if not self.record(result) or image is None or self.settings.dry_run:
             return image, None
 
-        self.starting("push")
+        self.starting(Stage.PUSH)
         pushed = await gate_value(await push_image(self.clients.images, image, self.repository, snapshot.image))
         result, image = pushed
         if not self.record(result) or image.pinned is None:
             return image, None
 
-        self.starting("deploy")
+        self.starting(Stage.DEPLOY)
         result, outcome = await gate_value(await deploy_revision(
             self.clients.cloudrun, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
@@ -291,16 +292,16 @@ class ServiceValidation:
 
         moved = outcome.traffic_moved
         if self.svc.health.tagged.mode != ProbeMode.OFF:
-            self.starting("probe-tagged")
+            self.starting(Stage.PROBE_TAGGED)
             tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
                                            outcome.service_url)
-            result = await gate_value(await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
+            result = await gate_value(await probe_urls(self.clients.http, Stage.PROBE_TAGGED, tagged, self.settings.probes,
                                       tokens=self.clients.tokens, service=self.svc.name))
             self.last_probe_at = datetime.now(UTC)
             _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
                                            "probe its tag through the load balancer)")
             if not self.record(result):
-                await self._rollback_if_moved(moved, revision.name, "probe-tagged")
+                await self._rollback_if_moved(moved, revision.name, Stage.PROBE_TAGGED)
                 return image, revision
 
         gate_ok = await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
@@ -309,12 +310,12 @@ class ServiceValidation:
                    "STAGECHECK_LB_URL": self.urls.get("lb", ""), "STAGECHECK_REVISION": revision.name,
                    "STAGECHECK_SERVICE": self.svc.name}
             if self.svc.smoke:
-                self.starting("smoke")
+                self.starting(Stage.SMOKE)
                 env.update(await self._smoke_token(outcome.service_url))
                 gate_ok = self.record(await gate_value(
                     await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
         if gate_ok:
-            self.starting("logs")
+            self.starting(Stage.LOGS)
             previous = snapshot.previous.name if snapshot.previous else None
             result = await gate_value(await analyse_logs(
                                         self.clients.logs, service=self.svc.name, revision=revision.name,
@@ -333,7 +334,7 @@ class ServiceValidation:
     async def _finish_release(self, revision: str) -> None:
         """A passed release leaves the service as a person expects: LATEST=100 (after_pass "latest") or the
         candidate pinned, and only the newest few of stagecheck's own tags."""
-        self.starting("release")
+        self.starting(Stage.RELEASE)
         plan = self.traffic_plan
         result, applied = await gate_value(await finish_release(
             self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
@@ -341,12 +342,12 @@ class ServiceValidation:
         if applied:
             self.traffic_after = applied
         if not self.record(result):
-            await self._rollback_if_moved(True, revision, "release")
+            await self._rollback_if_moved(True, revision, Stage.RELEASE)
 
     async def _clean_up_failed_deploy(self, snapshot: ServiceSnapshot, candidate: str) -> None:
         """The failed candidate must not stay a traffic target: restore the split as it was configured
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
-        self.starting("rollback")
+        self.starting(Stage.ROLLBACK)
         remembered = snapshot.traffic or snapshot.serving
         result, applied = await gate_value(await restore_after_failed_deploy(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
@@ -364,10 +365,10 @@ class ServiceValidation:
             steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
                 [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
         except ValueError as exc:  # a split Cloud Run would reject: decided before anything moves
-            self.record(StageResult(name="traffic", status=Status.FAIL, summary=f"no valid traffic plan: {exc}",
-                                    criteria=[Criterion(name="Traffic plan", stage="traffic", status=Status.FAIL,
+            self.record(StageResult(name=Stage.TRAFFIC, status=Status.FAIL, summary=f"no valid traffic plan: {exc}",
+                                    criteria=[Criterion(name="Traffic plan", stage=Stage.TRAFFIC, status=Status.FAIL,
                                                         expected="a valid split per step", observed=str(exc))]))
-            await self._rollback_if_moved(False, revision, "traffic")
+            await self._rollback_if_moved(False, revision, Stage.TRAFFIC)
             return False
         for number, split in enumerate(steps, start=1):
             percent = next((t.percent for t in split if t.revision == revision), 0)
@@ -379,10 +380,10 @@ class ServiceValidation:
                 if applied:
                     self.traffic_after = applied
                 if not self.record(result):
-                    await self._rollback_if_moved(True, revision, "traffic")
+                    await self._rollback_if_moved(True, revision, Stage.TRAFFIC)
                     return False
             else:
-                self.record(StageResult(name="traffic", status=Status.PASS,
+                self.record(StageResult(name=Stage.TRAFFIC, status=Status.PASS,
                                         summary=f"{label}: first deployment, the revision serves since creation",
                                         evidence=[Evidence(kind="traffic", summary=describe(split))]))
             self.starting(f"probe {percent}%")
@@ -390,12 +391,12 @@ class ServiceValidation:
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
             result = await gate_value(await probe_urls(
-                                      self.clients.http, "probe-serving", targets, self.settings.probes,
+                                      self.clients.http, Stage.PROBE_SERVING, targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
                                       service=self.svc.name, unprobed=missing))
             self.last_probe_at = datetime.now(UTC)
             if not self.record(result):
-                await self._rollback_if_moved(True, revision, "probe-serving")
+                await self._rollback_if_moved(True, revision, Stage.PROBE_SERVING)
                 return False
             last = number == len(steps)
             watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
@@ -422,7 +423,7 @@ class ServiceValidation:
         if sent:
             self.last_probe_at = datetime.fromisoformat(sent)
         if not self.record(result):
-            await self._rollback_if_moved(True, revision, "bake")
+            await self._rollback_if_moved(True, revision, Stage.BAKE)
             return False
         return True
 
@@ -448,7 +449,7 @@ class ServiceValidation:
                                              "nothing to restore; the new revision keeps serving")
             return
         restore = rollback_split(snapshot.serving, revision, self.tag)
-        self.starting("rollback")
+        self.starting(Stage.ROLLBACK)
         result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
                                                  self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
@@ -462,7 +463,7 @@ class ServiceValidation:
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
         required = required_for(self.settings, self.svc)
         if self.traffic_plan.bake_s and not self.settings.dry_run:  # the bake window must have watched
-            required = (*required, "bake")
+            required = (*required, Stage.BAKE)
         verdict, decided_by, reasons, warnings = decide(self.stages, required)
         snapshot = self.snapshot
         price = self.settings.price

@@ -10,21 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stagecheck.model import Criterion, StageResult, Status, Verdict
+from stagecheck.stages import Stage
 
-REQUIRED_STAGES: tuple[str, ...] = (
-    "syntax",
-    "build",
-    "push",
-    "deploy",
-    "probe-tagged",
-    "traffic",
-    "probe-serving",
-    "logs",
+REQUIRED_STAGES: tuple[Stage, ...] = (
+    Stage.SYNTAX,
+    Stage.BUILD,
+    Stage.PUSH,
+    Stage.DEPLOY,
+    Stage.PROBE_TAGGED,
+    Stage.TRAFFIC,
+    Stage.PROBE_SERVING,
+    Stage.LOGS,
 )
-DRY_RUN_STAGES: tuple[str, ...] = ("syntax", "build")
+DRY_RUN_STAGES: tuple[Stage, ...] = (Stage.SYNTAX, Stage.BUILD)
 
 
-def required_stages(*, dry_run: bool) -> tuple[str, ...]:
+def required_stages(*, dry_run: bool) -> tuple[Stage, ...]:
     return DRY_RUN_STAGES if dry_run else REQUIRED_STAGES
 
 

@@ -27,6 +27,7 @@ from stagecheck.log_analysis import (
 from stagecheck.model import StageResult
 from stagecheck.prober import ProbeTarget, probe_once, safe_url
 from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
 from tasks.probe import with_credentials
 
@@ -43,7 +44,7 @@ async def _pause(done: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(done.wait(), seconds)
 
 
-@task(name="bake", cache_policy=NO_CACHE, task_run_name=stage_run_name("bake", label_param="label"))
+@task(name="bake", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.BAKE, label_param="label"))
 async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: str, service: str, revision: str,
                         previous_revision: str | None, since: datetime, targets: list[ProbeTarget],
                         duration_s: float, interval_s: float, probes: ProbePolicy, rules: LogRules,
@@ -151,5 +152,5 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
         watch.watched_s = time.monotonic() - started
         return bake_result(watch)
 
-    result = await guarded("bake", body)
+    result = await guarded(Stage.BAKE, body)
     return gate(result, result)

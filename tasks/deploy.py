@@ -24,6 +24,7 @@ from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.report import console_logs_url
 from stagecheck.settings import ServiceConfig, Settings
+from stagecheck.stages import Stage
 from stagecheck.traffic import describe, with_tagged_candidate
 from tasks.common import gate, guarded, stage_run_name
 from tasks.inspect import ServiceSnapshot
@@ -74,7 +75,7 @@ def _tag_uri(service: object, tag: str) -> str | None:
     return None
 
 
-@task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name("deploy"))
+@task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.DEPLOY))
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
     from stagecheck.clients.cloudrun import (
@@ -159,9 +160,9 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
             evidence.append(Evidence(kind="traffic", summary=f"traffic after the failed deploy: {describe(outcome.traffic)}",
                                      data={"traffic": [t.model_dump() for t in outcome.traffic]}))
             return StageResult(
-                name="deploy", status=Status.FAIL, summary=f"revision {name} failed: {reason}",
+                name=Stage.DEPLOY, status=Status.FAIL, summary=f"revision {name} failed: {reason}",
                 evidence=evidence,
-                criteria=[Criterion(name="New revision becomes Ready", stage="deploy", status=Status.FAIL,
+                criteria=[Criterion(name="New revision becomes Ready", stage=Stage.DEPLOY, status=Status.FAIL,
                                     expected="Ready condition SUCCEEDED", observed=reason, evidence=[log_url])],
                 data={"logs_url": log_url},
             )
@@ -179,17 +180,17 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         evidence.append(Evidence(kind="timing", summary=observed,
                                  data={"created_at": str(created), "ready_at": str(ready.transition_time),
                                        "startup_s": startup, "tag_url": outcome.tag_url}))
-        criteria = [Criterion(name="New revision becomes Ready", stage="deploy", status=Status.PASS,
+        criteria = [Criterion(name="New revision becomes Ready", stage=Stage.DEPLOY, status=Status.PASS,
                               expected="Ready condition SUCCEEDED", observed=observed)]
         if outcome.tag_url is None:
-            criteria.append(Criterion(name="Revision tag URL assigned", stage="deploy", status=Status.FAIL,
+            criteria.append(Criterion(name="Revision tag URL assigned", stage=Stage.DEPLOY, status=Status.FAIL,
                                       expected=f"traffic status with tag {tag} and a URI",
                                       observed="no URI for the tag"))
         status = Status.FAIL if outcome.tag_url is None else Status.PASS
-        return StageResult(name="deploy", status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
+        return StageResult(name=Stage.DEPLOY, status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
                            criteria=criteria, data={"logs_url": log_url})
 
-    stage = await guarded("deploy", body)
+    stage = await guarded(Stage.DEPLOY, body)
     if outcome.revision is None and stage.status is Status.FAIL:
         outcome.revision = RevisionInfo(name=name, tag=tag, image=image, log_url=log_url)
     return gate(stage, (stage, outcome))

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.stages import Stage
 from stagecheck.traffic import describe, pin_latest, without_unready
 from tasks.common import gate, guarded, stage_run_name
 
@@ -56,7 +57,7 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
                            uri=svc.uri or None, previous=previous, ingress=ingress_name(svc), stale=stale)
 
 
-@task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name("inspect"))
+@task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.INSPECT))
 async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult, ServiceSnapshot | None]:
     snapshot: ServiceSnapshot | None = None
 
@@ -71,13 +72,13 @@ async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult
                 observed += (f"; stale targets of revisions that are not Ready will be dropped: "
                              f"{describe(snapshot.stale)}")
         return StageResult(
-            name="inspect", status=Status.PASS, summary=observed,
+            name=Stage.INSPECT, status=Status.PASS, summary=observed,
             evidence=[Evidence(kind="traffic", summary=observed,
                                data={"traffic": [t.model_dump() for t in snapshot.traffic], "uri": snapshot.uri,
                                      "image": snapshot.image})],
-            criteria=[Criterion(name="Cloud Run API reachable, service state read", stage="inspect",
+            criteria=[Criterion(name="Cloud Run API reachable, service state read", stage=Stage.INSPECT,
                                 status=Status.PASS, expected="GET service answers", observed=observed)],
         )
 
-    result = await guarded("inspect", body)
+    result = await guarded(Stage.INSPECT, body)
     return gate(result, (result, snapshot))

@@ -22,6 +22,7 @@ from stagecheck.log_analysis import (
 )
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import LogRules, ProbePolicy
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
 
 if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported where first used
@@ -69,7 +70,7 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
         interval = min(interval * 2, 4.0)
 
 
-@task(name="logs", cache_policy=NO_CACHE, task_run_name=stage_run_name("logs"))
+@task(name="logs", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.LOGS))
 async def analyse_logs(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
                        start: datetime, last_probe_at: datetime | None, rules: LogRules,
                        probes: ProbePolicy) -> StageResult:
@@ -94,11 +95,11 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
             note = (f"the last probe's request log was not visible after {rules.settle_s:g}s: "
                     "log ingestion incomplete, cannot judge (raise logs.settle_s?)")
             result.evidence.append(Evidence(kind="note", summary=note))
-            result.criteria.append(Criterion(name="Logs ingested up to the last probe", stage="logs",
+            result.criteria.append(Criterion(name="Logs ingested up to the last probe", stage=Stage.LOGS,
                                              status=Status.FAIL, expected="request log of the last probe visible",
                                              observed=note))
             result.status, result.summary = Status.FAIL, note
         return result
 
-    result = await guarded("logs", body)
+    result = await guarded(Stage.LOGS, body)
     return gate(result, result)

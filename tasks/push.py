@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, ImageInfo, StageResult, Status
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded
 
 
@@ -17,7 +18,7 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.2f} MB"
 
 
-@task(name="push", cache_policy=NO_CACHE, task_run_name="push")
+@task(name="push", cache_policy=NO_CACHE, task_run_name=Stage.PUSH)
 async def push_image(images: Images, image: ImageInfo, repository: str,
                      previous_image: str | None) -> tuple[StageResult, ImageInfo]:
     pushed = image.model_copy()
@@ -40,14 +41,14 @@ async def push_image(images: Images, image: ImageInfo, repository: str,
                                           "previous_reference": previous_image, "previous_size_bytes": previous_size})
         summary = f"pushed {result.pinned} (tags {', '.join(result.tags)}) in {result.duration_s:.1f}s"
         return StageResult(
-            name="push", status=Status.PASS, summary=summary,
+            name=Stage.PUSH, status=Status.PASS, summary=summary,
             evidence=[Evidence(kind="docker", summary=summary, data={"digest": result.digest, "tags": result.tags}),
                       Evidence(kind="docker", summary=note,
                                data={"size_bytes": size, "previous_size_bytes": previous_size})],
-            criteria=[Criterion(name="Image pushed and pinned by digest", stage="push", status=Status.PASS,
+            criteria=[Criterion(name="Image pushed and pinned by digest", stage=Stage.PUSH, status=Status.PASS,
                                 expected="registry returns a digest", observed=result.digest,
                                 evidence=[summary, note])],
         )
 
-    stage = await guarded("push", body)
+    stage = await guarded(Stage.PUSH, body)
     return gate(stage, (stage, pushed))
