@@ -140,7 +140,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 watch.error = f"unexpected {type(exc).__name__}: {exc}"
             done.set()
 
-    async def body() -> StageResult:
+    async def body() -> tuple[StageResult, None]:
         loops = [asyncio.create_task(guard(probe_loop)), asyncio.create_task(guard(log_loop))]
         try:
             await _pause(done, duration_s)
@@ -150,7 +150,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
         watch.watched_s = time.monotonic() - started
-        return bake_result(watch)
+        return bake_result(watch), None
 
-    result = await guarded(Stage.BAKE, body)
+    result, _ = await guarded(Stage.BAKE, body, None)
     return gate(result, result)

@@ -20,12 +20,12 @@ from tasks.common import gate, guarded, stage_run_name
 @task(name="build", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.BUILD))
 async def build_image(images: Images, service: ServiceConfig, repository: str, git_sha: str,
                       extra_tags: tuple[str, ...] = ()) -> tuple[StageResult, ImageInfo | None]:
+    """Build the service's image for Cloud Run's platform (linux/amd64), tagged with the git SHA; the log
+    streams to the run, the image's id, size and platform are the evidence."""
     logger = get_run_logger()
-    info: ImageInfo | None = None
     reference = f"{repository}:{git_sha}"
 
-    async def body() -> StageResult:
-        nonlocal info
+    async def body() -> tuple[StageResult, ImageInfo | None]:
         context = service.source_dir
         try:
             result = await asyncio.to_thread(
@@ -42,7 +42,7 @@ async def build_image(images: Images, service: ServiceConfig, repository: str, g
                                    data={"log_tail": tail})],
                 criteria=[Criterion(name="Image builds", stage=Stage.BUILD, status=Status.FAIL,
                                     expected="docker build succeeds", observed=str(exc), evidence=tail[-3:])],
-            )
+            ), None
         for extra in extra_tags:
             await asyncio.to_thread(images.tag, result.image_id, repository, extra)
         info = ImageInfo(reference=reference, image_id=result.image_id, local_size_bytes=result.size_bytes,
@@ -69,7 +69,7 @@ async def build_image(images: Images, service: ServiceConfig, repository: str, g
                                 expected=CLOUD_RUN_PLATFORM, observed=platform.observed,
                                 evidence=[platform.note] if platform.note else [])],
             data={"duration_s": result.duration_s},
-        )
+        ), info
 
-    stage = await guarded(Stage.BUILD, body, logger)
+    stage, info = await guarded(Stage.BUILD, body, None, logger)
     return gate(stage, (stage, info))

@@ -66,6 +66,8 @@ class DeployOutcome:
     traffic: list[TrafficTarget] = field(default_factory=list)
     traffic_moved: bool = False
     started_at: datetime | None = None
+    revision_name: str = ""  # the candidate's name (a name conflict gets one new suffix)
+    log_url: str = ""  # the candidate's logs in the console
 
 
 def _tag_uri(service: object, tag: str) -> str | None:
@@ -78,6 +80,8 @@ def _tag_uri(service: object, tag: str) -> str | None:
 @task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.DEPLOY))
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
+    """Create the candidate revision with no traffic and its tag (the serving split sent back pinned; a first
+    deployment gets 100 %), from the service's current template; wait until it is Ready."""
     from stagecheck.clients.cloudrun import (
         DEPLOY_MASK,
         RevisionNameConflict,
@@ -87,13 +91,14 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         template_facts,
     )
 
-    outcome = DeployOutcome(started_at=datetime.now(UTC))
-    name = revision_name(service.name, git_sha[:7])
-    log_url = console_logs_url(project=settings.project, region=settings.region, service=service.name,
-                               revision=name, console_base=settings.endpoints.console_base)
+    first_name = revision_name(service.name, git_sha[:7])
+    outcome = DeployOutcome(started_at=datetime.now(UTC), revision_name=first_name,
+                            log_url=console_logs_url(project=settings.project, region=settings.region,
+                                                     service=service.name, revision=first_name,
+                                                     console_base=settings.endpoints.console_base))
 
-    async def body() -> StageResult:
-        nonlocal name, log_url
+    async def body() -> tuple[StageResult, DeployOutcome]:
+        name, log_url = outcome.revision_name, outcome.log_url
         labels = {"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"}
         notes: list[Evidence] = []
         if snapshot.exists:
@@ -126,6 +131,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                     log_url = console_logs_url(project=settings.project, region=settings.region,
                                                service=service.name, revision=name,
                                                console_base=settings.endpoints.console_base)
+                    outcome.revision_name, outcome.log_url = name, log_url
                     notes.append(Evidence(kind="note", summary=f"revision name {taken} was taken ({exc.message}); "
                                                                f"retried as {name}"))
                     continue
@@ -165,7 +171,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                 criteria=[Criterion(name="New revision becomes Ready", stage=Stage.DEPLOY, status=Status.FAIL,
                                     expected="Ready condition SUCCEEDED", observed=reason, evidence=[log_url])],
                 data={"logs_url": log_url},
-            )
+            ), outcome
         svc = await cloudrun.finish(op, f"deploy {name}", timeout_s=settings.deploy_timeout_s)
         outcome.service_url = svc.uri or None
         outcome.tag_url = _tag_uri(svc, tag)
@@ -188,9 +194,9 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                                       observed="no URI for the tag"))
         status = Status.FAIL if outcome.tag_url is None else Status.PASS
         return StageResult(name=Stage.DEPLOY, status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
-                           criteria=criteria, data={"logs_url": log_url})
+                           criteria=criteria, data={"logs_url": log_url}), outcome
 
-    stage = await guarded(Stage.DEPLOY, body)
+    stage, outcome = await guarded(Stage.DEPLOY, body, outcome)
     if outcome.revision is None and stage.status is Status.FAIL:
-        outcome.revision = RevisionInfo(name=name, tag=tag, image=image, log_url=log_url)
+        outcome.revision = RevisionInfo(name=outcome.revision_name, tag=tag, image=image, log_url=outcome.log_url)
     return gate(stage, (stage, outcome))

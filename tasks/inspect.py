@@ -59,10 +59,9 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
 
 @task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.INSPECT))
 async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult, ServiceSnapshot | None]:
-    snapshot: ServiceSnapshot | None = None
-
-    async def body() -> StageResult:
-        nonlocal snapshot
+    """Read the service as it serves now (split, serving revision, ingress), before anything changes; the
+    first contact with the Cloud Run API."""
+    async def body() -> tuple[StageResult, ServiceSnapshot | None]:
         snapshot = await read_snapshot(cloudrun, service)
         if not snapshot.exists:
             observed = "service does not exist yet: first deployment, nothing to roll back to"
@@ -78,7 +77,7 @@ async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult
                                      "image": snapshot.image})],
             criteria=[Criterion(name="Cloud Run API reachable, service state read", stage=Stage.INSPECT,
                                 status=Status.PASS, expected="GET service answers", observed=observed)],
-        )
+        ), snapshot
 
-    result = await guarded(Stage.INSPECT, body)
+    result, snapshot = await guarded(Stage.INSPECT, body, None)
     return gate(result, (result, snapshot))

@@ -74,7 +74,9 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
 async def analyse_logs(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
                        start: datetime, last_probe_at: datetime | None, rules: LogRules,
                        probes: ProbePolicy) -> StageResult:
-    async def body() -> StageResult:
+    """Read the new revision's logs (until the last probe's request log is visible) and the previous
+    revision's, and judge them: new ERROR signatures, crashes, 5xx rate. Logs it cannot see FAIL."""
+    async def body() -> tuple[StageResult, None]:
         try:
             records, settled, truncated = await read_settled(reader, service=service, revision=revision, start=start,
                                                   last_probe_at=last_probe_at, rules=rules)
@@ -89,7 +91,7 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                 previous = summarise(_records(prev.entries), revision=previous_revision, window=prev_window,
                                      retry_statuses=probes.retry_statuses)
         except StageError as exc:
-            return judge_logs_unavailable(str(exc))
+            return judge_logs_unavailable(str(exc)), None
         result = judge_logs(current, compare(current, previous, rules), rules, truncated=truncated)
         if not settled:  # fail closed: logs we could not see might hold the errors
             note = (f"the last probe's request log was not visible after {rules.settle_s:g}s: "
@@ -99,7 +101,7 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                                              status=Status.FAIL, expected="request log of the last probe visible",
                                              observed=note))
             result.status, result.summary = Status.FAIL, note
-        return result
+        return result, None
 
-    result = await guarded(Stage.LOGS, body)
+    result, _ = await guarded(Stage.LOGS, body, None)
     return gate(result, result)

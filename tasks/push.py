@@ -21,10 +21,8 @@ def _mb(n: int | None) -> str:
 @task(name="push", cache_policy=NO_CACHE, task_run_name=Stage.PUSH)
 async def push_image(images: Images, image: ImageInfo, repository: str,
                      previous_image: str | None) -> tuple[StageResult, ImageInfo]:
-    pushed = image.model_copy()
-
-    async def body() -> StageResult:
-        nonlocal pushed
+    """Push the image's tags to the registry and pin it by digest; the size against the serving image is evidence."""
+    async def body() -> tuple[StageResult, ImageInfo]:
         result = await asyncio.to_thread(images.push, repository, list(image.tags))
         size = await images.manifest_size(result.pinned)
         previous_size: int | None = None
@@ -48,7 +46,7 @@ async def push_image(images: Images, image: ImageInfo, repository: str,
             criteria=[Criterion(name="Image pushed and pinned by digest", stage=Stage.PUSH, status=Status.PASS,
                                 expected="registry returns a digest", observed=result.digest,
                                 evidence=[summary, note])],
-        )
+        ), pushed
 
-    stage = await guarded(Stage.PUSH, body)
+    stage, pushed = await guarded(Stage.PUSH, body, image.model_copy())
     return gate(stage, (stage, pushed))

@@ -42,9 +42,10 @@ async def run_command(cmd: SmokeCommand, env: Mapping[str, str], cwd: Path) -> t
 
 @task(name="smoke", cache_policy=NO_CACHE, task_run_name=Stage.SMOKE)
 async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: Path) -> StageResult:
-    async def body() -> StageResult:
+    """Run the configured smoke commands against the released revision (URLs in their env); a non-zero exit fails."""
+    async def body() -> tuple[StageResult, None]:
         if not commands:
-            return StageResult(name=Stage.SMOKE, status=Status.SKIP, summary="no smoke commands configured")
+            return StageResult(name=Stage.SMOKE, status=Status.SKIP, summary="no smoke commands configured"), None
         results = await asyncio.gather(*(run_command(c, env, cwd) for c in commands))
         evidence, criteria = [], []
         for cmd, (code, tail, seconds) in zip(commands, results, strict=True):
@@ -58,7 +59,7 @@ async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: 
         failed = [c.name for c, (code, _, _) in zip(commands, results, strict=True) if code != 0]
         status = Status.FAIL if failed else Status.PASS
         summary = f"failed: {', '.join(failed)}" if failed else f"{len(commands)} command(s) passed"
-        return StageResult(name=Stage.SMOKE, status=status, summary=summary, evidence=evidence, criteria=criteria)
+        return StageResult(name=Stage.SMOKE, status=status, summary=summary, evidence=evidence, criteria=criteria), None
 
-    result = await guarded(Stage.SMOKE, body)
+    result, _ = await guarded(Stage.SMOKE, body, None)
     return gate(result, result)

@@ -43,12 +43,13 @@ def syntax_stage_result(report: SyntaxReport) -> StageResult:
 
 @task(name="syntax", cache_policy=NO_CACHE, task_run_name=Stage.SYNTAX)
 async def check_syntax(repo_root: Path, config: SyntaxSettings) -> StageResult:
-    async def body() -> StageResult:
+    """Syntax-check the repository's Python and config files (once per run) for the configured Python version."""
+    async def body() -> tuple[StageResult, None]:
         if not config.enabled:
-            return StageResult(name=Stage.SYNTAX, status=Status.SKIP, summary="syntax validation turned off in config")
+            return StageResult(name=Stage.SYNTAX, status=Status.SKIP, summary="syntax validation turned off in config"), None
         report = await asyncio.to_thread(check_repository, repo_root, target_version=config.version_tuple(),
                                          exclude=config.exclude)
-        return syntax_stage_result(report)
+        return syntax_stage_result(report), None
 
-    result = await guarded(Stage.SYNTAX, body)
+    result, _ = await guarded(Stage.SYNTAX, body, None)
     return gate(result, result)
