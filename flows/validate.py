@@ -31,7 +31,6 @@ from stagecheck.concurrency import (
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
-from stagecheck.ingress import closed_by_ingress
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -45,10 +44,12 @@ from stagecheck.model import (
     Verdict,
 )
 from stagecheck.probe_auth import probe_audience
+from stagecheck.probe_targets import serving_targets, tagged_targets, websocket_target, with_advisories
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.rollback import cleaned_up, decide_rollback, rolled_back
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
@@ -61,8 +62,8 @@ from stagecheck.settings import (
     check_sources,
 )
 from stagecheck.stages import Stage
-from stagecheck.traffic import describe, plan_steps, rollback_split
-from stagecheck.verdict import collect_criteria, decide, required_stages
+from stagecheck.traffic import describe, plan_steps
+from stagecheck.verdict import collect_criteria, decide, required_for
 from stagecheck.verdict_events import emit, verdict_event
 from tasks.bake import watch_release
 from tasks.build import build_image
@@ -92,89 +93,6 @@ async def gate_value(value: T) -> T:
     if isinstance(data, BaseException):  # a task that crashed outside its guard: nothing to read
         raise data
     raise RuntimeError(f"task run ended {value.name}: {value.message}")
-
-
-def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
-    """Pure: the stages whose PASS/WARN the verdict needs (a probe kind turned off is not required)."""
-    stages = list(required_stages(dry_run=settings.dry_run))
-    if not settings.dry_run:
-        stages.insert(1, Stage.INSPECT)
-    if svc.health.tagged.mode == ProbeMode.OFF:
-        stages = [s for s in stages if s != Stage.PROBE_TAGGED]
-    if svc.health.service.mode == ProbeMode.OFF and (svc.health.lb.mode == ProbeMode.OFF or not settings.lb_url):
-        stages = [s for s in stages if s != Stage.PROBE_SERVING]
-    return tuple(stages)
-
-
-def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | None,
-                    ingress: str = "") -> tuple[list[ProbeTarget], list[Criterion]]:
-    """Pure: probe targets for the direct service URL and the LB; a required URL nobody knows is a FAIL row,
-    a URL the service's ingress closes is an advisory (WARN) row saying so, not probed."""
-    targets: list[ProbeTarget] = []
-    missing: list[Criterion] = []
-    lb_url = f"{settings.lb_url}{svc.lb_prefix}{svc.health.lb.path}" if settings.lb_url else None
-    direct = f"{service_url}{svc.health.service.path}" if service_url else None
-    for kind, url in ((UrlKind.SERVICE, direct), (UrlKind.LB, lb_url)):
-        check = svc.health.for_kind(kind)
-        if check.mode == ProbeMode.OFF:
-            continue
-        closed = closed_by_ingress(ingress, kind)
-        if closed is not None:
-            missing.append(Criterion(name=f"{kind} URL healthy", stage=Stage.PROBE_SERVING, status=Status.WARN,
-                                     expected=f"the {kind} URL answers ({check.mode})", observed=closed))
-            continue
-        if url is None:
-            status = Status.FAIL if check.mode == ProbeMode.REQUIRED else Status.WARN
-            missing.append(Criterion(name=f"{kind} URL healthy", stage=Stage.PROBE_SERVING, status=status,
-                                     expected=f"a {kind} URL to probe ({check.mode})",
-                                     observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
-                                     else "the service has no URL"))
-            continue
-        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode,
-                                   audience=probe_audience(kind, service_url, settings.probes)))
-    return targets, missing
-
-
-def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: str | None,
-                   ingress: str = "", service_url: str | None = None) -> tuple[list[ProbeTarget], list[Criterion]]:
-    """Pure: the candidate's tag URL (unless the ingress closes it: an advisory row says so) and, when
-    `lb_tag_url` is configured, the same tag through the load balancer (serverless NEG URL mask)."""
-    check = svc.health.tagged
-    targets: list[ProbeTarget] = []
-    notes: list[Criterion] = []
-    closed = closed_by_ingress(ingress, UrlKind.TAGGED)
-    if closed is not None:
-        notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage=Stage.PROBE_TAGGED, status=Status.WARN,
-                               expected=f"the tag URL answers ({check.mode})", observed=closed))
-    elif tag_url:
-        targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
-                                   audience=probe_audience(UrlKind.TAGGED, service_url, settings.probes)))
-    via_lb = settings.lb_tag_target(tag, svc.name)
-    if via_lb is not None and closed_by_ingress(ingress, UrlKind.LB) is None:
-        url, headers = via_lb
-        targets.append(ProbeTarget(url=f"{url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
-                                   headers=headers or None,
-                                   audience=probe_audience(UrlKind.LB, service_url, settings.probes)))
-    return targets, notes
-
-
-def _add_advisories(result: StageResult, notes: list[Criterion], if_nothing: str) -> None:
-    """Advisory rows (URLs closed by ingress) join the stage; a stage left with nothing probed WARNs, saying why."""
-    if not notes:
-        return
-    result.criteria.extend(notes)
-    if result.status is Status.SKIP:
-        result.status = Status.WARN
-        result.summary = f"{notes[0].observed}; {if_nothing}"
-
-
-def websocket_target(svc: ServiceConfig, service_url: str | None, audience: str | None = None) -> ProbeTarget | None:
-    """Pure: the WebSocket probe on the direct service URL, when the service has a websocket_path."""
-    path = svc.health.websocket_path
-    if not path or not service_url or svc.health.service.mode == ProbeMode.OFF:
-        return None
-    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode,
-                       audience=audience)
 
 
 class ServiceValidation:
@@ -281,13 +199,10 @@ class ServiceValidation:
         if self.settings.lb_url:
             self.urls["lb"] = f"{self.settings.lb_url}{self.svc.lb_prefix}"
         if not self.record(result) or revision is None:
-            if outcome.traffic_moved:
-                self.rollback = Rollback(needed=True, performed=False, ok=False,
-                                         message="first deployment: nothing served before, nothing to restore")
-            else:
-                self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
-                if snapshot.exists and outcome.revision is not None:
-                    await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
+            candidate = outcome.revision.name if outcome.revision is not None else ""
+            await self._rollback_if_moved(outcome.traffic_moved, candidate, Stage.DEPLOY)
+            if not outcome.traffic_moved and snapshot.exists and outcome.revision is not None:
+                await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
             return image, revision
 
         moved = outcome.traffic_moved
@@ -298,8 +213,8 @@ class ServiceValidation:
             result = await gate_value(await probe_urls(self.clients.http, Stage.PROBE_TAGGED, tagged, self.settings.probes,
                                       tokens=self.clients.tokens, service=self.svc.name))
             self.last_probe_at = datetime.now(UTC)
-            _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
-                                           "probe its tag through the load balancer)")
+            result = with_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url "
+                                                    "to probe its tag through the load balancer)")
             if not self.record(result):
                 await self._rollback_if_moved(moved, revision.name, Stage.PROBE_TAGGED)
                 return image, revision
@@ -355,8 +270,7 @@ class ServiceValidation:
         self.record(result)
         if applied:
             self.traffic_after = applied
-        self.rollback = Rollback(needed=False, performed=True, ok=result.status is Status.PASS, restored=applied,
-                                 message=f"traffic never moved; {result.summary}")
+        self.rollback = cleaned_up(result, applied)
 
     async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None) -> bool:
         """Straight or canary: shift a step, probe the serving URLs, hold; stop at the first failure."""
@@ -437,33 +351,26 @@ class ServiceValidation:
             return {}
 
     async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
-        snapshot = self.snapshot
+        """After a failed gate: restore the split that served before when traffic had moved (stagecheck.rollback)."""
         if self.rollback.performed:
             return
-        if not moved:
-            self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+        snapshot = self.snapshot
+        decision = decide_rollback(moved=moved, serving_before=snapshot.serving if snapshot and snapshot.exists else [],
+                                   candidate=revision, tag=self.tag, failed_stage=failed_stage,
+                                   traffic_now=self.traffic_after)
+        if isinstance(decision, Rollback):
+            self.rollback = decision
             return
-        if snapshot is None or not snapshot.exists or not snapshot.serving:
-            self.rollback = Rollback(needed=True, performed=False, ok=False,
-                                     message=f"{failed_stage} failed on a first deployment: nothing served before, "
-                                             "nothing to restore; the new revision keeps serving")
-            return
-        restore = rollback_split(snapshot.serving, revision, self.tag)
         self.starting(Stage.ROLLBACK)
-        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, decision.split,
                                                  self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:
             self.traffic_after = applied
-        ok = result.status is Status.PASS
-        message = result.summary if ok else (f"rollback FAILED: {result.summary}; where traffic is now is unknown: "
-                                             "check the service before the next release")
-        self.rollback = Rollback(needed=True, performed=True, ok=ok, restored=applied, message=message)
+        self.rollback = rolled_back(result, applied)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
-        required = required_for(self.settings, self.svc)
-        if self.traffic_plan.bake_s and not self.settings.dry_run:  # the bake window must have watched
-            required = (*required, Stage.BAKE)
+        required = required_for(self.settings, self.svc, bake=bool(self.traffic_plan.bake_s))
         verdict, decided_by, reasons, warnings = decide(self.stages, required)
         snapshot = self.snapshot
         price = self.settings.price
