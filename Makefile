@@ -6,7 +6,7 @@
 #   make down       stop the sandbox, then only what `make up` started (by pid)
 #   make serve      local Prefect server + deployments + worker (UI on http://127.0.0.1:4200); make down stops them
 #   make test       lint + typecheck + pytest (starts the engine/registry first)
-#   make lint | typecheck | pytest
+#   make lint | typecheck | pytest   (lint = ruff + the import contracts in pyproject [tool.importlinter])
 #   make demo       set up, start the sandbox, validate the example service end to end
 #   make clean-registry   untag what test sessions left in the local registry (older than an hour)
 #   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
@@ -28,7 +28,7 @@ BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp
 APT_PACKAGES := docker.io docker-registry busybox-static
-PY_PACKAGES := stagecheck flows tasks deployments sandbox examples tests
+PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests
 # mypy refuses a directory without Python files: check only the packages that have some.
 MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
 
@@ -88,6 +88,7 @@ down:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy $(MYPY_TARGETS)
@@ -104,7 +105,7 @@ demo: up
 # Session tags (test-/bench-/soak-<hex>) of the sample image and the tests' one-off repositories not pushed to
 # for an hour; the running sessions' own tags stay (each session also removes its own at the end).
 clean-registry: setup
-	$(BIN)/python -m sandbox.cleanup --state-dir $(STATE_DIR) --older-than 3600
+	$(BIN)/python -m localenv.cleanup --state-dir $(STATE_DIR) --older-than 3600
 
 # Each benchmark prints its figures (and the command line that reproduces them); none is a test.
 # The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.

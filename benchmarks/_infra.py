@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from sandbox.infra import InfraInfo, engine_answers, read_infra_json
+from localenv.infra import InfraInfo, engine_answers, read_infra_json
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
     STAGECHECK_STATE_DIR=/work/main/.stagecheck .venv/bin/python benchmarks/bench_readiness.py [--deploys 20]
 
-Starts its own sandbox (sandbox.control.start, free ports, a temp state dir) on the running Docker
+Starts its own sandbox (localenv.control.start, free ports, a temp state dir) on the running Docker
 Engine and registry of $STAGECHECK_STATE_DIR, builds the sample image, then deploys the sample service
 N times concurrently, each with a random STARTUP_DELAY_S in [0, 10) s, through the pipeline's own code
 path: `CloudRun.create_service`, `wait_revision_ready`, `finish`, then `probe_url` (stagecheck's
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from google.cloud import run_v2  # noqa: E402
 
 from benchmarks._infra import running_infra  # noqa: E402
-from sandbox.control import SandboxInfo, start, stop  # noqa: E402
+from localenv.control import SandboxInfo, start, stop  # noqa: E402
 from stagecheck.clients.cloudrun import CloudRun  # noqa: E402
 from stagecheck.model import TrafficTarget  # noqa: E402
 from stagecheck.prober import probe_url  # noqa: E402

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks._infra import running_infra  # noqa: E402
-from sandbox.control import start, stop  # noqa: E402
+from localenv.control import start, stop  # noqa: E402
 from sandbox.sample_image import ensure_build_context  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -165,7 +165,7 @@ def stop_prefect_server(process: subprocess.Popen[bytes]) -> None:
 
 def import_cost(code: Path = REPO) -> str:
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import stagecheck.commands.validate, flows.validate"],
+        [sys.executable, "-X", "importtime", "-c", "import cli.commands.validate, flows.validate"],
         capture_output=True, text=True, cwd=code, check=True, env={**os.environ, "PYTHONPATH": str(code)},
     )  # fmt: skip
     rows = []
@@ -175,7 +175,7 @@ def import_cost(code: Path = REPO) -> str:
             rows.append((int(parts[1]), parts[2].rstrip()))
     total = max(us for us, _ in rows)
     top = [f"{name.strip()} {us / 1e6:.2f}s" for us, name in rows if name.startswith(" " * 3) and not name.startswith(" " * 4)]
-    return f"{total / 1e6:.2f} s for `import stagecheck.commands.validate, flows.validate`; heaviest: " + ", ".join(
+    return f"{total / 1e6:.2f} s for `import cli.commands.validate, flows.validate`; heaviest: " + ", ".join(
         sorted(top, key=lambda t: -float(t.rsplit(" ", 1)[1][:-1]))[:5]
     )
 

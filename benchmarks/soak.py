@@ -34,9 +34,9 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from sandbox.cleanup import remove_local_repository, remove_repository  # noqa: E402
-from sandbox.control import SandboxInfo, start, stop  # noqa: E402
-from sandbox.infra import DEFAULT_REGISTRY, ensure_up  # noqa: E402
+from localenv.cleanup import remove_local_repository, remove_repository  # noqa: E402
+from localenv.control import SandboxInfo, start, stop  # noqa: E402
+from localenv.infra import DEFAULT_REGISTRY, ensure_up  # noqa: E402
 from sandbox.runtime import LABEL_SANDBOX  # noqa: E402
 from sandbox.sample_image import SAMPLE_SERVICE_DIR, ensure_build_context  # noqa: E402
 from stagecheck.prefect_server import TemporaryServer, start_temporary_server  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> int:
         for run in range(1, args.runs + 1):
             started = time.monotonic()
             proc = subprocess.run(
-                [sys.executable, "-m", "stagecheck.cli", "validate", "--config", str(repo / "stagecheck.toml"),
+                [sys.executable, "-m", "cli.main", "validate", "--config", str(repo / "stagecheck.toml"),
                  "--sandbox", "--state-dir", str(sandbox_state)],
                 cwd=repo, env=env, capture_output=True, text=True, timeout=900)
             durations.append(time.monotonic() - started)

@@ -39,14 +39,13 @@ from deployments.definitions import (
     register,
     service_names,
 )
-from sandbox.processes import (
+from localenv.processes import (
     ProcessRecord,
     is_running,
     last_line,
     read_record,
-    signal_until_gone,
     spawn_detached,
-    start_ticks,
+    stop_process,
     wait_until,
     write_record,
 )
@@ -199,28 +198,6 @@ async def wait_worker_online(pool: str, record: ProcessRecord, log: Path,
 
 
 # ------------------------------------------------------------------ stopping
-
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (the flow-run processes a worker started)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-    return out
-
-
-def stop_process(record: ProcessRecord, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGKILL),
-                 wait_s: float = 10.0) -> None:
-    """Signal `record` (only if it is still that very process) in order until it is gone; then stop
-    the children it left behind, also by pid and start time."""
-    children = [ProcessRecord(name=f"{record.name}-child", pid=p, start_ticks=start_ticks(p) or 0, argv=[], log="")
-                for p in (_children(record.pid) if is_running(record) else [])]
-    signal_until_gone(record, signals, wait_s)
-    for child in children:
-        signal_until_gone(child, (signal.SIGTERM, signal.SIGKILL), 5.0)
 
 
 def stop_worker(record: ProcessRecord) -> None:

@@ -5,14 +5,13 @@ The flow only orchestrates: each stage is a task in `tasks/`, the decisions live
 first failed gate, rolls traffic back when it had moved, always reports, and ends Failed when a
 verdict fails (fail closed).
 
-Run: `python -m flows.validate --config stagecheck.toml [--sandbox]` or `stagecheck validate`.
+Run: `stagecheck validate --config stagecheck.toml [--sandbox]` (or `python -m cli validate ...`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar, cast
 
@@ -32,7 +31,6 @@ from stagecheck.concurrency import (
 )
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
-from stagecheck.ingress import closed_by_ingress
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -46,10 +44,12 @@ from stagecheck.model import (
     Verdict,
 )
 from stagecheck.probe_auth import probe_audience
+from stagecheck.probe_targets import serving_targets, tagged_targets, websocket_target, with_advisories
 from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.rollback import cleaned_up, decide_rollback, rolled_back
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
@@ -61,14 +61,15 @@ from stagecheck.settings import (
     UrlKind,
     check_sources,
 )
-from stagecheck.traffic import describe, plan_steps, rollback_split
-from stagecheck.verdict import collect_criteria, decide, required_stages
+from stagecheck.stages import Stage
+from stagecheck.traffic import describe, plan_steps
+from stagecheck.verdict import collect_criteria, decide, required_for
 from stagecheck.verdict_events import emit, verdict_event
 from tasks.bake import watch_release
 from tasks.build import build_image
 from tasks.checkout import checkout_commit
 from tasks.common import Clients, FailedGate
-from tasks.deploy import deploy_revision
+from tasks.deploy import DeployOutcome, deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
 from tasks.notify import notify_failure
@@ -93,89 +94,6 @@ async def gate_value(value: T) -> T:
     if isinstance(data, BaseException):  # a task that crashed outside its guard: nothing to read
         raise data
     raise RuntimeError(f"task run ended {value.name}: {value.message}")
-
-
-def required_for(settings: Settings, svc: ServiceConfig) -> tuple[str, ...]:
-    """Pure: the stages whose PASS/WARN the verdict needs (a probe kind turned off is not required)."""
-    stages = list(required_stages(dry_run=settings.dry_run))
-    if not settings.dry_run:
-        stages.insert(1, "inspect")
-    if svc.health.tagged.mode == ProbeMode.OFF:
-        stages = [s for s in stages if s != "probe-tagged"]
-    if svc.health.service.mode == ProbeMode.OFF and (svc.health.lb.mode == ProbeMode.OFF or not settings.lb_url):
-        stages = [s for s in stages if s != "probe-serving"]
-    return tuple(stages)
-
-
-def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | None,
-                    ingress: str = "") -> tuple[list[ProbeTarget], list[Criterion]]:
-    """Pure: probe targets for the direct service URL and the LB; a required URL nobody knows is a FAIL row,
-    a URL the service's ingress closes is an advisory (WARN) row saying so, not probed."""
-    targets: list[ProbeTarget] = []
-    missing: list[Criterion] = []
-    lb_url = f"{settings.lb_url}{svc.lb_prefix}{svc.health.lb.path}" if settings.lb_url else None
-    direct = f"{service_url}{svc.health.service.path}" if service_url else None
-    for kind, url in ((UrlKind.SERVICE, direct), (UrlKind.LB, lb_url)):
-        check = svc.health.for_kind(kind)
-        if check.mode == ProbeMode.OFF:
-            continue
-        closed = closed_by_ingress(ingress, kind)
-        if closed is not None:
-            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=Status.WARN,
-                                     expected=f"the {kind} URL answers ({check.mode})", observed=closed))
-            continue
-        if url is None:
-            status = Status.FAIL if check.mode == ProbeMode.REQUIRED else Status.WARN
-            missing.append(Criterion(name=f"{kind} URL healthy", stage="probe-serving", status=status,
-                                     expected=f"a {kind} URL to probe ({check.mode})",
-                                     observed="no URL known (lb_url not configured?)" if kind is UrlKind.LB
-                                     else "the service has no URL"))
-            continue
-        targets.append(ProbeTarget(url=url, kind=kind, mode=check.mode,
-                                   audience=probe_audience(kind, service_url, settings.probes)))
-    return targets, missing
-
-
-def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: str | None,
-                   ingress: str = "", service_url: str | None = None) -> tuple[list[ProbeTarget], list[Criterion]]:
-    """Pure: the candidate's tag URL (unless the ingress closes it: an advisory row says so) and, when
-    `lb_tag_url` is configured, the same tag through the load balancer (serverless NEG URL mask)."""
-    check = svc.health.tagged
-    targets: list[ProbeTarget] = []
-    notes: list[Criterion] = []
-    closed = closed_by_ingress(ingress, UrlKind.TAGGED)
-    if closed is not None:
-        notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage="probe-tagged", status=Status.WARN,
-                               expected=f"the tag URL answers ({check.mode})", observed=closed))
-    elif tag_url:
-        targets.append(ProbeTarget(url=f"{tag_url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
-                                   audience=probe_audience(UrlKind.TAGGED, service_url, settings.probes)))
-    via_lb = settings.lb_tag_target(tag, svc.name)
-    if via_lb is not None and closed_by_ingress(ingress, UrlKind.LB) is None:
-        url, headers = via_lb
-        targets.append(ProbeTarget(url=f"{url}{check.path}", kind=UrlKind.TAGGED, mode=check.mode,
-                                   headers=headers or None,
-                                   audience=probe_audience(UrlKind.LB, service_url, settings.probes)))
-    return targets, notes
-
-
-def _add_advisories(result: StageResult, notes: list[Criterion], if_nothing: str) -> None:
-    """Advisory rows (URLs closed by ingress) join the stage; a stage left with nothing probed WARNs, saying why."""
-    if not notes:
-        return
-    result.criteria.extend(notes)
-    if result.status is Status.SKIP:
-        result.status = Status.WARN
-        result.summary = f"{notes[0].observed}; {if_nothing}"
-
-
-def websocket_target(svc: ServiceConfig, service_url: str | None, audience: str | None = None) -> ProbeTarget | None:
-    """Pure: the WebSocket probe on the direct service URL, when the service has a websocket_path."""
-    path = svc.health.websocket_path
-    if not path or not service_url or svc.health.service.mode == ProbeMode.OFF:
-        return None
-    return ProbeTarget(url=f"{service_url}{path}", kind=UrlKind.SERVICE, mode=svc.health.service.mode,
-                       audience=audience)
 
 
 class ServiceValidation:
@@ -240,41 +158,75 @@ class ServiceValidation:
             get_run_logger().warning("could not create the concurrency limit %s: %s", limit_name(self.svc.name), exc)
 
     async def _stages(self, syntax: StageResult) -> tuple[ImageInfo | None, RevisionInfo | None]:
+        """The report's table of contents: syntax, inspect, build, push, deploy, probe-tagged, traffic and
+        probe-serving per step (canary hold, bake), smoke, logs; then release, or rollback at the first failed gate."""
         if self.checkout is not None and not self.record(self.checkout):
             return None, None
-        if not self.record(syntax):
+        if not self.record(syntax) or not self._commit_identified():
             return None, None
+        snapshot = await self._inspect()
+        if snapshot is None:
+            return None, None
+        ok, image = await self._build()
+        if not ok or image is None or self.settings.dry_run:
+            return image, None
+        ok, image = await self._push(image, snapshot)
+        if not ok or image.pinned is None:
+            return image, None
+        ok, outcome = await self._deploy(image.pinned, snapshot)
+        revision = outcome.revision
+        if not ok or revision is None:
+            return image, revision
+        if not await self._probe_tagged(snapshot, outcome, revision.name):
+            return image, revision
+        if (await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
+                and await self._smoke(outcome, revision.name)
+                and await self._logs(snapshot, outcome, revision)):
+            await self._finish_release(revision.name)
+        else:
+            failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
+            await self._rollback_if_moved(True, revision.name, failed)
+        return image, revision
+
+    def _commit_identified(self) -> bool:
+        """The commit to validate is known (a dirty or foreign checkout fails the build gate before any build)."""
         if self.git_error is not None:
-            self.record(StageResult(name="build", status=Status.FAIL, summary=str(self.git_error),
-                                    criteria=[Criterion(name="Commit identified", stage="build", status=Status.FAIL,
+            self.record(StageResult(name=Stage.BUILD, status=Status.FAIL, summary=str(self.git_error),
+                                    criteria=[Criterion(name="Commit identified", stage=Stage.BUILD, status=Status.FAIL,
                                                         expected="a clean checkout of the commit",
                                                         observed=str(self.git_error))]))
-            return None, None
-        if self.settings.dry_run:  # no API contact at all: build only
-            snapshot = ServiceSnapshot(exists=False)
-        else:
-            self.starting("inspect")
-            result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
-            if not self.record(result) or self.snapshot is None:
-                return None, None
-            snapshot = self.snapshot
-            self.traffic_after = list(snapshot.traffic)
+            return False
+        return True
 
-        self.starting("build")
+    async def _inspect(self) -> ServiceSnapshot | None:
+        """The service as it serves now (None: the inspect gate failed); a dry run contacts no API."""
+        if self.settings.dry_run:  # no API contact at all: build only
+            return ServiceSnapshot(exists=False)
+        self.starting(Stage.INSPECT)
+        result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
+        if not self.record(result) or self.snapshot is None:
+            return None
+        snapshot = self.snapshot
+        self.traffic_after = list(snapshot.traffic)
+        return snapshot
+
+    async def _build(self) -> tuple[bool, ImageInfo | None]:
+        self.starting(Stage.BUILD)
         result, image = await gate_value(await build_image(
             self.clients.images, self.svc, self.repository, self.git_sha, self.settings.extra_tags))
-        if not self.record(result) or image is None or self.settings.dry_run:
-            return image, None
+        return self.record(result), image
 
-        self.starting("push")
+    async def _push(self, image: ImageInfo, snapshot: ServiceSnapshot) -> tuple[bool, ImageInfo]:
+        self.starting(Stage.PUSH)
         pushed = await gate_value(await push_image(self.clients.images, image, self.repository, snapshot.image))
         result, image = pushed
-        if not self.record(result) or image.pinned is None:
-            return image, None
+        return self.record(result), image
 
-        self.starting("deploy")
+    async def _deploy(self, pinned: str, snapshot: ServiceSnapshot) -> tuple[bool, DeployOutcome]:
+        """The candidate revision, no traffic; a failed deploy puts the split back as it was (or says why not)."""
+        self.starting(Stage.DEPLOY)
         result, outcome = await gate_value(await deploy_revision(
-            self.clients.cloudrun, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
+            self.clients.cloudrun, self.settings, self.svc, image=pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
@@ -287,60 +239,58 @@ class ServiceValidation:
         if self.settings.lb_url:
             self.urls["lb"] = f"{self.settings.lb_url}{self.svc.lb_prefix}"
         if not self.record(result) or revision is None:
-            if outcome.traffic_moved:
-                self.rollback = Rollback(needed=True, performed=False, ok=False,
-                                         message="first deployment: nothing served before, nothing to restore")
-            else:
-                self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
-                if snapshot.exists and outcome.revision is not None:
-                    await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
-            return image, revision
+            candidate = outcome.revision.name if outcome.revision is not None else ""
+            await self._rollback_if_moved(outcome.traffic_moved, candidate, Stage.DEPLOY)
+            if not outcome.traffic_moved and snapshot.exists and outcome.revision is not None:
+                await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
+            return False, outcome
+        return True, outcome
 
-        moved = outcome.traffic_moved
-        if self.svc.health.tagged.mode != ProbeMode.OFF:
-            self.starting("probe-tagged")
-            tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
-                                           outcome.service_url)
-            result = await gate_value(await probe_urls(self.clients.http, "probe-tagged", tagged, self.settings.probes,
-                                      tokens=self.clients.tokens, service=self.svc.name))
-            self.last_probe_at = datetime.now(UTC)
-            _add_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url to "
-                                           "probe its tag through the load balancer)")
-            if not self.record(result):
-                await self._rollback_if_moved(moved, revision.name, "probe-tagged")
-                return image, revision
+    async def _probe_tagged(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: str) -> bool:
+        """The candidate answers on its tag URL before it gets any traffic (skipped when the tagged probe is off)."""
+        if self.svc.health.tagged.mode == ProbeMode.OFF:
+            return True
+        self.starting(Stage.PROBE_TAGGED)
+        tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
+                                       outcome.service_url)
+        result = await gate_value(await probe_urls(self.clients.http, Stage.PROBE_TAGGED, tagged, self.settings.probes,
+                                  tokens=self.clients.tokens, service=self.svc.name))
+        self.last_probe_at = datetime.now(UTC)
+        result = with_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url "
+                                                "to probe its tag through the load balancer)")
+        if not self.record(result):
+            await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.PROBE_TAGGED)
+            return False
+        return True
 
-        gate_ok = await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
-        if gate_ok:
-            env = {"STAGECHECK_BASE_URL": outcome.service_url or "", "STAGECHECK_TAG_URL": outcome.tag_url or "",
-                   "STAGECHECK_LB_URL": self.urls.get("lb", ""), "STAGECHECK_REVISION": revision.name,
-                   "STAGECHECK_SERVICE": self.svc.name}
-            if self.svc.smoke:
-                self.starting("smoke")
-                env.update(await self._smoke_token(outcome.service_url))
-                gate_ok = self.record(await gate_value(
-                    await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
-        if gate_ok:
-            self.starting("logs")
-            previous = snapshot.previous.name if snapshot.previous else None
-            result = await gate_value(await analyse_logs(
-                                        self.clients.logs, service=self.svc.name, revision=revision.name,
-                                        previous_revision=previous,
-                                        start=revision.created_at or outcome.started_at or self.started_at,
-                                        last_probe_at=self.last_probe_at, rules=self.settings.logs,
-                                        probes=self.settings.probes))
-            gate_ok = self.record(result)
-        if not gate_ok:
-            failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
-            await self._rollback_if_moved(True, revision.name, failed)
-        else:
-            await self._finish_release(revision.name)
-        return image, revision
+    async def _smoke(self, outcome: DeployOutcome, revision: str) -> bool:
+        """The configured smoke commands against the released revision (none configured: nothing to run)."""
+        if not self.svc.smoke:
+            return True
+        env = {"STAGECHECK_BASE_URL": outcome.service_url or "", "STAGECHECK_TAG_URL": outcome.tag_url or "",
+               "STAGECHECK_LB_URL": self.urls.get("lb", ""), "STAGECHECK_REVISION": revision,
+               "STAGECHECK_SERVICE": self.svc.name}
+        self.starting(Stage.SMOKE)
+        env.update(await self._smoke_token(outcome.service_url))
+        return self.record(await gate_value(
+            await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
+
+    async def _logs(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: RevisionInfo) -> bool:
+        """The new revision's logs against the previous revision's, up to the last probe's request log."""
+        self.starting(Stage.LOGS)
+        previous = snapshot.previous.name if snapshot.previous else None
+        result = await gate_value(await analyse_logs(
+                                    self.clients.logs, service=self.svc.name, revision=revision.name,
+                                    previous_revision=previous,
+                                    start=revision.created_at or outcome.started_at or self.started_at,
+                                    last_probe_at=self.last_probe_at, rules=self.settings.logs,
+                                    probes=self.settings.probes))
+        return self.record(result)
 
     async def _finish_release(self, revision: str) -> None:
         """A passed release leaves the service as a person expects: LATEST=100 (after_pass "latest") or the
         candidate pinned, and only the newest few of stagecheck's own tags."""
-        self.starting("release")
+        self.starting(Stage.RELEASE)
         plan = self.traffic_plan
         result, applied = await gate_value(await finish_release(
             self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
@@ -348,12 +298,12 @@ class ServiceValidation:
         if applied:
             self.traffic_after = applied
         if not self.record(result):
-            await self._rollback_if_moved(True, revision, "release")
+            await self._rollback_if_moved(True, revision, Stage.RELEASE)
 
     async def _clean_up_failed_deploy(self, snapshot: ServiceSnapshot, candidate: str) -> None:
         """The failed candidate must not stay a traffic target: restore the split as it was configured
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
-        self.starting("rollback")
+        self.starting(Stage.ROLLBACK)
         remembered = snapshot.traffic or snapshot.serving
         result, applied = await gate_value(await restore_after_failed_deploy(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
@@ -361,8 +311,7 @@ class ServiceValidation:
         self.record(result)
         if applied:
             self.traffic_after = applied
-        self.rollback = Rollback(needed=False, performed=True, ok=result.status is Status.PASS, restored=applied,
-                                 message=f"traffic never moved; {result.summary}")
+        self.rollback = cleaned_up(result, applied)
 
     async def _shift_and_probe(self, snapshot: ServiceSnapshot, revision: str, service_url: str | None) -> bool:
         """Straight or canary: shift a step, probe the serving URLs, hold; stop at the first failure."""
@@ -371,10 +320,10 @@ class ServiceValidation:
             steps = plan_steps(snapshot.serving, revision, self.tag, self.traffic_plan) if snapshot.exists else [
                 [TrafficTarget(revision=revision, percent=100, tag=self.tag)]]
         except ValueError as exc:  # a split Cloud Run would reject: decided before anything moves
-            self.record(StageResult(name="traffic", status=Status.FAIL, summary=f"no valid traffic plan: {exc}",
-                                    criteria=[Criterion(name="Traffic plan", stage="traffic", status=Status.FAIL,
+            self.record(StageResult(name=Stage.TRAFFIC, status=Status.FAIL, summary=f"no valid traffic plan: {exc}",
+                                    criteria=[Criterion(name="Traffic plan", stage=Stage.TRAFFIC, status=Status.FAIL,
                                                         expected="a valid split per step", observed=str(exc))]))
-            await self._rollback_if_moved(False, revision, "traffic")
+            await self._rollback_if_moved(False, revision, Stage.TRAFFIC)
             return False
         for number, split in enumerate(steps, start=1):
             percent = next((t.percent for t in split if t.revision == revision), 0)
@@ -386,10 +335,10 @@ class ServiceValidation:
                 if applied:
                     self.traffic_after = applied
                 if not self.record(result):
-                    await self._rollback_if_moved(True, revision, "traffic")
+                    await self._rollback_if_moved(True, revision, Stage.TRAFFIC)
                     return False
             else:
-                self.record(StageResult(name="traffic", status=Status.PASS,
+                self.record(StageResult(name=Stage.TRAFFIC, status=Status.PASS,
                                         summary=f"{label}: first deployment, the revision serves since creation",
                                         evidence=[Evidence(kind="traffic", summary=describe(split))]))
             self.starting(f"probe {percent}%")
@@ -397,12 +346,12 @@ class ServiceValidation:
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
             result = await gate_value(await probe_urls(
-                                      self.clients.http, "probe-serving", targets, self.settings.probes,
+                                      self.clients.http, Stage.PROBE_SERVING, targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
                                       service=self.svc.name, unprobed=missing))
             self.last_probe_at = datetime.now(UTC)
             if not self.record(result):
-                await self._rollback_if_moved(True, revision, "probe-serving")
+                await self._rollback_if_moved(True, revision, Stage.PROBE_SERVING)
                 return False
             last = number == len(steps)
             watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
@@ -429,7 +378,7 @@ class ServiceValidation:
         if sent:
             self.last_probe_at = datetime.fromisoformat(sent)
         if not self.record(result):
-            await self._rollback_if_moved(True, revision, "bake")
+            await self._rollback_if_moved(True, revision, Stage.BAKE)
             return False
         return True
 
@@ -443,33 +392,26 @@ class ServiceValidation:
             return {}
 
     async def _rollback_if_moved(self, moved: bool, revision: str, failed_stage: str) -> None:
-        snapshot = self.snapshot
+        """After a failed gate: restore the split that served before when traffic had moved (stagecheck.rollback)."""
         if self.rollback.performed:
             return
-        if not moved:
-            self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+        snapshot = self.snapshot
+        decision = decide_rollback(moved=moved, serving_before=snapshot.serving if snapshot and snapshot.exists else [],
+                                   candidate=revision, tag=self.tag, failed_stage=failed_stage,
+                                   traffic_now=self.traffic_after)
+        if isinstance(decision, Rollback):
+            self.rollback = decision
             return
-        if snapshot is None or not snapshot.exists or not snapshot.serving:
-            self.rollback = Rollback(needed=True, performed=False, ok=False,
-                                     message=f"{failed_stage} failed on a first deployment: nothing served before, "
-                                             "nothing to restore; the new revision keeps serving")
-            return
-        restore = rollback_split(snapshot.serving, revision, self.tag)
-        self.starting("rollback")
-        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+        self.starting(Stage.ROLLBACK)
+        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, decision.split,
                                                  self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:
             self.traffic_after = applied
-        ok = result.status is Status.PASS
-        message = result.summary if ok else (f"rollback FAILED: {result.summary}; where traffic is now is unknown: "
-                                             "check the service before the next release")
-        self.rollback = Rollback(needed=True, performed=True, ok=ok, restored=applied, message=message)
+        self.rollback = rolled_back(result, applied)
 
     def _report(self, image: ImageInfo | None, revision: RevisionInfo | None) -> ServiceReport:
-        required = required_for(self.settings, self.svc)
-        if self.traffic_plan.bake_s and not self.settings.dry_run:  # the bake window must have watched
-            required = (*required, "bake")
+        required = required_for(self.settings, self.svc, bake=bool(self.traffic_plan.bake_s))
         verdict, decided_by, reasons, warnings = decide(self.stages, required)
         snapshot = self.snapshot
         price = self.settings.price
@@ -621,13 +563,3 @@ async def validate(
         # a Failed final state (not an exception): the run fails closed, with the reason and no traceback
         return Failed(message=redact(message), data=results)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    from stagecheck.commands.validate import main as cli_main
-
-    return cli_main(argv if argv is not None else sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,8 +18,9 @@ from stagecheck import probe_policy as pp
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.probe_policy import AttemptOutcome, ProbeAttempt
 from stagecheck.settings import ProbePolicy, UrlKind
+from stagecheck.stages import Stage
 
-STAGE_NAME = "bake"
+STAGE_NAME = Stage.BAKE
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 
 from stagecheck.model import Criterion, StageResult, Status
+from stagecheck.stages import Stage
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -140,8 +141,8 @@ async def slot_holders(service: str) -> list[str] | None:
 
 def lock_failed(service: str, error: ServiceLockError) -> StageResult:
     """Pure: the FAIL stage a service gets when its slot cannot be taken (fail closed, reported)."""
-    return StageResult(name="lock", status=Status.FAIL, summary=str(error),
-                       criteria=[Criterion(name="Service slot taken", stage="lock", status=Status.FAIL,
+    return StageResult(name=Stage.LOCK, status=Status.FAIL, summary=str(error),
+                       criteria=[Criterion(name="Service slot taken", stage=Stage.LOCK, status=Status.FAIL,
                                            expected=f"the concurrency limit {limit_name(service)!r} exists",
                                            observed=str(error))])
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from stagecheck.model import TrafficTarget
 from stagecheck.settings import TrafficPlan
+from stagecheck.stages import Stage
 
 LATEST = "LATEST"
 TAG_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -156,7 +157,7 @@ def rollback_split(
     The candidate keeps its tag at 0 %: no traffic, but its tag URL and logs stay reachable for
     debugging. `before` must be pinned (LATEST would route to the failed candidate).
     """
-    _require_pinned(before, "rollback")
+    _require_pinned(before, Stage.ROLLBACK)
     restored = _merge(before)
     if candidate_tag is not None:
         _check_tag(candidate_tag)

@@ -10,22 +10,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stagecheck.model import Criterion, StageResult, Status, Verdict
+from stagecheck.settings import ProbeMode, ServiceConfig, Settings
+from stagecheck.stages import Stage
 
-REQUIRED_STAGES: tuple[str, ...] = (
-    "syntax",
-    "build",
-    "push",
-    "deploy",
-    "probe-tagged",
-    "traffic",
-    "probe-serving",
-    "logs",
+REQUIRED_STAGES: tuple[Stage, ...] = (
+    Stage.SYNTAX,
+    Stage.BUILD,
+    Stage.PUSH,
+    Stage.DEPLOY,
+    Stage.PROBE_TAGGED,
+    Stage.TRAFFIC,
+    Stage.PROBE_SERVING,
+    Stage.LOGS,
 )
-DRY_RUN_STAGES: tuple[str, ...] = ("syntax", "build")
+DRY_RUN_STAGES: tuple[Stage, ...] = (Stage.SYNTAX, Stage.BUILD)
 
 
-def required_stages(*, dry_run: bool) -> tuple[str, ...]:
+def required_stages(*, dry_run: bool) -> tuple[Stage, ...]:
     return DRY_RUN_STAGES if dry_run else REQUIRED_STAGES
+
+
+def required_for(settings: Settings, svc: ServiceConfig, *, bake: bool = False) -> tuple[Stage, ...]:
+    """The stages whose PASS/WARN a service's verdict needs: a probe kind turned off is not required, the
+    inspect stage only when the run talks to Cloud Run, the bake only when the plan bakes (`bake`)."""
+    stages = list(required_stages(dry_run=settings.dry_run))
+    if not settings.dry_run:
+        stages.insert(1, Stage.INSPECT)
+    if svc.health.tagged.mode == ProbeMode.OFF:
+        stages = [s for s in stages if s != Stage.PROBE_TAGGED]
+    if svc.health.service.mode == ProbeMode.OFF and (svc.health.lb.mode == ProbeMode.OFF or not settings.lb_url):
+        stages = [s for s in stages if s != Stage.PROBE_SERVING]
+    if bake and not settings.dry_run:  # the bake window must have watched
+        stages.append(Stage.BAKE)
+    return tuple(stages)
 
 
 def decide(

@@ -27,6 +27,7 @@ from stagecheck.log_analysis import (
 from stagecheck.model import StageResult
 from stagecheck.prober import ProbeTarget, probe_once, safe_url
 from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
 from tasks.probe import with_credentials
 
@@ -43,7 +44,7 @@ async def _pause(done: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(done.wait(), seconds)
 
 
-@task(name="bake", cache_policy=NO_CACHE, task_run_name=stage_run_name("bake", label_param="label"))
+@task(name="bake", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.BAKE, label_param="label"))
 async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: str, service: str, revision: str,
                         previous_revision: str | None, since: datetime, targets: list[ProbeTarget],
                         duration_s: float, interval_s: float, probes: ProbePolicy, rules: LogRules,
@@ -139,7 +140,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 watch.error = f"unexpected {type(exc).__name__}: {exc}"
             done.set()
 
-    async def body() -> StageResult:
+    async def body() -> tuple[StageResult, None]:
         loops = [asyncio.create_task(guard(probe_loop)), asyncio.create_task(guard(log_loop))]
         try:
             await _pause(done, duration_s)
@@ -149,7 +150,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
         watch.watched_s = time.monotonic() - started
-        return bake_result(watch)
+        return bake_result(watch), None
 
-    result = await guarded("bake", body)
+    result, _ = await guarded(Stage.BAKE, body, None)
     return gate(result, result)

@@ -11,11 +11,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import ValidationRequest
 from stagecheck.checkout import Checkout, CheckoutError, prepare, remove
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
+from stagecheck.request import ValidationRequest
 from stagecheck.settings import ConfigError, ServiceConfig, Settings, check_sources
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded
 
 
@@ -53,10 +54,10 @@ def checkout_stage_result(checkout: Checkout, requested: str | None) -> StageRes
     """Pure: the PASS result of a checkout."""
     summary = redact(checkout.how)
     return StageResult(
-        name="checkout", status=Status.PASS, summary=summary,
+        name=Stage.CHECKOUT, status=Status.PASS, summary=summary,
         evidence=[Evidence(kind="note", summary=summary,
                            data={"sha": checkout.sha, "tree": str(checkout.tree), "per_run": checkout.per_run})],
-        criteria=[Criterion(name="Commit checked out", stage="checkout", status=Status.PASS,
+        criteria=[Criterion(name="Commit checked out", stage=Stage.CHECKOUT, status=Status.PASS,
                             expected=f"the tree of {requested or 'HEAD'}", observed=f"tree of {checkout.sha[:12]}")])
 
 
@@ -76,10 +77,7 @@ async def checkout_commit(request: ValidationRequest, settings: Settings, servic
     """Check out the requested commit for this run (in place when the clone is at it and clean, else a
     per-run `git worktree` fetched from the remote if need be) and point the run's settings into it.
     A bad SHA, a commit the remote does not have, or an invalid config at that commit fail the gate."""
-    done: CheckedOut | None = None
-
-    async def body() -> StageResult:
-        nonlocal done
+    async def body() -> tuple[StageResult, CheckedOut | None]:
         paths = tuple(settings.service(name).source_dir for name in services)
         checkout = await asyncio.to_thread(prepare, settings.repo_root, request.git_sha, paths, token=token)
         try:
@@ -92,9 +90,9 @@ async def checkout_commit(request: ValidationRequest, settings: Settings, servic
                 f"at commit {checkout.sha[:12]}: {exc}"
             raise CheckoutError(message) from None
         done = CheckedOut(checkout=checkout, settings=moved, services=chosen)
-        return checkout_stage_result(checkout, request.git_sha)
+        return checkout_stage_result(checkout, request.git_sha), done
 
-    result = await guarded("checkout", body)
+    result, done = await guarded(Stage.CHECKOUT, body, None)
     if result.status is Status.FAIL:
         result.summary = redact(result.summary)
     return gate(result, (result, done))

@@ -78,12 +78,14 @@ class Clients:
         await self.images.aclose()
 
 
-async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],
-                  logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> StageResult:
-    """Run a stage body; any failure to decide becomes a FAIL with a readable reason."""
+async def guarded(name: str, body: Callable[[], Awaitable[tuple[StageResult, T]]], default: T,
+                  logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> tuple[StageResult, T]:
+    """Run a stage body, which returns its result and the value the flow needs next (`None` when there is
+    none); any failure to decide becomes a FAIL with a readable reason, paired with `default`."""
     started = time.monotonic()
+    value = default
     try:
-        result = await body()
+        result, value = await body()
     except StageError as exc:
         result = StageResult(name=name, status=Status.FAIL, summary=str(exc),
                              evidence=[Evidence(kind="note", summary=str(exc))],
@@ -98,7 +100,7 @@ async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],
                              criteria=[Criterion(name=f"{name} completed", stage=name, status=Status.FAIL,
                                                  expected="stage completes", observed=message)])
     result.duration_s = round(time.monotonic() - started, 3)
-    return result
+    return result, value
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.report import console_logs_url
 from stagecheck.settings import ServiceConfig, Settings
+from stagecheck.stages import Stage
 from stagecheck.traffic import describe, with_tagged_candidate
 from tasks.common import gate, guarded, stage_run_name
 from tasks.inspect import ServiceSnapshot
@@ -65,6 +66,8 @@ class DeployOutcome:
     traffic: list[TrafficTarget] = field(default_factory=list)
     traffic_moved: bool = False
     started_at: datetime | None = None
+    revision_name: str = ""  # the candidate's name (a name conflict gets one new suffix)
+    log_url: str = ""  # the candidate's logs in the console
 
 
 def _tag_uri(service: object, tag: str) -> str | None:
@@ -74,9 +77,11 @@ def _tag_uri(service: object, tag: str) -> str | None:
     return None
 
 
-@task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name("deploy"))
+@task(name="deploy", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.DEPLOY))
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
+    """Create the candidate revision with no traffic and its tag (the serving split sent back pinned; a first
+    deployment gets 100 %), from the service's current template; wait until it is Ready."""
     from stagecheck.clients.cloudrun import (
         DEPLOY_MASK,
         RevisionNameConflict,
@@ -86,13 +91,14 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         template_facts,
     )
 
-    outcome = DeployOutcome(started_at=datetime.now(UTC))
-    name = revision_name(service.name, git_sha[:7])
-    log_url = console_logs_url(project=settings.project, region=settings.region, service=service.name,
-                               revision=name, console_base=settings.endpoints.console_base)
+    first_name = revision_name(service.name, git_sha[:7])
+    outcome = DeployOutcome(started_at=datetime.now(UTC), revision_name=first_name,
+                            log_url=console_logs_url(project=settings.project, region=settings.region,
+                                                     service=service.name, revision=first_name,
+                                                     console_base=settings.endpoints.console_base))
 
-    async def body() -> StageResult:
-        nonlocal name, log_url
+    async def body() -> tuple[StageResult, DeployOutcome]:
+        name, log_url = outcome.revision_name, outcome.log_url
         labels = {"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"}
         notes: list[Evidence] = []
         if snapshot.exists:
@@ -125,6 +131,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                     log_url = console_logs_url(project=settings.project, region=settings.region,
                                                service=service.name, revision=name,
                                                console_base=settings.endpoints.console_base)
+                    outcome.revision_name, outcome.log_url = name, log_url
                     notes.append(Evidence(kind="note", summary=f"revision name {taken} was taken ({exc.message}); "
                                                                f"retried as {name}"))
                     continue
@@ -159,12 +166,12 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
             evidence.append(Evidence(kind="traffic", summary=f"traffic after the failed deploy: {describe(outcome.traffic)}",
                                      data={"traffic": [t.model_dump() for t in outcome.traffic]}))
             return StageResult(
-                name="deploy", status=Status.FAIL, summary=f"revision {name} failed: {reason}",
+                name=Stage.DEPLOY, status=Status.FAIL, summary=f"revision {name} failed: {reason}",
                 evidence=evidence,
-                criteria=[Criterion(name="New revision becomes Ready", stage="deploy", status=Status.FAIL,
+                criteria=[Criterion(name="New revision becomes Ready", stage=Stage.DEPLOY, status=Status.FAIL,
                                     expected="Ready condition SUCCEEDED", observed=reason, evidence=[log_url])],
                 data={"logs_url": log_url},
-            )
+            ), outcome
         svc = await cloudrun.finish(op, f"deploy {name}", timeout_s=settings.deploy_timeout_s)
         outcome.service_url = svc.uri or None
         outcome.tag_url = _tag_uri(svc, tag)
@@ -179,17 +186,17 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         evidence.append(Evidence(kind="timing", summary=observed,
                                  data={"created_at": str(created), "ready_at": str(ready.transition_time),
                                        "startup_s": startup, "tag_url": outcome.tag_url}))
-        criteria = [Criterion(name="New revision becomes Ready", stage="deploy", status=Status.PASS,
+        criteria = [Criterion(name="New revision becomes Ready", stage=Stage.DEPLOY, status=Status.PASS,
                               expected="Ready condition SUCCEEDED", observed=observed)]
         if outcome.tag_url is None:
-            criteria.append(Criterion(name="Revision tag URL assigned", stage="deploy", status=Status.FAIL,
+            criteria.append(Criterion(name="Revision tag URL assigned", stage=Stage.DEPLOY, status=Status.FAIL,
                                       expected=f"traffic status with tag {tag} and a URI",
                                       observed="no URI for the tag"))
         status = Status.FAIL if outcome.tag_url is None else Status.PASS
-        return StageResult(name="deploy", status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
-                           criteria=criteria, data={"logs_url": log_url})
+        return StageResult(name=Stage.DEPLOY, status=status, summary=f"{observed}; {plan_note}", evidence=evidence,
+                           criteria=criteria, data={"logs_url": log_url}), outcome
 
-    stage = await guarded("deploy", body)
+    stage, outcome = await guarded(Stage.DEPLOY, body, outcome)
     if outcome.revision is None and stage.status is Status.FAIL:
-        outcome.revision = RevisionInfo(name=name, tag=tag, image=image, log_url=log_url)
+        outcome.revision = RevisionInfo(name=outcome.revision_name, tag=tag, image=image, log_url=outcome.log_url)
     return gate(stage, (stage, outcome))

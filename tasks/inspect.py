@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.stages import Stage
 from stagecheck.traffic import describe, pin_latest, without_unready
 from tasks.common import gate, guarded, stage_run_name
 
@@ -56,12 +57,11 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
                            uri=svc.uri or None, previous=previous, ingress=ingress_name(svc), stale=stale)
 
 
-@task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name("inspect"))
+@task(name="inspect", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.INSPECT))
 async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult, ServiceSnapshot | None]:
-    snapshot: ServiceSnapshot | None = None
-
-    async def body() -> StageResult:
-        nonlocal snapshot
+    """Read the service as it serves now (split, serving revision, ingress), before anything changes; the
+    first contact with the Cloud Run API."""
+    async def body() -> tuple[StageResult, ServiceSnapshot | None]:
         snapshot = await read_snapshot(cloudrun, service)
         if not snapshot.exists:
             observed = "service does not exist yet: first deployment, nothing to roll back to"
@@ -71,13 +71,13 @@ async def inspect_service(cloudrun: CloudRun, service: str) -> tuple[StageResult
                 observed += (f"; stale targets of revisions that are not Ready will be dropped: "
                              f"{describe(snapshot.stale)}")
         return StageResult(
-            name="inspect", status=Status.PASS, summary=observed,
+            name=Stage.INSPECT, status=Status.PASS, summary=observed,
             evidence=[Evidence(kind="traffic", summary=observed,
                                data={"traffic": [t.model_dump() for t in snapshot.traffic], "uri": snapshot.uri,
                                      "image": snapshot.image})],
-            criteria=[Criterion(name="Cloud Run API reachable, service state read", stage="inspect",
+            criteria=[Criterion(name="Cloud Run API reachable, service state read", stage=Stage.INSPECT,
                                 status=Status.PASS, expected="GET service answers", observed=observed)],
-        )
+        ), snapshot
 
-    result = await guarded("inspect", body)
+    result, snapshot = await guarded(Stage.INSPECT, body, None)
     return gate(result, (result, snapshot))

@@ -22,6 +22,7 @@ from stagecheck.log_analysis import (
 )
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import LogRules, ProbePolicy
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
 
 if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported where first used
@@ -69,11 +70,13 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
         interval = min(interval * 2, 4.0)
 
 
-@task(name="logs", cache_policy=NO_CACHE, task_run_name=stage_run_name("logs"))
+@task(name="logs", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.LOGS))
 async def analyse_logs(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
                        start: datetime, last_probe_at: datetime | None, rules: LogRules,
                        probes: ProbePolicy) -> StageResult:
-    async def body() -> StageResult:
+    """Read the new revision's logs (until the last probe's request log is visible) and the previous
+    revision's, and judge them: new ERROR signatures, crashes, 5xx rate. Logs it cannot see FAIL."""
+    async def body() -> tuple[StageResult, None]:
         try:
             records, settled, truncated = await read_settled(reader, service=service, revision=revision, start=start,
                                                   last_probe_at=last_probe_at, rules=rules)
@@ -88,17 +91,17 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                 previous = summarise(_records(prev.entries), revision=previous_revision, window=prev_window,
                                      retry_statuses=probes.retry_statuses)
         except StageError as exc:
-            return judge_logs_unavailable(str(exc))
+            return judge_logs_unavailable(str(exc)), None
         result = judge_logs(current, compare(current, previous, rules), rules, truncated=truncated)
         if not settled:  # fail closed: logs we could not see might hold the errors
             note = (f"the last probe's request log was not visible after {rules.settle_s:g}s: "
                     "log ingestion incomplete, cannot judge (raise logs.settle_s?)")
             result.evidence.append(Evidence(kind="note", summary=note))
-            result.criteria.append(Criterion(name="Logs ingested up to the last probe", stage="logs",
+            result.criteria.append(Criterion(name="Logs ingested up to the last probe", stage=Stage.LOGS,
                                              status=Status.FAIL, expected="request log of the last probe visible",
                                              observed=note))
             result.status, result.summary = Status.FAIL, note
-        return result
+        return result, None
 
-    result = await guarded("logs", body)
+    result, _ = await guarded(Stage.LOGS, body, None)
     return gate(result, result)

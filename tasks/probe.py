@@ -80,14 +80,15 @@ async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarg
                      service: str = "", unprobed: list[Criterion] | None = None) -> StageResult:
     """Probe the URLs (ID tokens per probes.auth; a 401/403 fails naming the permission or audience);
     `unprobed`: rows of URLs that could not be probed (see `with_unprobed`)."""
-    async def body() -> StageResult:
+    async def body() -> tuple[StageResult, None]:
         results = await probe_many(http, await with_credentials(targets, policy, tokens, service), policy)
         # the WebSocket exchange runs after the HTTP probes warmed the revision up
         if websocket is not None:
             ws = (await with_credentials([websocket], policy, tokens, service))[0]
             results.append(await probe_websocket(ws.url, timeout_s=policy.request_timeout_s * 2,
                                                  kind=ws.kind, mode=ws.mode, headers=ws.headers))
-        return probe_stage_result(name, results, label)
+        return probe_stage_result(name, results, label), None
 
-    result = with_unprobed(await guarded(name, body), unprobed or [], label)
+    result, _ = await guarded(name, body, None)
+    result = with_unprobed(result, unprobed or [], label)
     return gate(result, result)

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.clients.images import Images
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, ImageInfo, StageResult, Status
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded
 
 
@@ -17,13 +18,11 @@ def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:.2f} MB"
 
 
-@task(name="push", cache_policy=NO_CACHE, task_run_name="push")
+@task(name="push", cache_policy=NO_CACHE, task_run_name=Stage.PUSH)
 async def push_image(images: Images, image: ImageInfo, repository: str,
                      previous_image: str | None) -> tuple[StageResult, ImageInfo]:
-    pushed = image.model_copy()
-
-    async def body() -> StageResult:
-        nonlocal pushed
+    """Push the image's tags to the registry and pin it by digest; the size against the serving image is evidence."""
+    async def body() -> tuple[StageResult, ImageInfo]:
         result = await asyncio.to_thread(images.push, repository, list(image.tags))
         size = await images.manifest_size(result.pinned)
         previous_size: int | None = None
@@ -40,14 +39,14 @@ async def push_image(images: Images, image: ImageInfo, repository: str,
                                           "previous_reference": previous_image, "previous_size_bytes": previous_size})
         summary = f"pushed {result.pinned} (tags {', '.join(result.tags)}) in {result.duration_s:.1f}s"
         return StageResult(
-            name="push", status=Status.PASS, summary=summary,
+            name=Stage.PUSH, status=Status.PASS, summary=summary,
             evidence=[Evidence(kind="docker", summary=summary, data={"digest": result.digest, "tags": result.tags}),
                       Evidence(kind="docker", summary=note,
                                data={"size_bytes": size, "previous_size_bytes": previous_size})],
-            criteria=[Criterion(name="Image pushed and pinned by digest", stage="push", status=Status.PASS,
+            criteria=[Criterion(name="Image pushed and pinned by digest", stage=Stage.PUSH, status=Status.PASS,
                                 expected="registry returns a digest", observed=result.digest,
                                 evidence=[summary, note])],
-        )
+        ), pushed
 
-    stage = await guarded("push", body)
+    stage, pushed = await guarded(Stage.PUSH, body, image.model_copy())
     return gate(stage, (stage, pushed))

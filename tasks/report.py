@@ -26,6 +26,8 @@ def report_path(report_dir: Path, report: ServiceReport) -> Path:
 
 @task(name="report", cache_policy=NO_CACHE)
 async def publish_report(report: ServiceReport, report_dir: Path) -> Path:
+    """Publish a service's report: Markdown and criteria-table artifacts, links to the service and its logs,
+    and the JSON report in report_dir (its path is returned)."""
     verdict = report.verdict.value.upper()
     await acreate_markdown_artifact(markdown=render_markdown(report), key=artifact_key("stagecheck-report", report.service),
                                     description=f"{verdict}: staging validation of {report.service}")

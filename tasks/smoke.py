@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.settings import SmokeCommand
+from stagecheck.stages import Stage
 from tasks.common import gate, guarded
 
 TAIL_CHARS = 2000
@@ -39,11 +40,12 @@ async def run_command(cmd: SmokeCommand, env: Mapping[str, str], cwd: Path) -> t
     return proc.returncode, out.decode(errors="replace")[-TAIL_CHARS:], time.monotonic() - started
 
 
-@task(name="smoke", cache_policy=NO_CACHE, task_run_name="smoke")
+@task(name="smoke", cache_policy=NO_CACHE, task_run_name=Stage.SMOKE)
 async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: Path) -> StageResult:
-    async def body() -> StageResult:
+    """Run the configured smoke commands against the released revision (URLs in their env); a non-zero exit fails."""
+    async def body() -> tuple[StageResult, None]:
         if not commands:
-            return StageResult(name="smoke", status=Status.SKIP, summary="no smoke commands configured")
+            return StageResult(name=Stage.SMOKE, status=Status.SKIP, summary="no smoke commands configured"), None
         results = await asyncio.gather(*(run_command(c, env, cwd) for c in commands))
         evidence, criteria = [], []
         for cmd, (code, tail, seconds) in zip(commands, results, strict=True):
@@ -52,12 +54,12 @@ async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: 
                         if code is None else f"exit {code} in {seconds:.1f}s")
             evidence.append(Evidence(kind="command", summary=f"{cmd.name}: {observed}",
                                      data={"command": redact(cmd.command), "exit_code": code, "output_tail": redact(tail)}))
-            criteria.append(Criterion(name=f"Smoke: {cmd.name}", stage="smoke", status=Status.PASS if ok else Status.FAIL,
+            criteria.append(Criterion(name=f"Smoke: {cmd.name}", stage=Stage.SMOKE, status=Status.PASS if ok else Status.FAIL,
                                       expected="exit 0", observed=observed))
         failed = [c.name for c, (code, _, _) in zip(commands, results, strict=True) if code != 0]
         status = Status.FAIL if failed else Status.PASS
         summary = f"failed: {', '.join(failed)}" if failed else f"{len(commands)} command(s) passed"
-        return StageResult(name="smoke", status=status, summary=summary, evidence=evidence, criteria=criteria)
+        return StageResult(name=Stage.SMOKE, status=status, summary=summary, evidence=evidence, criteria=criteria), None
 
-    result = await guarded("smoke", body)
+    result, _ = await guarded(Stage.SMOKE, body, None)
     return gate(result, result)

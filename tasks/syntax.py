@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import SyntaxSettings
+from stagecheck.stages import Stage
 from stagecheck.syntax import SyntaxReport, check_repository
 from tasks.common import gate, guarded
 
@@ -33,21 +34,22 @@ def syntax_stage_result(report: SyntaxReport) -> StageResult:
                                "findings": lines[:MAX_LISTED],
                                "findings_total": len(lines)})]
     evidence += [Evidence(kind="syntax", summary=line) for line in lines[:MAX_LISTED]]
-    criterion = Criterion(name="Repository parses (Python, YAML/JSON/TOML, no conflict markers)", stage="syntax",
+    criterion = Criterion(name="Repository parses (Python, YAML/JSON/TOML, no conflict markers)", stage=Stage.SYNTAX,
                           status=status, expected="0 syntax errors",
                           observed=f"{len(lines)} error(s) in {checked} files",
                           evidence=lines[:5])
-    return StageResult(name="syntax", status=status, summary=summary, evidence=evidence, criteria=[criterion])
+    return StageResult(name=Stage.SYNTAX, status=status, summary=summary, evidence=evidence, criteria=[criterion])
 
 
-@task(name="syntax", cache_policy=NO_CACHE, task_run_name="syntax")
+@task(name="syntax", cache_policy=NO_CACHE, task_run_name=Stage.SYNTAX)
 async def check_syntax(repo_root: Path, config: SyntaxSettings) -> StageResult:
-    async def body() -> StageResult:
+    """Syntax-check the repository's Python and config files (once per run) for the configured Python version."""
+    async def body() -> tuple[StageResult, None]:
         if not config.enabled:
-            return StageResult(name="syntax", status=Status.SKIP, summary="syntax validation turned off in config")
+            return StageResult(name=Stage.SYNTAX, status=Status.SKIP, summary="syntax validation turned off in config"), None
         report = await asyncio.to_thread(check_repository, repo_root, target_version=config.version_tuple(),
                                          exclude=config.exclude)
-        return syntax_stage_result(report)
+        return syntax_stage_result(report), None
 
-    result = await guarded("syntax", body)
+    result, _ = await guarded(Stage.SYNTAX, body, None)
     return gate(result, result)

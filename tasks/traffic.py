@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.model import Criterion, Evidence, StageResult, Status, TrafficTarget
 from stagecheck.settings import AfterPass
+from stagecheck.stages import Stage
 from stagecheck.traffic import (
     OWN_TAG_RE,
     describe,
@@ -71,15 +72,11 @@ async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[Traffic
 
 async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float, stage: str,
                  criterion: str, done: str, latest: str | None = None) -> tuple[StageResult, list[TrafficTarget]]:
-    applied: list[TrafficTarget] = []
-
-    async def body() -> StageResult:
-        nonlocal applied
+    async def body() -> tuple[StageResult, list[TrafficTarget]]:
         stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s)
-        applied = stored
-        return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled)
+        return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled), stored
 
-    result = await guarded(stage, body)
+    result, applied = await guarded(stage, body, list[TrafficTarget]())
     return gate(result, (result, applied))
 
 
@@ -99,32 +96,29 @@ async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[Traffic
 
 
 @task(name="shift-traffic", cache_policy=NO_CACHE,
-      task_run_name=stage_run_name("traffic", label_param="step_label"))
+      task_run_name=stage_run_name(Stage.TRAFFIC, label_param="step_label"))
 async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
                         step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
     """One step of the traffic plan, verified against what serves."""
-    return await _apply(cloudrun, service, split, timeout_s, "traffic", f"Traffic shifted ({step_label})", step_label)
+    return await _apply(cloudrun, service, split, timeout_s, Stage.TRAFFIC, f"Traffic shifted ({step_label})", step_label)
 
 
-@task(name="rollback", cache_policy=NO_CACHE, task_run_name=stage_run_name("rollback", label_param="reason"))
+@task(name="rollback", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.ROLLBACK, label_param="reason"))
 async def rollback_traffic(cloudrun: CloudRun, service: str, restore: list[TrafficTarget], timeout_s: float,
                            reason: str) -> tuple[StageResult, list[TrafficTarget]]:
     """Restore the remembered split after a failed gate, verified against what serves."""
-    return await _apply(cloudrun, service, restore, timeout_s, "rollback", "Traffic restored to the previous split",
+    return await _apply(cloudrun, service, restore, timeout_s, Stage.ROLLBACK, "Traffic restored to the previous split",
                         f"rolled back after {reason}")
 
 
-@task(name="release-traffic", cache_policy=NO_CACHE, task_run_name=stage_run_name("release"))
+@task(name="release-traffic", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.RELEASE))
 async def finish_release(cloudrun: CloudRun, service: str, current: list[TrafficTarget], candidate: str, tag: str,
                          after_pass: AfterPass, keep_tags: int, timeout_s: float
                          ) -> tuple[StageResult, list[TrafficTarget]]:
     """After a passed release: "latest" returns the service to LATEST=100 (the next `gcloud run deploy`
     then serves its revision), "pinned" keeps the candidate pinned at 100 %; either way stagecheck's own
     `sc-*` tags beyond the `keep_tags` newest are removed."""
-    applied: list[TrafficTarget] = []
-
-    async def body() -> StageResult:
-        nonlocal applied
+    async def body() -> tuple[StageResult, list[TrafficTarget]]:
         ages = await own_tag_ages(cloudrun, service, current)
         pruned, removed = prune_own_tags(current, keep_tags, ages, tag)
         final = latest_serves(pruned) if after_pass == AfterPass.LATEST else pruned
@@ -132,18 +126,17 @@ async def finish_release(cloudrun: CloudRun, service: str, current: list[Traffic
         if removed:
             what += f"; removed old stagecheck tags {', '.join(removed)}"
         if final == list(current):
-            applied = list(current)
-            return StageResult(name="release", status=Status.PASS, summary=f"release: {what}; nothing to change",
-                               criteria=[Criterion(name="Service left as after a release", stage="release",
-                                                   status=Status.PASS, expected=what, observed=describe(current))])
+            return StageResult(name=Stage.RELEASE, status=Status.PASS, summary=f"release: {what}; nothing to change",
+                               criteria=[Criterion(name="Service left as after a release", stage=Stage.RELEASE,
+                                                   status=Status.PASS, expected=what, observed=describe(current))]
+                               ), list(current)
         stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s)
-        applied = stored
-        result = split_result("release", f"Service left as after a release ({after_pass})", final, served,
+        result = split_result(Stage.RELEASE, f"Service left as after a release ({after_pass})", final, served,
                               f"release: {what}", latest=candidate, reconciled=reconciled)
         result.data["removed_tags"] = removed
-        return result
+        return result, stored
 
-    result = await guarded("release", body)
+    result, applied = await guarded(Stage.RELEASE, body, list[TrafficTarget]())
     return gate(result, (result, applied))
 
 
@@ -157,16 +150,13 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
     every later update of the service fail with that revision's error)."""
     from stagecheck.clients.cloudrun import split_from_proto
 
-    applied: list[TrafficTarget] = []
-
-    async def body() -> StageResult:
-        nonlocal applied
+    async def body() -> tuple[StageResult, list[TrafficTarget]]:
         current = await cloudrun.get_service(service)
         if current is None:
-            return StageResult(name="rollback", status=Status.FAIL, summary=f"service {service} disappeared",
-                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage="rollback",
+            return StageResult(name=Stage.ROLLBACK, status=Status.FAIL, summary=f"service {service} disappeared",
+                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage=Stage.ROLLBACK,
                                                    status=Status.FAIL, expected=describe(remembered),
-                                                   observed="service not found")])
+                                                   observed="service not found")]), []
         now = split_from_proto(current.traffic)
         names = sorted({t.revision for t in [*remembered, *now] if t.revision and t.revision != candidate})
         ready = await asyncio.gather(*(cloudrun.revision_ready(service, name) for name in names))
@@ -179,20 +169,18 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
         notes += [f"removed old stagecheck tags {', '.join(removed)}"] if removed else []
         done = "failed deploy cleaned up" + (f" ({'; '.join(notes)})" if notes else "")
         if now == restore:
-            applied = now
-            return StageResult(name="rollback", status=Status.PASS, summary=f"{done}: the split is unchanged",
-                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage="rollback",
+            return StageResult(name=Stage.ROLLBACK, status=Status.PASS, summary=f"{done}: the split is unchanged",
+                               criteria=[Criterion(name="Traffic restored after the failed deploy", stage=Stage.ROLLBACK,
                                                    status=Status.PASS, expected=describe(restore),
-                                                   observed=describe(now))])
+                                                   observed=describe(now))]), now
         latest = current.latest_ready_revision.rsplit("/", 1)[-1] or None  # the failed candidate never is
         stored, served, reconciled = await apply_and_verify(cloudrun, service, restore, timeout_s)
-        applied = stored
-        result = split_result("rollback", "Traffic restored after the failed deploy", restore, served, done,
+        result = split_result(Stage.ROLLBACK, "Traffic restored after the failed deploy", restore, served, done,
                               latest=latest, reconciled=reconciled)
         if any(t.revision == candidate for t in stored):
             result.status = Status.FAIL
             result.summary = f"{done}: the failed revision {candidate} is still a traffic target"
-        return result
+        return result, stored
 
-    result = await guarded("rollback", body)
+    result, applied = await guarded(Stage.ROLLBACK, body, list[TrafficTarget]())
     return gate(result, (result, applied))

@@ -1,4 +1,4 @@
-"""Session fixtures for tests that need the real Docker Engine and registry (see sandbox/infra.py).
+"""Session fixtures for tests that need the real Docker Engine and registry (see localenv/infra.py).
 
 `docker_env` brings the infrastructure up idempotently (reusing whatever already answers) and
 leaves what it started running for `make down`. The state dir is `<repo>/.stagecheck`, or
@@ -15,8 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from sandbox.cleanup import SAMPLE_REPOSITORY, remove_local_images, remove_tag
-from sandbox.infra import DEFAULT_REGISTRY, InfraError, InfraInfo, ensure_up
+from localenv.cleanup import SAMPLE_REPOSITORY, remove_local_images, remove_tag
+from localenv.infra import DEFAULT_REGISTRY, InfraError, InfraInfo, ensure_up
 from sandbox.sample_image import SampleImage, SampleImageError, build_sample_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

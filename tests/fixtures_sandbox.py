@@ -1,7 +1,7 @@
 """Session fixtures for tests that talk to a running sandbox through the real Google clients.
 
 `sandbox` starts one sandbox server per test session (free ports, a temporary state dir) with
-`sandbox.control.start` and stops it — and removes its containers — at the end, also on failure.
+`localenv.control.start` and stops it — and removes its containers — at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from google.auth.transport.requests import Request as AuthRequest
 from google.cloud import run_v2
 from google.oauth2 import service_account
 
-from sandbox.control import SandboxError, SandboxInfo, start, stop
+from localenv.control import SandboxError, SandboxInfo, start, stop
 
 __all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "id_token", "logging_client_for", "new_service", "run_clients", "sandbox",
            "unique_name"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from sandbox.cleanup import SAMPLE_REPOSITORY, prune, remove_repository, remove_tag, repositories_dir
+from localenv.cleanup import SAMPLE_REPOSITORY, prune, remove_repository, remove_tag, repositories_dir
 from tests.fixtures_docker import infra_state_dir
 
 MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"

@@ -22,7 +22,7 @@ def loaded_after(code: str) -> dict[str, bool]:
 
 
 DRY_RUN_CLIENTS = """
-import stagecheck.commands.validate, flows.validate
+import cli.commands.validate, flows.validate
 from stagecheck.settings import ServiceConfig, Settings
 from tasks.common import Clients
 clients = Clients.from_settings(Settings(project="import-proj", region="europe-west1", registry="127.0.0.1:5000/x",
@@ -43,5 +43,5 @@ def test_a_release_loads_the_api_libraries_when_it_first_uses_them() -> None:
 
 
 def test_the_syntax_check_command_loads_neither_prefect_nor_the_clients() -> None:
-    loaded = loaded_after("import stagecheck.commands.check_syntax, stagecheck.cli")
+    loaded = loaded_after("import cli.commands.check_syntax, cli.main")
     assert [m for m, on in loaded.items() if on] == []

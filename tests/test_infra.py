@@ -1,4 +1,4 @@
-"""sandbox.infra against the real dockerd and docker-registry binaries.
+"""localenv.infra against the real dockerd and docker-registry binaries.
 
 Every test uses its own state dir, registry port and engine socket; the shared engine/registry
 (`docker_env`) are only ever reused, never started or stopped here."""
@@ -17,8 +17,8 @@ import docker
 import httpx
 import pytest
 
-from sandbox import infra, processes
-from sandbox.infra import InfraError, InfraInfo, ensure_up, stop_started
+from localenv import infra, processes
+from localenv.infra import InfraError, InfraInfo, ensure_up, stop_started
 
 
 def free_port() -> int:

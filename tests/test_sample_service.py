@@ -17,8 +17,8 @@ import httpx
 import pytest
 from docker.models.containers import Container
 
-from sandbox.infra import InfraInfo
-from sandbox.processes import wait_until
+from localenv.infra import InfraInfo
+from localenv.processes import wait_until
 from sandbox.sample_image import SampleImage
 
 pytestmark = pytest.mark.docker

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stagecheck.commands import check_syntax
+from cli.commands import check_syntax
 from stagecheck.syntax import (
     RUNNING_VERSION,
     SyntaxFinding,
@@ -490,7 +490,7 @@ def test_cli_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_cli_missing_path_through_the_real_entry_point_has_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stagecheck.cli", "check-syntax", str(tmp_path / "nope")],
+        [sys.executable, "-m", "cli.main", "check-syntax", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},

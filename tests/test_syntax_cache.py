@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stagecheck.commands import check_syntax
+from cli.commands import check_syntax
 from stagecheck.syntax import check_repository
 from stagecheck.syntax.cache import (
     DB_NAME,

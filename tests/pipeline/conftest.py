@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.cleanup import remove_local_repository, remove_repository
+from localenv.cleanup import remove_local_repository, remove_repository
 from tests.fixtures_docker import infra_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -190,7 +190,7 @@ def test_bad_input_is_refused_before_anything_moves(case: Case, tmp_path: Path, 
         if case.sandbox:
             args += ["--sandbox", "--state-dir", sandbox.state_dir]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "STAGECHECK_"))}
-        proc = subprocess.run([sys.executable, "-m", "stagecheck.cli", "validate", *args, *case.args],
+        proc = subprocess.run([sys.executable, "-m", "cli.main", "validate", *args, *case.args],
                               cwd=root, env={**env, **case.env}, capture_output=True, text=True, timeout=120)
         message = proc.stderr
         assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

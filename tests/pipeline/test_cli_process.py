@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from stagecheck.cli import OFFLINE_DEFAULTS, offline_defaults
+from cli.main import OFFLINE_DEFAULTS, offline_defaults
 from tests.pipeline.conftest import Scenario
 
 
@@ -75,7 +75,7 @@ def _await_line(lines: queue.Queue[str], needle: str, timeout: float) -> list[st
 def test_sigkill_leaves_no_process_behind(scenario: Scenario, sandbox: Any) -> None:
     config = _dry_run_config(scenario)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stagecheck.cli", "validate", "--config", str(config), "--sandbox",
+        [sys.executable, "-m", "cli.main", "validate", "--config", str(config), "--sandbox",
          "--state-dir", sandbox.state_dir, "--dry-run"],
         cwd=scenario.root, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)  # its own session: every process it starts is findable by session id
@@ -101,7 +101,7 @@ def test_sigkill_leaves_no_process_behind(scenario: Scenario, sandbox: Any) -> N
 def test_dry_run_prints_no_telemetry_error_and_stops_its_server(scenario: Scenario, sandbox: Any) -> None:
     config = _dry_run_config(scenario)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stagecheck.cli", "validate", "--config", str(config), "--sandbox",
+        [sys.executable, "-m", "cli.main", "validate", "--config", str(config), "--sandbox",
          "--state-dir", sandbox.state_dir, "--dry-run", "--verbose"],  # --verbose: Prefect's console logs shown
         cwd=scenario.root, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)

@@ -24,8 +24,8 @@ import docker
 import docker.errors
 import pytest
 
-from sandbox import processes
-from sandbox.infra import (
+from localenv import processes
+from localenv.infra import (
     _cleanup_after_engine,
     dockerd_argv,
     engine_answers,
@@ -196,7 +196,7 @@ async def test_the_sandbox_api_killed_during_a_traffic_shift_fails_the_shift_and
     follows FAILs too: the report cannot claim where traffic is, and says so."""
     import httpx
 
-    from sandbox.control import start, stop
+    from localenv.control import start, stop
     from stagecheck.clients.cloudrun import CloudRun
     from stagecheck.model import TrafficTarget
     from stagecheck.settings import load_settings
@@ -248,7 +248,7 @@ async def test_the_whole_flow_with_the_api_killed_mid_shift_reports_traffic_unkn
     `traffic`, the rollback FAILs, and the report says that where traffic is now is unknown."""
     import httpx
 
-    from sandbox.control import start, stop
+    from localenv.control import start, stop
     from tests.fixtures_sandbox import clients_for, deploy
     from tests.pipeline.conftest import Scenario
     from tests.pipeline.test_e2e import run_flow

@@ -74,7 +74,7 @@ def test_secret_values_are_collected_from_config_and_environment(tmp_path: Path)
 
 def _cli(scenario: Any, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stagecheck.cli", "validate", "--config", "stagecheck.toml", "--sandbox",
+        [sys.executable, "-m", "cli.main", "validate", "--config", "stagecheck.toml", "--sandbox",
          "--state-dir", str(scenario.sandbox.state_dir), "--verbose"],
         cwd=scenario.root, env=env, capture_output=True, text=True, timeout=400)
 

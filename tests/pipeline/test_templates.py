@@ -158,7 +158,7 @@ def test_the_bound_matches_the_tag_the_flow_gives_candidates() -> None:
 def test_bad_name_fails_stagecheck_validate_with_exit_2_before_anything_is_built(tmp_path: Path) -> None:
     _service_config(tmp_path, "checkout-" + "x" * 30)  # 39 characters: a valid Cloud Run name, too long here
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    proc = subprocess.run([sys.executable, "-m", "stagecheck.cli", "validate", "--config", "stagecheck.toml"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "validate", "--config", "stagecheck.toml"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "services.0.name" in proc.stderr

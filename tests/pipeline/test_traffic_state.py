@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.cloud import run_v2
 
-from sandbox.control import SandboxInfo
+from localenv.control import SandboxInfo
 from stagecheck.clients.cloudrun import CloudRun, split_from_proto, split_from_statuses
 from stagecheck.model import TrafficTarget
 from stagecheck.settings import Settings

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from google.cloud import run_v2
 
-from flows.validate import required_for, serving_targets, websocket_target
 from stagecheck.clients.cloudrun import build_template, ready_condition, split_from_proto, split_to_proto
 from stagecheck.clients.images import ImageRef, registry_base_url
 from stagecheck.errors import StageError
 from stagecheck.gitinfo import resolve_sha
 from stagecheck.model import TrafficTarget
 from stagecheck.probe_auth import probe_audience
+from stagecheck.probe_targets import serving_targets, websocket_target
 from stagecheck.settings import ServiceConfig, Settings, UrlKind
+from stagecheck.verdict import required_for
 from tasks.deploy import revision_name
 
 
@@ -274,8 +275,8 @@ def test_ready_condition_reads_revision_reason_too() -> None:
 
 
 def test_urls_closed_by_ingress_are_advisory_rows_and_the_lb_is_probed() -> None:
-    from flows.validate import tagged_targets
     from stagecheck.ingress import closed_by_ingress
+    from stagecheck.probe_targets import tagged_targets
 
     lb_ingress = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
     assert closed_by_ingress("", UrlKind.SERVICE) is None

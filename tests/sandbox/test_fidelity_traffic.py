@@ -14,7 +14,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
-from sandbox.control import SandboxInfo
+from localenv.control import SandboxInfo
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, logging_client_for, wait_for
 from tests.sandbox.test_traffic import short, two_revisions
 

@@ -19,7 +19,7 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.oauth2 import id_token as google_id_token
 from google.oauth2 import service_account
 
-from sandbox.control import SandboxInfo
+from localenv.control import SandboxInfo
 from sandbox.iam import Principal, write_key_file
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, id_token, unique_name, wait_for
 

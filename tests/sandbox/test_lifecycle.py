@@ -17,7 +17,7 @@ import httpx
 import pytest
 from google.cloud import run_v2
 
-from sandbox.control import read_info, stop
+from localenv.control import read_info, stop
 from tests.fixtures_sandbox import RunClients, clients_for, deploy, logging_client_for, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
@@ -84,7 +84,7 @@ def process_gone(pid: int) -> bool:
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stagecheck.cli", "sandbox", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", "sandbox", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **(env or {})})
 
 
@@ -138,7 +138,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_en
 
 
 def test_down_cleans_up_after_a_dead_server(own_state_dir: Path, docker_env, sample_image) -> None:
-    from sandbox.control import start
+    from localenv.control import start
 
     info = start(own_state_dir, docker_host=docker_env.docker_host, registry=docker_env.registry)
     clients = clients_for(info)

@@ -13,7 +13,7 @@ from google.cloud import logging as gcl
 from google.cloud import run_v2
 from google.oauth2 import service_account
 
-from sandbox.control import SandboxInfo
+from localenv.control import SandboxInfo
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.commands import notify_merge
 from deployments.definitions import (
     DEFAULT_TARGETS_FILE,
     REPO_ROOT,
@@ -31,8 +32,7 @@ from deployments.definitions import (
 from deployments.events import MERGE_EVENT, REF_LABEL, MergeEvent, MergeEventError
 from deployments.serve import Layout, prefect_env, stop_worker
 from flows.params import ValidationRequest
-from sandbox.processes import ProcessRecord, is_running, start_ticks
-from stagecheck.commands import notify_merge
+from localenv.processes import ProcessRecord, is_running, start_ticks
 from stagecheck.model import Rollback, ServiceReport, Verdict
 from stagecheck.notify import failure_summary
 from tasks.notify import post_summary, resolve_webhook_url

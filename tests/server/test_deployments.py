@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stagecheck.commands import notify_merge
+from cli.commands import notify_merge
 from stagecheck.concurrency import limit_name
 from tests.server.conftest import POOL, Deployed
 

@@ -25,9 +25,9 @@ from uuid import UUID
 
 import pytest
 
+from cli.commands import notify_merge
 from deployments.definitions import load_targets
 from deployments.serve import Layout, down, start_worker
-from stagecheck.commands import notify_merge
 from tests.server.conftest import REPO_ROOT, LocalServer
 from tests.server.test_deployments import client_for, poll
 

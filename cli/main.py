@@ -10,11 +10,11 @@ from collections.abc import MutableMapping
 
 # sub-command -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("stagecheck.commands.validate", "run the staging validation flow"),
-    "check-syntax": ("stagecheck.commands.check_syntax", "syntax-check a repository (pre-commit / CI)"),
-    "sandbox": ("sandbox.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
-    "infra": ("sandbox.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
-    "notify-merge": ("stagecheck.commands.notify_merge", "emit a merge event that triggers a validation"),
+    "validate": ("cli.commands.validate", "run the staging validation flow"),
+    "check-syntax": ("cli.commands.check_syntax", "syntax-check a repository (pre-commit / CI)"),
+    "sandbox": ("localenv.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
+    "infra": ("localenv.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
+    "notify-merge": ("cli.commands.notify_merge", "emit a merge event that triggers a validation"),
     "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
 }
 

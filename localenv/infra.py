@@ -32,8 +32,8 @@ import httpx
 import requests.exceptions
 import yaml
 
-from sandbox import processes
-from sandbox.processes import ProcessRecord
+from localenv import processes
+from localenv.processes import ProcessRecord
 from sandbox.sample_image import SAMPLE_SERVICE_DIR, SampleImageError, ensure_build_context
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"

@@ -7,7 +7,7 @@ DELETE takes a digest and would drop every tag sharing it, `v1` included), so a 
 way distribution's own tag deletion does it: its directory under the filesystem storage goes. Blobs
 stay until the registry's garbage collector runs (the sample image is ~2 MB and shared).
 
-    python -m sandbox.cleanup [--state-dir .stagecheck] [--older-than 3600] [--dry-run]   # make clean-registry
+    python -m localenv.cleanup [--state-dir .stagecheck] [--older-than 3600] [--dry-run]   # make clean-registry
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.infra import infra_paths, read_infra_json, registry_config
+from localenv.infra import infra_paths, read_infra_json, registry_config
 
 SAMPLE_REPOSITORY = "stagecheck-sample"
 SESSION_TAG = re.compile(r"^(?:test|bench|soak)-[0-9a-f]{8,12}$")  # per-session tags of the sample image
@@ -36,7 +36,7 @@ class Pruned:
 
 
 def repositories_dir(state_dir: Path) -> Path:
-    """Where the local registry (sandbox/infra.py) keeps its repositories on disk."""
+    """Where the local registry (localenv/infra.py) keeps its repositories on disk."""
     storage = registry_config(infra_paths(Path(state_dir)), "")["storage"]
     root = Path(storage["filesystem"]["rootdirectory"])  # type: ignore[index]
     return root / "docker" / "registry" / "v2" / "repositories"
@@ -128,7 +128,7 @@ def prune(state_dir: Path, older_than_s: float, *, dry_run: bool = False) -> Pru
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.cleanup", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m localenv.cleanup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default=os.environ.get("STAGECHECK_STATE_DIR", ".stagecheck"))
     parser.add_argument("--older-than", type=float, default=3600.0,
                         help="only what nobody pushed to for this many seconds (default: %(default)s)")

@@ -161,9 +161,9 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
-    from stagecheck.cli import offline_defaults
+    from cli.main import offline_defaults
 
-    offline_defaults(os.environ)  # before Prefect is imported (also for `python -m flows.validate`)
+    offline_defaults(os.environ)  # before Prefect is imported (also when called without cli.main)
     # without PREFECT_API_URL the run gets a temporary local server; give it time on a busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not args.verbose:  # the live display replaces Prefect's console log; the API still gets every log

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from localenv import processes
 from sandbox.runtime import docker_client, remove_labelled
 from sandbox.statefiles import INFO_FILE, KEY_FILES, LOG_FILE, PID_FILE, SERVER_FILE
 
@@ -87,12 +87,8 @@ def _docker_answers(docker_host: str) -> bool:
 
 def _alive(pid: int) -> bool:
     """True if `pid` runs and is a sandbox server (guards against a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return False
-    return stat[0] != "Z" and b"sandbox" in cmdline and b"serve" in cmdline
+    argv = processes.cmdline(pid)
+    return b"sandbox" in argv and b"serve" in argv
 
 
 def _healthy(admin_url: str, timeout: float = 2.0) -> bool:
@@ -208,19 +204,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], state: Path, log_path: Path, time
 
 def _terminate(pid: int, grace_s: float = 15.0) -> None:
     """SIGTERM, wait, then SIGKILL — only if `pid` is a sandbox server."""
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        if not _alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    record = processes.record_of("sandbox", pid) if _alive(pid) else None
+    if record is not None:
+        processes.signal_until_gone(record, wait_s=grace_s)
 
 
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> None:

@@ -1,5 +1,7 @@
-"""Detached background processes identified by pid *and* start time, so that stopping one never
-hits an unrelated process that reused the pid."""
+"""Process supervision for the local environment (the Docker Engine and registry, the sandbox server, the
+local Prefect server and worker): detached background processes identified by pid *and* start time, so
+that stopping one never hits an unrelated process that reused the pid. The one module that starts,
+watches and stops processes."""
 
 from __future__ import annotations
 
@@ -50,6 +52,22 @@ def command_name(pid: int) -> str | None:
 
 def is_running(record: ProcessRecord) -> bool:
     return start_ticks(record.pid) == record.start_ticks
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """The argv of a live process ([] if it is gone or a zombie)."""
+    if start_ticks(pid) is None:
+        return []
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+
+
+def record_of(name: str, pid: int) -> ProcessRecord | None:
+    """A record for a live process known only by its pid (None if it is gone), to stop it by pid and start time."""
+    ticks = start_ticks(pid)
+    return None if ticks is None else ProcessRecord(name=name, pid=pid, start_ticks=ticks, argv=[], log="")
 
 
 # Backgrounded by a short-lived shell, so the daemon is re-parented to init: it outlives the
@@ -104,6 +122,28 @@ def signal_until_gone(record: ProcessRecord, signals: tuple[signal.Signals, ...]
             os.kill(record.pid, sig)
         if wait_until(lambda: gone(record), wait_s):
             return
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (e.g. the flow-run processes a worker started)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def stop_process(record: ProcessRecord, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGKILL),
+                 wait_s: float = 10.0) -> None:
+    """Signal `record` (only if it is still that very process) in order until it is gone; then stop
+    the children it left behind, also by pid and start time."""
+    orphans = [ProcessRecord(name=f"{record.name}-child", pid=p, start_ticks=start_ticks(p) or 0, argv=[], log="")
+               for p in (children(record.pid) if is_running(record) else [])]
+    signal_until_gone(record, signals, wait_s)
+    for child in orphans:
+        signal_until_gone(child, (signal.SIGTERM, signal.SIGKILL), 5.0)
 
 
 def write_record(path: Path, record: ProcessRecord) -> None:
