@@ -447,6 +447,7 @@ class LogReader:
         self.retries = settings.logs.read_retries
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # reads of the project waiting for a slot at the same time share it (one coalesced request)
+        self.coalesce = True
         self.coalescer = Coalescer.for_project(
             (settings.endpoints.logging_api or "https://logging.googleapis.com", settings.project,
              settings.logs.reads_per_minute, self._credentials_file), self.budget)
@@ -526,9 +527,9 @@ class LogReader:
         """The revision's entries in [start, end]: the newest max_entries of them when newest_first
         (only the pages the budget can start before `deadline`, when given)."""
         what = f"read logs of {revision}"
-        shared = await self.coalescer.read(self, RevisionWindow(self.region, service, revision, start, end),
-                                           max_entries=max_entries, newest_first=newest_first, what=what,
-                                           deadline=deadline)
+        shared = None if not self.coalesce else await self.coalescer.read(
+            self, RevisionWindow(self.region, service, revision, start, end), max_entries=max_entries,
+            newest_first=newest_first, what=what, deadline=deadline)
         if isinstance(shared, LogRead):  # decided by a request shared with other waiting reads (or declined)
             return shared
         filter_ = revision_filter(project=self.project, region=self.region, service=service,
