@@ -247,19 +247,37 @@ def start_background_server(state_dir: str | Path, timeout_s: float, idle_s: flo
         raise TemporaryServerError(f"the background Prefect server did not start: {last}")
 
 
+def _gone(pid: int) -> bool:
+    """Has process `pid` ended (gone, or a zombie)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        return False
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
 def _stop_pid(pid: int, timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL when it outlives `timeout_s`."""
+    """SIGTERM, then SIGKILL when it outlives `timeout_s`; returns when the process has ended."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _is_ours(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    for last in (False, True):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                return
+            time.sleep(0.1)
+        if last or not _is_ours(pid):  # exiting (its command line already gone) or a recycled pid: no kill
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def stop_background_server(state_dir: str | Path, timeout_s: float = GRACE_S + 5) -> BackgroundServer | None:
@@ -270,9 +288,6 @@ def stop_background_server(state_dir: str | Path, timeout_s: float = GRACE_S + 5
         if server is None:
             return None
         _stop_pid(server.pid, timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while _is_ours(server.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
         _record_path(state).unlink(missing_ok=True)
         return server
 
