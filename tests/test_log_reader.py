@@ -4,6 +4,7 @@ reads with truncation — through the real google-cloud-logging client against t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -385,3 +386,30 @@ def test_a_failing_coalesced_request_fails_each_read_in_its_own_words_and_429_is
     failures = asyncio.run(two())
     assert [type(f) for f in failures] == [StageError, StageError]
     assert "read logs of cart-00001-abc" in str(failures[0]) and f"read logs of {REV}" in str(failures[1])
+
+
+def test_a_shared_answer_that_cannot_be_split_fails_every_read_closed() -> None:
+    """A malformed answer (an entry that is not an object) fails each waiting read with a reason; none hangs."""
+
+    from stagecheck.clients.cloudlogging import Coalescer, RevisionWindow, _Batch, _Waiting
+
+    budget = ReadBudget(60)
+    coalescer = Coalescer(budget)
+    t0 = datetime.now(UTC)
+    waiting = [_Waiting(RevisionWindow("europe-west1", s, f"{s}-1", t0), 10, f"read logs of {s}-1") for s in "ab"]
+
+    class Reader:
+        project, region, retries = PROJECT, "europe-west1", 0
+
+        class client:  # the shape of google.cloud.logging.Client used here: the sandbox never answers malformed
+            class _connection:
+                @staticmethod
+                def api_request(**_: object) -> dict[str, object]:
+                    return {"entries": ["not an entry"]}
+
+    batch = _Batch(Reader(), "europe-west1", False, time.monotonic(), 1, list(waiting))  # type: ignore[arg-type]
+    coalescer._open.append(batch)
+    coalescer._run(batch)
+    for w in waiting:
+        with pytest.raises(StageError, match=f"{w.what} \\(malformed answer\\)"):
+            w.outcome.result(timeout=5)

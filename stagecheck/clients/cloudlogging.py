@@ -361,13 +361,17 @@ class Coalescer:
             for w in waiting:
                 _settle(w.outcome, _failure(exc, w.what))
             return
-        entries = answer.get("entries") or []
-        if not isinstance(entries, list):
+        try:
+            entries = answer.get("entries") or []
+            if not isinstance(entries, list):
+                raise ValueError("entries is not a list")
+            shares = share_page(entries, [(w.window, w.max_entries) for w in waiting],
+                                complete=not answer.get("nextPageToken"))
+        except Exception as exc:  # an answer that cannot be split: every read fails closed, none hangs
             for w in waiting:
-                _settle(w.outcome, _failure(ValueError("entries is not a list"), f"{w.what} (malformed answer)"))
+                _settle(w.outcome, describe_api_error(ValueError(f"{type(exc).__name__}: {exc}"),
+                                                      f"{w.what} (malformed answer)", Api.LOGGING))
             return
-        shares = share_page(entries, [(w.window, w.max_entries) for w in waiting],
-                            complete=not answer.get("nextPageToken"))
         for w, share in zip(waiting, shares, strict=True):
             if share is None:
                 _settle(w.outcome, AGAIN)
