@@ -210,8 +210,9 @@ def start_background_server(state_dir: str | Path, timeout_s: float, idle_s: flo
                 time.sleep(0.2)
             raise TemporaryServerError(f"the background Prefect server (pid {running.pid}, recorded in "
                                        f"{_record_path(state)}) does not answer /api/health")
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
+        # long-lived: it keeps none of the run's own settings or secrets (STAGECHECK_*) in its environment
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("STAGECHECK_")},
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false")):
             env.setdefault(key, value)

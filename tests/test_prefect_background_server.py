@@ -59,9 +59,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_background_server_is_started_once_found_by_later_runs_and_stopped(state_dir: Path) -> None:
+def test_a_background_server_is_started_once_found_by_later_runs_and_stopped(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGECHECK_REGISTRY_PASSWORD", "canary-7f3a")  # a run's secret: not kept by the server
     server, started = start_background_server(state_dir, timeout_s=240)
     assert started and _alive(server.pid)
+    assert b"canary-7f3a" not in Path(f"/proc/{server.pid}/environ").read_bytes()
     assert json.loads((state_dir / RECORD).read_text())["pid"] == server.pid
     again, started_again = start_background_server(state_dir, timeout_s=240)
     assert (again, started_again) == (server, False)  # found, not started twice
