@@ -109,7 +109,7 @@ clean-registry: setup
 
 # Each benchmark prints its figures (and the command line that reproduces them); none is a test.
 # The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.
-BENCHES ?= syntax_cache readiness verdict logs syntax prober logstore
+BENCHES ?= syntax_cache readiness verdict logs log_coalesce syntax prober logstore
 bench: infra-up
 	@for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
 	  echo "== benchmarks/bench_$$b.py"; \

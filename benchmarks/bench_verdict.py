@@ -1,7 +1,7 @@
 """Benchmark: time to verdict of `stagecheck validate` on the sandbox. Prints figures; not a test.
 
     STAGECHECK_STATE_DIR=/work/main/.stagecheck .venv/bin/python benchmarks/bench_verdict.py [--repeat 3]
-        [--cases dry-temp,dry,x1-temp,x1,x3] [--baseline REV]
+        [--cases dry-temp,dry,dry-bg,x1-temp,x1,x1-bg,x3] [--baseline REV]
 
 --baseline REV also runs a `git archive` copy of commit REV (PYTHONPATH first, the same venv),
 interleaved with this checkout, and prints this/baseline ratios: before and after in the same run.
@@ -16,6 +16,10 @@ first), interleaved, median of --repeat:
   dry run (syntax + build)        without PREFECT_API_URL (a temporary server per run) and with one
   full release (one service)      with a configured server, and without
   full release (three services)   with a configured server; wall time against one service
+  "-bg" cases                     without PREFECT_API_URL, with a background server recorded in the
+                                  state dir (`stagecheck prefect-server start`, started once here): this
+                                  checkout finds and reuses it; a --baseline older than it starts its
+                                  temporary server as before
 
 Per run: wall time, the sum of the stage times in the JSON report (stage work), and the orchestration
 overhead (wall - stage work; for several services, wall - the slowest service's stage work). Also the
@@ -184,12 +188,14 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
-CASES = {  # key -> (label, services, temporary server?, dry run?)
+CASES: dict[str, tuple[str, int, bool | str, bool]] = {  # key -> (label, services, temporary server? ("bg": background), dry run?)
     "dry-temp": ("dry run, temporary server", 1, True, True),
     "dry": ("dry run, configured server", 1, False, True),
     "x1-temp": ("release x1, temporary server", 1, True, False),
     "x1": ("release x1, configured server", 1, False, False),
     "x3": ("release x3, configured server", 3, False, False),
+    "dry-bg": ("dry run, background server", 1, "bg", True),
+    "x1-bg": ("release x1, background server", 1, "bg", False),
 }
 
 
@@ -238,8 +244,19 @@ def main() -> int:
             without = {**base_env, "PREFECT_HOME": str(work / "prefect-ephemeral")}
             configured = {**base_env, "PREFECT_HOME": str(work / "prefect-client"), "PREFECT_API_URL": api}
             configs = {n: write_config(work / f"services-{n}.toml", n, work / "reports") for n in (1, 3)}
-            runs = [(f"{CASES[k][0]}", configs[CASES[k][1]], without if CASES[k][2] else configured, CASES[k][3])
-                    for k in keys]
+            if any(CASES[k][2] == "bg" for k in keys):
+                from stagecheck.prefect_server import start_background_server
+
+                os.environ["PREFECT_HOME"] = without["PREFECT_HOME"]  # the server's database: the runs' home
+                started = time.perf_counter()
+                start_background_server(state, 300)
+                print(f"background server (`stagecheck prefect-server start`) answered after "
+                      f"{time.perf_counter() - started:.1f} s, once")
+
+            def env_of(key: str) -> dict[str, str]:
+                return configured if CASES[key][2] is False else without
+
+            runs = [(f"{CASES[k][0]}", configs[CASES[k][1]], env_of(k), CASES[k][3]) for k in keys]
             results: dict[tuple[str, str], list[Outcome]] = {(c, r[0]): [] for r in runs for c in codes}
             load = [os.getloadavg()[0]]
             for _label, config, env, dry in runs:  # warm-up: image layers, caches, the Prefect DBs
@@ -253,6 +270,10 @@ def main() -> int:
         finally:
             if server is not None:
                 stop_prefect_server(server)
+            if any(CASES[k][2] == "bg" for k in keys):
+                from stagecheck.prefect_server import stop_background_server
+
+                stop_background_server(state)
             stop(state)
     print(f"\nmedian of {args.repeat} (interleaved, warm); cores={len(os.sched_getaffinity(0))}, "
           f"load average (1 min) {min(load):.1f}-{max(load):.1f}, at the end {os.getloadavg()[0]:.1f}")
@@ -273,9 +294,11 @@ def main() -> int:
                 for svc, stages in median_stages(results[(name, CASES[key][0])]).items():
                     print(f"  stages ({name}, {CASES[key][0]}, {svc}, median): "
                           + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
-        for kind, temp, conf in (("dry run", "dry-temp", "dry"), ("release x1", "x1-temp", "x1")):
+        for kind, temp, conf in (("dry run", "dry-temp", "dry"), ("release x1", "x1-temp", "x1"),
+                                 ("dry run", "dry-bg", "dry"), ("release x1", "x1-bg", "x1")):
             if temp in keys and conf in keys:
-                print(f"  temporary server cost ({name}, {kind}): {wall(name, temp) - wall(name, conf):.2f} s of wall time")
+                print(f"  {CASES[temp][0]} minus configured ({name}, {kind}): "
+                      f"{wall(name, temp) - wall(name, conf):.2f} s of wall time")
         if "x1" in keys and "x3" in keys:
             print(f"  three services in one run ({name}): {wall(name, 'x3') / wall(name, 'x1'):.2f}x the wall "
                   "time of one (target <= 1.5x)")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infra": ("localenv.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
     "notify-merge": ("cli.commands.notify_merge", "emit a merge event that triggers a validation"),
     "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
+    "prefect-server": ("cli.commands.prefect_server", "start/stop a background Prefect server validate reuses"),
 }
 
 USAGE = "usage: stagecheck COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(

@@ -4,13 +4,14 @@ reads with truncation — through the real google-cloud-logging client against t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sandbox.logstore import container_entry
-from stagecheck.clients.cloudlogging import LogReader, ReadBudget, retry_delay
+from stagecheck.clients.cloudlogging import LogRead, LogReader, ReadBudget, retry_delay
 from stagecheck.errors import StageError
 from stagecheck.settings import Endpoints, LogRules, ServiceConfig, Settings
 from tests.sandbox.logging_server import LoggingSandbox, serve_logging
@@ -187,3 +188,228 @@ def test_the_settle_check_sees_the_last_probe_on_a_busy_revision_and_reports_the
         rules=LogRules(max_entries=5, settle_s=2)))
     assert settled and truncated
     assert len(records) == 5 and any(r.stream == "requests" for r in records)
+
+
+# ------------------------------------------------------------------ coalesced reads
+
+
+def add_service_lines(api: LoggingSandbox, service: str, revision: str, count: int, start: datetime,
+                      step_s: float = 1.0) -> list[str]:
+    lines = [f"{service} line {n}" for n in range(count)]
+    for n, line in enumerate(lines):
+        api.store.append(container_entry(project=PROJECT, location="europe-west1", service=service,
+                                         revision=revision, stream="stdout", line=line,
+                                         timestamp=start + timedelta(seconds=n * step_s)))
+    return lines
+
+
+def list_calls(api: LoggingSandbox) -> int:
+    return sum(1 for r in api.requests if r == "POST /v2/entries:list")
+
+
+def drained(reader: LogReader, slots_ahead: int) -> None:
+    """Empty the read budget and reserve `slots_ahead` more slots: the next read waits for a slot."""
+    for _ in range(reader.budget.burst + slots_ahead):
+        reader.budget.reserve()
+
+
+def test_a_coalesced_filter_matches_exactly_the_union_of_the_revision_filters() -> None:
+    from sandbox.logfilter import compile_filter
+    from stagecheck.clients.cloudlogging import RevisionWindow, coalesced_filter, revision_filter
+
+    t0 = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    windows = [RevisionWindow("europe-west1", "a", "a-00001-x", t0, t0 + timedelta(seconds=10)),
+               RevisionWindow("europe-west1", "b", "b-00002-y", t0 + timedelta(seconds=5))]
+    entries = [container_entry(project=PROJECT, location=loc, service=svc, revision=rev, stream="stdout",
+                               line="x", timestamp=t0 + timedelta(seconds=s))
+               for loc in ("europe-west1", "us-central1")
+               for svc, rev in (("a", "a-00001-x"), ("b", "b-00002-y"), ("a", "a-00009-z"))
+               for s in (-1, 0, 4, 5, 10, 11)]
+    union = [compile_filter(revision_filter(project=PROJECT, region="europe-west1", service=w.service,
+                                            revision=w.revision, start=w.start, end=w.end)) for w in windows]
+    coalesced = compile_filter(coalesced_filter(windows))
+    expected = [e for e in entries if any(f(e) for f in union)]
+    assert len(expected) == 7  # a: 0, 4, 5, 10; b: 5, 10, 11 (europe-west1 only)
+    assert [e for e in entries if coalesced(e)] == expected
+    for e in entries:  # the split by window agrees with the filter, window by window
+        for window, own in zip(windows, union, strict=True):
+            assert window.matches(e) == own(e)
+
+
+def test_a_window_matches_nanosecond_timestamps_like_the_api() -> None:
+    from stagecheck.clients.cloudlogging import RevisionWindow
+
+    end = datetime(2026, 12, 2, 4, 0, 0, 500000, tzinfo=UTC)
+    window = RevisionWindow("r1", "a", "a-1", end - timedelta(seconds=1), end)
+
+    def entry(stamp: str) -> dict[str, object]:
+        return {"resource": {"labels": {"service_name": "a", "revision_name": "a-1", "location": "r1"}},
+                "timestamp": stamp}
+
+    assert window.matches(entry("2026-12-02T04:00:00.500000000Z"))
+    assert not window.matches(entry("2026-12-02T04:00:00.500000001Z"))  # past the end by 1 ns
+    assert window.matches(entry("2026-12-02T05:00:00.1+01:00"))
+    assert not window.matches(entry("not a time"))
+
+
+def test_a_shared_page_decides_a_read_only_when_nothing_of_it_can_follow() -> None:
+    from stagecheck.clients.cloudlogging import RevisionWindow, share_page
+
+    t0 = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    a, b = RevisionWindow("r1", "a", "a-1", t0), RevisionWindow("r1", "b", "b-1", t0)
+
+    def entry(service: str, n: int) -> dict[str, object]:
+        return {"resource": {"labels": {"service_name": service, "revision_name": f"{service}-1", "location": "r1"}},
+                "timestamp": f"2026-12-02T04:00:{n:02d}Z", "textPayload": f"{service}{n}"}
+
+    page = [entry("b", 1), entry("a", 2), entry("b", 3), entry("b", 4)]
+    last, cut = share_page(page, [(a, 5), (b, 2)], complete=True)
+    assert last is not None and [e["textPayload"] for e in last.entries] == ["a2"] and not last.truncated
+    assert cut is not None and [e["textPayload"] for e in cut.entries] == ["b1", "b3"] and cut.truncated
+    more_a, more_b = share_page(page, [(a, 5), (b, 2)], complete=False)
+    assert more_a is None  # more of a's entries may be on the next page: a reads alone
+    assert more_b is not None and more_b.truncated and len(more_b.entries) == 2
+    assert share_page(page, [(b, 3)], complete=False) == [None]  # exactly max: more may follow or not
+
+
+def test_reads_of_several_services_waiting_for_a_slot_share_one_request(logging_api: LoggingSandbox) -> None:
+    """Three services read from three threads (each its own event loop) while the budget is empty:
+    the sandbox sees one entries.list, and each read gets its own entries only, as alone."""
+    import threading
+
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    expected = {svc: add_service_lines(logging_api, svc, f"{svc}-00001-abc", n, start)
+                for svc, n in (("shop", 4), ("cart", 2), ("pay", 0))}
+    add_service_lines(logging_api, "shop", "shop-00000-old", 3, start)  # another revision: not asked for
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file, reads_per_minute=60))
+    drained(reader, 2)  # the next slot starts in about 3 s
+    before = list_calls(logging_api)
+    reads: dict[str, LogRead] = {}
+
+    def read(svc: str) -> None:
+        reads[svc] = asyncio.run(reader.read_revision(service=svc, revision=f"{svc}-00001-abc", start=start))
+
+    threads = [threading.Thread(target=read, args=(svc,)) for svc in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert list_calls(logging_api) - before == 1
+    for svc, lines in expected.items():
+        assert [e["textPayload"] for e in reads[svc].entries] == lines
+        assert (reads[svc].requests, reads[svc].shared, reads[svc].truncated) == (1, 1, False)
+    assert reader.coalescer.served >= 3
+
+
+def test_a_read_the_shared_page_does_not_decide_reads_alone_with_its_own_pages(
+        logging_api: LoggingSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stagecheck.clients.cloudlogging as cloudlogging
+
+    monkeypatch.setattr(cloudlogging, "PAGE_SIZE_MAX", 5)  # pages of 5: the shared page cannot hold it all
+    start = datetime.now(UTC) - timedelta(seconds=60)
+    few = add_service_lines(logging_api, "cart", "cart-00001-abc", 3, start, step_s=0.1)  # first in time
+    many = add_service_lines(logging_api, "shop", REV, 12, start + timedelta(seconds=1))
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file, reads_per_minute=60))
+    drained(reader, 0)  # the next slot in about 1 s
+
+    async def both() -> tuple[LogRead, LogRead]:
+        return await asyncio.gather(
+            reader.read_revision(service="shop", revision=REV, start=start, max_entries=20),
+            reader.read_revision(service="cart", revision="cart-00001-abc", start=start, max_entries=2))
+
+    before = list_calls(logging_api)
+    shop, cart = asyncio.run(both())
+    assert [e["textPayload"] for e in cart.entries] == few[:2] and cart.truncated  # decided by the shared page
+    assert (cart.requests, cart.shared) == (1, 1)
+    assert [e["textPayload"] for e in shop.entries] == many and not shop.truncated  # read alone, 3 pages
+    assert shop.shared == 1 and shop.requests == 1 + 3
+    assert list_calls(logging_api) - before == 1 + 3
+
+
+def test_a_read_cancelled_while_waiting_leaves_the_others_served_and_the_last_gives_its_slot_back(
+        logging_api: LoggingSandbox) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    lines = add_service_lines(logging_api, "cart", "cart-00001-abc", 2, start)
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file, reads_per_minute=60))
+
+    async def one_cancelled() -> LogRead:
+        drained(reader, 1)  # about 2 s ahead
+        kept = asyncio.create_task(reader.read_revision(service="cart", revision="cart-00001-abc", start=start))
+        dropped = asyncio.create_task(reader.read_revision(service="shop", revision=REV, start=start))
+        await asyncio.sleep(0.05)
+        dropped.cancel()
+        return await kept
+
+    before = list_calls(logging_api)
+    kept = asyncio.run(one_cancelled())
+    assert [e["textPayload"] for e in kept.entries] == lines and list_calls(logging_api) - before == 1
+
+    async def all_cancelled() -> None:
+        drained(reader, 1)
+        tasks = [asyncio.create_task(reader.read_revision(service=s, revision=f"{s}-1", start=start))
+                 for s in ("a", "b")]
+        await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    returned = reader.budget.returned
+    before = list_calls(logging_api)
+    asyncio.run(all_cancelled())
+    assert reader.budget.returned == returned + 1  # the batch's slot went back to the bucket
+    assert not reader.coalescer._open
+    assert list_calls(logging_api) == before
+
+
+def test_a_failing_coalesced_request_fails_each_read_in_its_own_words_and_429_is_retried(
+        logging_api: LoggingSandbox) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    add_service_lines(logging_api, "cart", "cart-00001-abc", 2, start)
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file, reads_per_minute=60))
+    slept: list[float] = []
+    reader.coalescer._sleep = slept.append
+
+    async def two() -> list[LogRead | BaseException]:
+        drained(reader, 0)
+        return list(await asyncio.gather(
+            reader.read_revision(service="cart", revision="cart-00001-abc", start=start),
+            reader.read_revision(service="shop", revision=REV, start=start), return_exceptions=True))
+
+    logging_api.faults.add("LoggingServiceV2.ListLogEntries", count=1, status=429)
+    cart, shop = asyncio.run(two())
+    assert isinstance(cart, LogRead) and isinstance(shop, LogRead)
+    assert len(cart.entries) == 2 and not shop.entries
+    assert (cart.requests, cart.retried) == (2, 1) and (shop.requests, shop.retried) == (2, 1)
+    assert slept and slept[0] >= 0.75
+
+    logging_api.faults.add("LoggingServiceV2.ListLogEntries", count=1, status=403)
+    failures = asyncio.run(two())
+    assert [type(f) for f in failures] == [StageError, StageError]
+    assert "read logs of cart-00001-abc" in str(failures[0]) and f"read logs of {REV}" in str(failures[1])
+
+
+def test_a_shared_answer_that_cannot_be_split_fails_every_read_closed() -> None:
+    """A malformed answer (an entry that is not an object) fails each waiting read with a reason; none hangs."""
+
+    from stagecheck.clients.cloudlogging import Coalescer, RevisionWindow, _Batch, _Waiting
+
+    budget = ReadBudget(60)
+    coalescer = Coalescer(budget)
+    t0 = datetime.now(UTC)
+    waiting = [_Waiting(RevisionWindow("europe-west1", s, f"{s}-1", t0), 10, f"read logs of {s}-1") for s in "ab"]
+
+    class Reader:
+        project, region, retries = PROJECT, "europe-west1", 0
+
+        class client:  # the shape of google.cloud.logging.Client used here: the sandbox never answers malformed
+            class _connection:
+                @staticmethod
+                def api_request(**_: object) -> dict[str, object]:
+                    return {"entries": ["not an entry"]}
+
+    batch = _Batch(Reader(), "europe-west1", False, time.monotonic(), 1, list(waiting))  # type: ignore[arg-type]
+    coalescer._open.append(batch)
+    coalescer._run(batch)
+    for w in waiting:
+        with pytest.raises(StageError, match=f"{w.what} \\(malformed answer\\)"):
+            w.outcome.result(timeout=5)

@@ -90,6 +90,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bake", help="seconds to watch the release after the last step")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
+    parser.add_argument("--keep-server", action="store_true",
+                        help="without PREFECT_API_URL: start a background Prefect server that later runs reuse "
+                             "(see `stagecheck prefect-server`)")
     return parser.parse_args(argv)
 
 
@@ -186,7 +189,7 @@ def main(argv: list[str]) -> int:
     from stagecheck.prefect_server import TemporaryServerError
 
     try:
-        server = temporary_api()
+        server = temporary_api(args.state_dir, keep=args.keep_server)
     except TemporaryServerError as exc:
         print(f"stagecheck validate: {exc}", file=sys.stderr)
         return 1
@@ -209,9 +212,10 @@ def _drain_prefect_workers() -> None:
             pass
 
 
-def temporary_api() -> Any:
-    """Without a configured Prefect API, start a temporary server that dies with this process (SIGKILL
-    included) and point Prefect at it; Prefect's own temporary server would outlive a killed CLI."""
+def temporary_api(state_dir: str = ".stagecheck", keep: bool = False) -> Any:
+    """Without a configured Prefect API: the background server recorded in the state dir when one runs
+    (started with `keep`), else a temporary server that dies with this process (SIGKILL included);
+    Prefect's own temporary server would outlive a killed CLI. The temporary server is returned (to stop)."""
     from prefect.settings import get_current_settings
 
     current = get_current_settings()
@@ -219,10 +223,20 @@ def temporary_api() -> Any:
         return None
     from prefect.context import refresh_global_settings_context
 
-    from stagecheck.prefect_server import start_temporary_server
+    from stagecheck.prefect_server import (
+        find_background_server,
+        start_background_server,
+        start_temporary_server,
+    )
 
-    server = start_temporary_server(float(current.server.ephemeral.startup_timeout_seconds))
-    os.environ["PREFECT_API_URL"] = server.api_url
+    timeout = float(current.server.ephemeral.startup_timeout_seconds)
+    background = start_background_server(state_dir, timeout)[0] if keep else find_background_server(state_dir)
+    server = None
+    if background is not None:
+        os.environ["PREFECT_API_URL"] = background.api_url
+    else:
+        server = start_temporary_server(timeout)
+        os.environ["PREFECT_API_URL"] = server.api_url
     refresh_global_settings_context()
     return server
 

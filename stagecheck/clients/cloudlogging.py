@@ -3,15 +3,19 @@
 `entries.list` is limited to 60 requests per minute per project, a limit that cannot be raised
 (Cloud Logging quotas). Every page this module reads costs one request: all of them go through one
 `ReadBudget` per project (a token bucket, `logs.reads_per_minute`, default 30/min, shared by every
-service of the run), and a read answered 429 or 503 is retried with capped exponential backoff."""
+service of the run), and a read answered 429 or 503 is retried with capped exponential backoff.
+Reads of one project that wait for a slot at the same time share it: one `entries.list` whose filter
+ORs their filters serves all of them (`Coalescer`)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +46,63 @@ def revision_filter(*, project: str, region: str, service: str, revision: str,
     if end is not None:
         terms.append(f'timestamp<="{_ts(end)}"')
     return " AND ".join(terms)
+
+
+@dataclass(frozen=True)
+class RevisionWindow:
+    """What one read asks for: a revision's entries in [start, end] (end None: up to now)."""
+
+    region: str
+    service: str
+    revision: str
+    start: datetime
+    end: datetime | None = None
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        """Pure: does this Logging API entry belong to the window (labels and timestamp, to the ns)?"""
+        labels = (entry.get("resource") or {}).get("labels") or {}
+        if (labels.get("service_name"), labels.get("revision_name"), labels.get("location")) != (
+                self.service, self.revision, self.region):
+            return False
+        at = _ns(str(entry.get("timestamp", "")))
+        if at is None:
+            return False
+        return at >= _ns_of(self.start) and (self.end is None or at <= _ns_of(self.end))
+
+
+def _ns_of(when: datetime) -> int:
+    """The instant as integer nanoseconds since the epoch, truncated to the microsecond like `_ts`."""
+    return _ns(_ts(when)) or 0
+
+
+def _ns(stamp: str) -> int | None:
+    """Pure: an RFC 3339 timestamp (up to nanoseconds, `Z` or an offset) as integer ns since the epoch."""
+    match = _STAMP.fullmatch(stamp.strip())
+    if match is None:
+        return None
+    base, fraction, zone = match.group(1), match.group(2) or "", match.group(3)
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    try:
+        whole = datetime.fromisoformat(base + zone)
+    except ValueError:
+        return None
+    return int(whole.timestamp()) * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\d\d:?\d\d)")
+
+
+def coalesced_filter(windows: Sequence[RevisionWindow]) -> str:
+    """Pure: one Logs Explorer query matching every window's entries (an OR of the revision filters)."""
+    def one(w: RevisionWindow) -> str:
+        terms = [f'resource.labels.service_name="{w.service}"', f'resource.labels.revision_name="{w.revision}"',
+                 f'resource.labels.location="{w.region}"', f'timestamp>="{_ts(w.start)}"']
+        if w.end is not None:
+            terms.append(f'timestamp<="{_ts(w.end)}"')
+        return "(" + " AND ".join(terms) + ")"
+
+    either = " OR ".join(one(w) for w in windows)
+    return f'resource.type="cloud_run_revision" AND ({either})'
 
 
 RETRIED = (gexc.TooManyRequests, gexc.ServiceUnavailable)
@@ -87,6 +148,13 @@ class ReadBudget:
             if budget is None:
                 budget = cls._shared[key] = cls(per_minute)
             return budget
+
+    def next_wait(self) -> float:
+        """The seconds a caller asking now would wait for its slot (nothing taken)."""
+        with self._lock:
+            now = self._clock()
+            tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.per_minute / 60.0)
+            return max(0.0, (1.0 - tokens) * 60.0 / self.per_minute)
 
     def reserve(self) -> float:
         """Take the next slot; the seconds to wait before using it."""
@@ -156,6 +224,214 @@ class LogRead:
     requests: int = 0  # entries.list calls, retries included
     retried: int = 0  # of which answered 429/503 and retried
     declined: bool = False  # stopped early: the budget had no slot before the caller's deadline
+    shared: int = 0  # of the requests, made for this read and other waiting reads at once (coalesced)
+
+
+def share_page(entries: Sequence[dict[str, Any]], wants: Sequence[tuple[RevisionWindow, int]],
+               complete: bool) -> list[LogRead | None]:
+    """Pure: split one coalesced page among the reads it was asked for, `wants` = (window, max_entries).
+
+    A read gets exactly what it would have got alone (the page keeps the order asked for, and a
+    subsequence of it is that read's own order) when the page decides it: the page was the last one
+    (`complete`: every matching entry is in it), or it holds more than max_entries of the read's entries
+    (the first max_entries, truncated). Otherwise None: more of its entries may follow, it reads alone."""
+    shares: list[LogRead | None] = []
+    for window, max_entries in wants:
+        mine = [e for e in entries if window.matches(e)]
+        if complete or len(mine) > max_entries:
+            shares.append(LogRead(entries=mine[:max_entries], truncated=len(mine) > max_entries))
+        else:
+            shares.append(None)
+    return shares
+
+
+ALONE = "alone"  # the shared slot came with nobody else waiting: the read makes it, alone
+AGAIN = "again"  # the shared page did not decide the read: it reads alone (a slot of its own)
+MAX_SHARED = 20  # reads served by one coalesced request (the filter stays far below 20,000 chars)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    window: RevisionWindow
+    max_entries: int
+    what: str
+    outcome: concurrent.futures.Future[LogRead | str] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Reads of one project waiting for the same budget slot; read together when the slot starts."""
+
+    reader: LogReader
+    region: str
+    newest_first: bool
+    starts_at: float  # time.monotonic()
+    ticket: int
+    waiting: list[_Waiting] = field(default_factory=list)
+    started: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def _settle(outcome: concurrent.futures.Future[LogRead | str], value: LogRead | str | BaseException) -> None:
+    try:
+        if isinstance(value, BaseException):
+            outcome.set_exception(value)
+        else:
+            outcome.set_result(value)
+    except concurrent.futures.InvalidStateError:  # the read was cancelled meanwhile
+        pass
+
+
+class Coalescer:
+    """One `entries.list` for the reads of a project that wait for a slot at the same time.
+
+    A revision read that would wait for the project's read budget joins the batch of reads already
+    waiting for a slot that has not started (same order, same region, a slot before its deadline), or
+    reserves the next slot and opens a batch. When the slot starts, one request whose filter ORs the
+    waiting reads' filters is made (in a thread: readers may live on several event loops) and its page
+    is split by revision and window (`share_page`); a read the page does not decide reads alone. A read
+    cancelled while waiting leaves its batch; the last one to leave gives the slot back."""
+
+    _shared: dict[tuple[str, str, float, str | None], Coalescer] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, budget: ReadBudget, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.budget = budget
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._open: list[_Batch] = []
+        self.requests = 0  # coalesced requests made (retries included)
+        self.served = 0  # reads decided by them
+
+    @classmethod
+    def for_project(cls, key: tuple[str, str, float, str | None], budget: ReadBudget) -> Coalescer:
+        with cls._shared_lock:
+            coalescer = cls._shared.get(key)
+            if coalescer is None or coalescer.budget is not budget:
+                coalescer = cls._shared[key] = cls(budget)
+            return coalescer
+
+    def _join(self, reader: LogReader, waiting: _Waiting, newest_first: bool,
+              deadline: float | None) -> _Batch | LogRead | None:
+        """The batch `waiting` joined; None: a slot is free now (read alone); a declined LogRead."""
+        with self._lock:
+            now = time.monotonic()
+            for batch in self._open:
+                if (not batch.started and batch.newest_first == newest_first and batch.region == reader.region
+                        and batch.starts_at > now and (deadline is None or batch.starts_at <= deadline)
+                        and len(batch.waiting) < MAX_SHARED):
+                    batch.waiting.append(waiting)
+                    return batch
+            if self.budget.next_wait() <= 0:
+                return None
+            taken = self.budget._take(deadline)
+            if taken is None:
+                return LogRead(declined=True)
+            wait, ticket = taken
+            batch = _Batch(reader, reader.region, newest_first, now + wait, ticket, [waiting])
+            self._open.append(batch)
+        threading.Thread(target=self._run, args=(batch,), name="logging-coalesced-read", daemon=True).start()
+        return batch
+
+    def _leave(self, batch: _Batch, waiting: _Waiting) -> None:
+        with self._lock:
+            if batch.started or waiting not in batch.waiting:
+                return
+            batch.waiting.remove(waiting)
+            if not batch.waiting:
+                self._open.remove(batch)
+                batch.cancelled.set()
+                self.budget._give_back(batch.ticket)
+
+    def _run(self, batch: _Batch) -> None:
+        if batch.cancelled.wait(max(0.0, batch.starts_at - time.monotonic())):
+            return
+        with self._lock:
+            if batch.cancelled.is_set():
+                return
+            batch.started = True
+            self._open.remove(batch)
+            waiting = list(batch.waiting)
+        if len(waiting) == 1:
+            _settle(waiting[0].outcome, ALONE)
+            return
+        try:
+            answer, requests, retried = self._request(batch, waiting)
+        except BaseException as exc:  # every waiting read gets the failure, in its own words
+            for w in waiting:
+                _settle(w.outcome, _failure(exc, w.what))
+            return
+        try:
+            entries = answer.get("entries") or []
+            if not isinstance(entries, list):
+                raise ValueError("entries is not a list")
+            shares = share_page(entries, [(w.window, w.max_entries) for w in waiting],
+                                complete=not answer.get("nextPageToken"))
+        except Exception as exc:  # an answer that cannot be split: every read fails closed, none hangs
+            for w in waiting:
+                _settle(w.outcome, describe_api_error(ValueError(f"{type(exc).__name__}: {exc}"),
+                                                      f"{w.what} (malformed answer)", Api.LOGGING))
+            return
+        for w, share in zip(waiting, shares, strict=True):
+            if share is None:
+                _settle(w.outcome, AGAIN)
+                continue
+            share.requests, share.retried, share.shared = requests, retried, requests
+            self.served += 1
+            _settle(w.outcome, share)
+
+    def _request(self, batch: _Batch, waiting: list[_Waiting]) -> tuple[dict[str, Any], int, int]:
+        """The coalesced entries.list call (its slot has started); 429/503 retried with backoff."""
+        body: dict[str, Any] = {
+            "resourceNames": [f"projects/{batch.reader.project}"],
+            "filter": coalesced_filter([w.window for w in waiting]),
+            "orderBy": "timestamp desc" if batch.newest_first else "timestamp asc",
+            "pageSize": min(PAGE_SIZE_MAX, sum(w.max_entries + 1 for w in waiting)),
+        }
+        requests = retried = 0
+        while True:
+            requests += 1
+            self.requests += 1
+            try:
+                answer: dict[str, Any] = batch.reader.client._connection.api_request(
+                    method="POST", path="/entries:list", data=body)
+                return answer, requests, retried
+            except RETRIED as exc:
+                if retried >= batch.reader.retries:
+                    raise _Exhausted(exc, retried) from None
+                self._sleep(retry_delay(retried, random.random()))
+                retried += 1
+                self._sleep(self.budget.reserve())
+
+    async def read(self, reader: LogReader, window: RevisionWindow, *, max_entries: int, newest_first: bool,
+                   what: str, deadline: float | None) -> LogRead | str | None:
+        """A LogRead decided by a coalesced request (or declined); ALONE / AGAIN / None: read alone
+        (ALONE: with the slot already started for it; AGAIN and None: asking the budget)."""
+        waiting = _Waiting(window, max_entries, what)
+        joined = self._join(reader, waiting, newest_first, deadline)
+        if not isinstance(joined, _Batch):
+            return joined
+        try:
+            return await asyncio.wrap_future(waiting.outcome)
+        except asyncio.CancelledError:
+            self._leave(joined, waiting)
+            raise
+
+
+class _Exhausted(Exception):
+    def __init__(self, cause: Exception, retried: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.retried = cause, retried
+
+
+def _failure(exc: BaseException, what: str) -> BaseException:
+    """The StageError a read would have raised alone for this failure of the coalesced request."""
+    if isinstance(exc, _Exhausted):
+        code = getattr(exc.cause, "code", "")
+        return describe_api_error(exc.cause, f"{what} (still {code} after {exc.retried} retries)", Api.LOGGING)
+    if isinstance(exc, API_ERRORS):
+        return describe_api_error(exc, what, Api.LOGGING)
+    return exc
 
 
 class LogReader:
@@ -174,6 +450,11 @@ class LogReader:
                                              settings.project, settings.logs.reads_per_minute)
         self.retries = settings.logs.read_retries
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # reads of the project waiting for a slot at the same time share it (one coalesced request)
+        self.coalesce = True
+        self.coalescer = Coalescer.for_project(
+            (settings.endpoints.logging_api or "https://logging.googleapis.com", settings.project,
+             settings.logs.reads_per_minute, self._credentials_file), self.budget)
 
     @property
     def client(self) -> Any:
@@ -187,9 +468,10 @@ class LogReader:
         return self._client
 
     async def _page(self, body: dict[str, Any], read: LogRead, what: str,
-                    deadline: float | None = None) -> dict[str, Any] | None:
+                    deadline: float | None = None, slot_started: bool = False) -> dict[str, Any] | None:
         """One entries.list call (one page) within the budget; 429/503 retried with backoff. None (no
-        request made) when the budget has no slot before `deadline`."""
+        request made) when the budget has no slot before `deadline`. `slot_started`: the first
+        attempt's slot was already taken from the budget (and has started)."""
         def call() -> dict[str, Any]:
             # the client's own connection (endpoint, credentials, user agent), one request per page
             answer: dict[str, Any] = self.client._connection.api_request(method="POST", path="/entries:list",
@@ -198,7 +480,9 @@ class LogReader:
 
         attempt = 0
         while True:
-            if await self.budget.acquire(deadline) is None:
+            if slot_started:
+                slot_started = False
+            elif await self.budget.acquire(deadline) is None:
                 return None
             read.requests += 1
             try:
@@ -213,18 +497,20 @@ class LogReader:
                 raise describe_api_error(exc, what, Api.LOGGING) from None
 
     async def read(self, filter_: str, *, max_entries: int, newest_first: bool, what: str,
-                   deadline: float | None = None) -> LogRead:
+                   deadline: float | None = None, slot_started: bool = False) -> LogRead:
         """Up to max_entries entries matching filter_, newest first or oldest first. With `deadline`
         (time.monotonic): pages the budget cannot start before it are not read (`declined`)."""
         read = LogRead()
         token: str | None = None
+        first = slot_started
         while len(read.entries) < max_entries:
             body: dict[str, Any] = {"resourceNames": [f"projects/{self.project}"], "filter": filter_,
                                     "orderBy": "timestamp desc" if newest_first else "timestamp asc",
                                     "pageSize": min(PAGE_SIZE_MAX, max_entries - len(read.entries))}
             if token:
                 body["pageToken"] = token
-            answer = await self._page(body, read, what, deadline)
+            answer = await self._page(body, read, what, deadline, slot_started=first)
+            first = False
             if answer is None:
                 read.declined = True
                 return read
@@ -244,10 +530,20 @@ class LogReader:
                             deadline: float | None = None) -> LogRead:
         """The revision's entries in [start, end]: the newest max_entries of them when newest_first
         (only the pages the budget can start before `deadline`, when given)."""
+        what = f"read logs of {revision}"
+        shared = None if not self.coalesce else await self.coalescer.read(
+            self, RevisionWindow(self.region, service, revision, start, end), max_entries=max_entries,
+            newest_first=newest_first, what=what, deadline=deadline)
+        if isinstance(shared, LogRead):  # decided by a request shared with other waiting reads (or declined)
+            return shared
         filter_ = revision_filter(project=self.project, region=self.region, service=service,
                                   revision=revision, start=start, end=end)
-        return await self.read(filter_, max_entries=max_entries, newest_first=newest_first,
-                               what=f"read logs of {revision}", deadline=deadline)
+        read = await self.read(filter_, max_entries=max_entries, newest_first=newest_first, what=what,
+                               deadline=deadline, slot_started=shared == ALONE)
+        if shared == AGAIN:  # the shared request did not decide this read: it counts too
+            read.requests += 1
+            read.shared += 1
+        return read
 
     async def revision_entries(self, *, service: str, revision: str, start: datetime,
                                end: datetime | None = None, max_entries: int = 5000) -> list[dict[str, Any]]:
