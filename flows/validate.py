@@ -50,6 +50,7 @@ from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.retry_policy import TaskT, with_api_retries
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
@@ -214,6 +215,10 @@ class ServiceValidation:
     def starting(self, stage: str) -> None:
         progress().stage_started(self.svc.name, stage)
 
+    def _api(self, stage_task: TaskT) -> TaskT:
+        """An idempotent API stage, retried by Prefect after a transient answer (stagecheck.retry_policy)."""
+        return with_api_retries(stage_task, self.settings.api_retries)
+
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
             await self._ensure_limit()
@@ -248,7 +253,7 @@ class ServiceValidation:
             snapshot = ServiceSnapshot(exists=False)
         else:
             self.starting("inspect")
-            result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
+            result, self.snapshot = await gate_value(await self._api(inspect_service)(self.clients.cloudrun, self.svc.name))
             if not self.record(result) or self.snapshot is None:
                 return None, None
             snapshot = self.snapshot
@@ -267,7 +272,7 @@ class ServiceValidation:
             return image, None
 
         self.starting("deploy")
-        result, outcome = await gate_value(await deploy_revision(
+        result, outcome = await gate_value(await self._api(deploy_revision)(
             self.clients.cloudrun, self.settings, self.svc, image=image.pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
@@ -336,7 +341,7 @@ class ServiceValidation:
         candidate pinned, and only the newest few of stagecheck's own tags."""
         self.starting("release")
         plan = self.traffic_plan
-        result, applied = await gate_value(await finish_release(
+        result, applied = await gate_value(await self._api(finish_release)(
             self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
             plan.keep_tags, self.settings.deploy_timeout_s))
         if applied:
@@ -349,7 +354,7 @@ class ServiceValidation:
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
         self.starting("rollback")
         remembered = snapshot.traffic or snapshot.serving
-        result, applied = await gate_value(await restore_after_failed_deploy(
+        result, applied = await gate_value(await self._api(restore_after_failed_deploy)(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
             self.settings.deploy_timeout_s))
         self.record(result)
@@ -375,7 +380,7 @@ class ServiceValidation:
             label = f"step {number}/{len(steps)}: {percent} %"
             if snapshot.exists:
                 self.starting(f"traffic {percent}%")
-                result, applied = await gate_value(await shift_traffic(self.clients.cloudrun, self.svc.name, split,
+                result, applied = await gate_value(await self._api(shift_traffic)(self.clients.cloudrun, self.svc.name, split,
                                                       self.settings.deploy_timeout_s, label))
                 if applied:
                     self.traffic_after = applied
@@ -450,7 +455,7 @@ class ServiceValidation:
             return
         restore = rollback_split(snapshot.serving, revision, self.tag)
         self.starting("rollback")
-        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, restore,
+        result, applied = await gate_value(await self._api(rollback_traffic)(self.clients.cloudrun, self.svc.name, restore,
                                                  self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 
 class Status(StrEnum):
@@ -46,6 +46,8 @@ class StageResult(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     criteria: list[Criterion] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
+    # failed by a transient API answer (not reported; Prefect's retry condition reads it: stagecheck.retry_policy)
+    _transient: bool = PrivateAttr(default=False)
 
     @property
     def failed(self) -> bool:

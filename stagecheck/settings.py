@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stagecheck.retry_policy import ApiRetries
+
 SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 PROJECT_ID_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
@@ -417,6 +419,7 @@ class Settings(BaseModel):
     dry_run: bool = Field(False, description="validate config, syntax and build; deploy nothing")
     slot_wait_s: float = Field(1800.0, gt=0, description="max wait for the service's concurrency slot "
                                                          "(another validation of the same service running)")
+    api_retries: ApiRetries = ApiRetries()
 
     @field_validator("project")
     @classmethod

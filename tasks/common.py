@@ -89,6 +89,7 @@ async def guarded(name: str, body: Callable[[], Awaitable[StageResult]],
                              evidence=[Evidence(kind="note", summary=str(exc))],
                              criteria=[Criterion(name=f"{name} completed", stage=name, status=Status.FAIL,
                                                  expected="stage completes", observed=str(exc))])
+        result._transient = exc.transient  # Prefect retries an idempotent stage after it (stagecheck.retry_policy)
     except Exception as exc:  # fail closed: an unexpected error is a failed gate, reported, not raised
         if logger is not None:
             logger.exception("stage %s crashed", name)
@@ -108,6 +109,11 @@ class FailedGate:
 
     result: StageResult
     value: Any
+
+    @property
+    def transient(self) -> bool:
+        """Failed by a transient API answer: `stagecheck.retry_policy.retry_on_transient_api_answer` retries it."""
+        return self.result._transient
 
     def __repr__(self) -> str:
         return f"FailedGate({self.result.name}: {self.result.summary})"

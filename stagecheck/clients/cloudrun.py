@@ -51,10 +51,19 @@ def _message(exc: gexc.GoogleAPICallError) -> str:
 
 def describe_api_error(exc: BaseException, what: str, api: Api = Api.RUN) -> StageError:
     """Turn a Google client / transport exception into a readable StageError; the hint comes from
-    the one table of hints (stagecheck.errors.HINTS), for the API that answered.
+    the one table of hints (stagecheck.errors.HINTS), for the API that answered. The error says whether
+    the answer was transient (stagecheck.retry_policy: Prefect retries an idempotent stage after it).
 
     HTTP classes (Forbidden, Unauthorized, BadRequest...) are the parents of the gRPC-named ones
     (PermissionDenied, Unauthenticated, InvalidArgument...), so both transports land here."""
+    from stagecheck.retry_policy import is_transient
+
+    error = _describe_api_error(exc, what, api)
+    error.transient = is_transient(exc)
+    return error
+
+
+def _describe_api_error(exc: BaseException, what: str, api: Api) -> StageError:
     if isinstance(exc, gexc.Forbidden):
         return StageError(f"{what}: permission denied by the {api} ({_message(exc)})",
                           hint=hint_for(api, ErrorClass.FORBIDDEN))
