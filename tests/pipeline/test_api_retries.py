@@ -54,7 +54,7 @@ def test_a_described_api_error_keeps_whether_it_was_transient() -> None:
 
 
 async def test_the_retry_condition_reads_the_failed_gate_and_raised_exceptions() -> None:
-    from prefect.states import Failed
+    from prefect.states import Failed, State
 
     async def unavailable() -> StageResult:
         raise StageError("update service s: Cloud Run API unavailable", transient=True)
@@ -65,7 +65,7 @@ async def test_the_retry_condition_reads_the_failed_gate_and_raised_exceptions()
     for body, expected in ((unavailable, True), (forbidden, False)):
         result = await guarded("deploy", body)
         assert result.status is Status.FAIL
-        state = Failed(data=FailedGate(result=result, value=(result, None)))
+        state: State[Any] = Failed(data=FailedGate(result=result, value=(result, None)))
         assert retry_on_transient_api_answer(None, None, state) is expected  # type: ignore[arg-type]
     assert retry_on_transient_api_answer(None, None, Failed(data=gexc.ServiceUnavailable("x"))) is True  # type: ignore[arg-type]
     assert retry_on_transient_api_answer(None, None, Failed(data=gexc.BadRequest("x"))) is False  # type: ignore[arg-type]
