@@ -64,6 +64,9 @@ class ImageInfo(BaseModel):
     previous_reference: str | None = None
     previous_size_bytes: int | None = None  # compressed, of the image serving before
     tags: list[str] = Field(default_factory=list)
+    platform: str | None = None  # os/arch read back from the built image
+    build_key: str | None = None  # content key of the build's inputs (stagecheck.pushed_images.build_key)
+    reused: bool = False  # not built: the digest an earlier run pushed for the same build key
 
     @property
     def size_change_bytes(self) -> int | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from stagecheck.clients.images import Images
+from stagecheck.clients.result_storage import PushedImageRecords
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.secret_values import registry_auth
@@ -66,9 +67,11 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ))
+        images.pushed = PushedImageRecords(settings.result_storage)
         return cls(
             settings=settings,
-            images=Images(settings.docker_host, registry_auth=registry_auth(os.environ)),
+            images=images,
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
         )
