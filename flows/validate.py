@@ -588,7 +588,7 @@ async def validate(
 
     paths = []
     for report in reports:
-        path = await publish_report(report, settings.report_dir)
+        path = await publish_report(report, settings.report_dir, settings.result_storage)
         paths.append(path)
         progress().service_finished(report, path)
         emit(verdict_event(report, str(path)))  # others react to the verdict with their own Automations
