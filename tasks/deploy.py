@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from stagecheck.clients.progress_artifact import WaitProgress, percent, progress_key
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.redact import redact
 from stagecheck.report import console_logs_url
 from stagecheck.settings import ServiceConfig, Settings
 from stagecheck.traffic import describe, with_tagged_candidate
@@ -174,7 +176,19 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                                                            f"{name}; not created again"))
             outcome.traffic_moved = True
             plan_note = f"first deployment: {name} gets 100 % once Ready"
-        rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s)
+        shown = WaitProgress(progress_key(service.name, "deploy"),
+                             f"deploy: waiting for {name} to become Ready (deadline {settings.deploy_timeout_s:g} s)")
+        await shown.start()
+
+        async def waited(elapsed_s: float) -> None:
+            await shown.update(percent(elapsed_s, settings.deploy_timeout_s))
+
+        rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s,
+                                                        on_poll=waited)
+        if ready.ready is True:
+            await shown.finish(f"deploy: {name} Ready")
+        else:
+            await shown.stop(redact(f"deploy: {name} not Ready: {ready.message or 'no Ready condition'}"))
         evidence = [*notes, Evidence(kind="traffic", summary=plan_note,
                                      data={"requested_split": [t.model_dump() for t in split]})]
         if ready.ready is not True:

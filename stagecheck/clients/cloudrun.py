@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -467,10 +467,14 @@ class CloudRun:
         return ready_condition(rev.conditions).ready is True
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,
-                                  interval_s: float = 0.2, fast_for_s: float = 30.0) -> tuple[run_v2.Revision | None, ReadyState]:
+                                  interval_s: float = 0.2, fast_for_s: float = 30.0,
+                                  on_poll: Callable[[float], Awaitable[None]] | None = None,
+                                  ) -> tuple[run_v2.Revision | None, ReadyState]:
         """Poll the revision's own Ready condition until it is terminal or the deadline passes: every
         `interval_s` for the first `fast_for_s` (most revisions start within it; Ready is seen within
-        one interval), then backing off to every 2 s (bounded reads for slow starts)."""
+        one interval), then backing off to every 2 s (bounded reads for slow starts). `on_poll` hears
+        the seconds waited after each poll that found the revision not Ready yet (a progress display)."""
+        started = time.monotonic()
         fast_until = time.monotonic() + fast_for_s
         deadline = time.monotonic() + timeout_s
         rev: run_v2.Revision | None = None
@@ -486,6 +490,8 @@ class CloudRun:
                     raise
             if time.monotonic() >= deadline:
                 return rev, ReadyState(None, f"not Ready after {timeout_s:.0f}s: {state.message}", "", None)
+            if on_poll is not None:
+                await on_poll(time.monotonic() - started)
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= fast_until:
                 interval_s = min(interval_s * 1.5, 2.0)
