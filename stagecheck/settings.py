@@ -421,6 +421,9 @@ class Settings(BaseModel):
     slot_wait_s: float = Field(1800.0, gt=0, description="max wait for the service's concurrency slot "
                                                          "(another validation of the same service running)")
     api_retries: ApiRetries = ApiRetries()
+    gcp_credentials_block: str | None = Field(
+        None, description="a prefect-gcp GcpCredentials block whose credentials call Cloud Run, Cloud Logging and "
+        "the registry (pip install 'stagecheck[gcp]'); default: endpoints.credentials_file, else ADC")
     result_storage: str | None = Field(
         None, description="Prefect result storage for the JSON reports and the records of pushed images: a storage "
         "block slug (local-file-system/NAME, gcs-bucket/NAME) or a folder; default: Prefect's default result storage")

@@ -67,7 +67,12 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
-        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ))
+        token: dict[str, Callable[[], str]] = {}
+        if settings.gcp_credentials_block:  # the registry token from the block too (else ADC)
+            from stagecheck.clients.identity import block_access_token
+
+            token["token_provider"] = block_access_token(settings.gcp_credentials_block)
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), **token)
         images.pushed = PushedImageRecords(settings.result_storage)
         return cls(
             settings=settings,

@@ -306,15 +306,17 @@ class CloudRun:
         if settings.endpoints.run_api:
             kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.run_api)
         self._credentials_file = settings.endpoints.credentials_file
+        self._credentials_block = settings.gcp_credentials_block
         self._kwargs = kwargs
         self._services: run_v2.ServicesClient | None = None
         self._revisions: run_v2.RevisionsClient | None = None
 
     # -- clients are built lazily (credentials lookup happens once, on first use)
     def _client_kwargs(self) -> dict[str, Any]:
-        """The key file's service account when the settings name one, else ADC (the client's default)."""
-        if "credentials" not in self._kwargs and self._credentials_file:
-            self._kwargs["credentials"] = api_credentials(self._credentials_file)
+        """The GcpCredentials block's or the key file's service account when the settings name one, else ADC
+        (the client's default)."""
+        if "credentials" not in self._kwargs and (self._credentials_file or self._credentials_block):
+            self._kwargs["credentials"] = api_credentials(self._credentials_file, self._credentials_block)
         return self._kwargs
 
     @property
