@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from stagecheck.clients.images import Images
+from stagecheck.clients.images import Images, google_access_token
 from stagecheck.clients.result_storage import PushedImageRecords
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
@@ -67,12 +67,12 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
-        token: dict[str, Callable[[], str]] = {}
-        if settings.gcp_credentials_block:  # the registry token from the block too (else ADC)
+        token: Callable[[], str] = google_access_token  # the registry token: ADC, or the block's credentials
+        if settings.gcp_credentials_block:
             from stagecheck.clients.identity import block_access_token
 
-            token["token_provider"] = block_access_token(settings.gcp_credentials_block)
-        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), **token)
+            token = block_access_token(settings.gcp_credentials_block)
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
         images.pushed = PushedImageRecords(settings.result_storage)
         return cls(
             settings=settings,
