@@ -3,11 +3,13 @@
 A stage task that only reads, or that sets a whole state (a full traffic split, a revision template
 under a name fixed for the task run), can be run again after a transient answer without changing the
 outcome; Prefect retries it (`AwaitingRetry` -> `Retrying` in the run graph) when the failure was
-transient: 429 (RESOURCE_EXHAUSTED), 500, 502, 503 (UNAVAILABLE), 504 / DEADLINE_EXCEEDED, no
-connection or a timeout. The set follows prefect-gcp's Cloud Run v2 worker (`_TRANSIENT_HTTP_STATUSES`:
-429, 500, 503; AIP-194: retry UNAVAILABLE, back off on RESOURCE_EXHAUSTED) plus the gateway answers.
-Anything else — 400, 401, 403, 404, a 409 etag or name conflict — fails at once: running again would
-get the same answer.
+transient: the API answered 429 (RESOURCE_EXHAUSTED), 500, 502, 503 (UNAVAILABLE), 504 /
+DEADLINE_EXCEEDED, or did not answer in time (a read timeout). The set follows prefect-gcp's Cloud Run
+v2 worker (`_TRANSIENT_HTTP_STATUSES`: 429, 500, 503; AIP-194: retry UNAVAILABLE, back off on
+RESOURCE_EXHAUSTED) plus the gateway answers. Anything else fails at once: 400, 401, 403, 404, a 409 etag
+or name conflict (running again gets the same answer), and a connection that is refused or dropped (the
+API is down or the endpoint wrong: the stage says so at once, naming the call that could not reach it,
+and the rollback that follows says where traffic is).
 
 What this is NOT: the probe policy (K healthy answers before a deadline: the waiting IS the check), the
 etag rebuild of an update (a 409 means "read again and rebuild", handled where the update is built), the
@@ -39,7 +41,7 @@ class ApiRetries(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     retries: int = Field(3, ge=0, le=10, description="retries of an idempotent API stage after a transient "
-                                                     "answer (429, 500, 502, 503, 504, no connection, timeout)")
+                                                     "answer (429, 500, 502, 503, 504, a read timeout)")
     delay_s: tuple[float, ...] = Field((2.0, 5.0, 10.0), min_length=1,
                                        description="pause before each retry (the last repeats)")
     jitter: float = Field(0.2, ge=0, le=1, description="randomised part of each pause (Prefect retry_jitter_factor)")
@@ -74,8 +76,9 @@ def is_transient(error: object) -> bool:
     if isinstance(error, gexc.DeadlineExceeded | gexc.GatewayTimeout | gexc.ServiceUnavailable
                   | gexc.TooManyRequests | gexc.InternalServerError | gexc.BadGateway):
         return True
-    return isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout
-                      | TimeoutError | ConnectionError)
+    if isinstance(error, requests.exceptions.ConnectTimeout):  # a ConnectionError too: nothing answered
+        return False
+    return isinstance(error, requests.exceptions.Timeout | TimeoutError)
 
 
 def retry_on_transient_api_answer(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -31,8 +31,10 @@ FAST_RETRIES = "[api_retries]\nretries = 3\ndelay_s = [0.2]"
     (gexc.InternalServerError("oops"), True),
     (gexc.GatewayTimeout("late"), True),
     (gexc.DeadlineExceeded("late"), True),
-    (requests.exceptions.ConnectionError("refused"), True),
     (requests.exceptions.ReadTimeout("no answer"), True),
+    (TimeoutError("no answer"), True),
+    (requests.exceptions.ConnectionError("refused"), False),  # the API is down or the endpoint wrong
+    (requests.exceptions.ConnectTimeout("nothing answered"), False),
     (gexc.RetryError("gave up", cause=gexc.ServiceUnavailable("down")), True),
     (gexc.BadRequest("invalid"), False),
     (gexc.Forbidden("denied"), False),
@@ -42,7 +44,7 @@ FAST_RETRIES = "[api_retries]\nretries = 3\ndelay_s = [0.2]"
     (gexc.RetryError("gave up", cause=gexc.Forbidden("denied")), False),
     (ValueError("a bug"), False),
 ])
-def test_transient_answers_are_429_5xx_no_connection_and_timeouts(error: Exception, transient: bool) -> None:
+def test_transient_answers_are_429_5xx_and_timeouts_not_refused_connections(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
 
 
