@@ -49,6 +49,7 @@ from stagecheck.prober import ProbeTarget
 from stagecheck.progress import progress
 from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.retry_policy import TaskT, with_api_retries
 from stagecheck.rollback import cleaned_up, decide_rollback, rolled_back
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
@@ -134,6 +135,10 @@ class ServiceValidation:
     def starting(self, stage: str) -> None:
         progress().stage_started(self.svc.name, stage)
 
+    def _api(self, stage_task: TaskT) -> TaskT:
+        """An idempotent API stage, retried by Prefect after a transient answer (stagecheck.retry_policy)."""
+        return with_api_retries(stage_task, self.settings.api_retries)
+
     async def run(self, syntax: StageResult) -> ServiceReport:
         with tags(f"service:{self.svc.name}"):
             await self._ensure_limit()
@@ -203,7 +208,7 @@ class ServiceValidation:
         if self.settings.dry_run:  # no API contact at all: build only
             return ServiceSnapshot(exists=False)
         self.starting(Stage.INSPECT)
-        result, self.snapshot = await gate_value(await inspect_service(self.clients.cloudrun, self.svc.name))
+        result, self.snapshot = await gate_value(await self._api(inspect_service)(self.clients.cloudrun, self.svc.name))
         if not self.record(result) or self.snapshot is None:
             return None
         snapshot = self.snapshot
@@ -225,7 +230,7 @@ class ServiceValidation:
     async def _deploy(self, pinned: str, snapshot: ServiceSnapshot) -> tuple[bool, DeployOutcome]:
         """The candidate revision, no traffic; a failed deploy puts the split back as it was (or says why not)."""
         self.starting(Stage.DEPLOY)
-        result, outcome = await gate_value(await deploy_revision(
+        result, outcome = await gate_value(await self._api(deploy_revision)(
             self.clients.cloudrun, self.settings, self.svc, image=pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
         revision = outcome.revision
         if revision is not None:
@@ -292,7 +297,7 @@ class ServiceValidation:
         candidate pinned, and only the newest few of stagecheck's own tags."""
         self.starting(Stage.RELEASE)
         plan = self.traffic_plan
-        result, applied = await gate_value(await finish_release(
+        result, applied = await gate_value(await self._api(finish_release)(
             self.clients.cloudrun, self.svc.name, self.traffic_after, revision, self.tag, plan.after_pass,
             plan.keep_tags, self.settings.deploy_timeout_s))
         if applied:
@@ -305,7 +310,7 @@ class ServiceValidation:
         (LATEST stays LATEST: the failed revision never becomes Ready), minus targets that are not Ready."""
         self.starting(Stage.ROLLBACK)
         remembered = snapshot.traffic or snapshot.serving
-        result, applied = await gate_value(await restore_after_failed_deploy(
+        result, applied = await gate_value(await self._api(restore_after_failed_deploy)(
             self.clients.cloudrun, self.svc.name, remembered, candidate, self.tag, self.traffic_plan.keep_tags,
             self.settings.deploy_timeout_s))
         self.record(result)
@@ -330,7 +335,7 @@ class ServiceValidation:
             label = f"step {number}/{len(steps)}: {percent} %"
             if snapshot.exists:
                 self.starting(f"traffic {percent}%")
-                result, applied = await gate_value(await shift_traffic(self.clients.cloudrun, self.svc.name, split,
+                result, applied = await gate_value(await self._api(shift_traffic)(self.clients.cloudrun, self.svc.name, split,
                                                       self.settings.deploy_timeout_s, label))
                 if applied:
                     self.traffic_after = applied
@@ -403,7 +408,7 @@ class ServiceValidation:
             self.rollback = decision
             return
         self.starting(Stage.ROLLBACK)
-        result, applied = await gate_value(await rollback_traffic(self.clients.cloudrun, self.svc.name, decision.split,
+        result, applied = await gate_value(await self._api(rollback_traffic)(self.clients.cloudrun, self.svc.name, decision.split,
                                                  self.settings.deploy_timeout_s, failed_stage))
         self.record(result)
         if applied:
@@ -541,7 +546,7 @@ async def validate(
 
     paths = []
     for report in reports:
-        path = await publish_report(report, settings.report_dir)
+        path = await publish_report(report, settings.report_dir, settings.result_storage)
         paths.append(path)
         progress().service_finished(report, path)
         emit(verdict_event(report, str(path)))  # others react to the verdict with their own Automations

@@ -8,10 +8,11 @@ from enum import StrEnum
 class StageError(Exception):
     """A stage could not do its job; `str(exc)` says what happened and, where known, what to do."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.transient = transient  # a transient API answer (429, 5xx, no connection): see stagecheck.retry_policy
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

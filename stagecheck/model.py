@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 
 class Status(StrEnum):
@@ -46,6 +46,8 @@ class StageResult(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     criteria: list[Criterion] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
+    # failed by a transient API answer (not reported; Prefect's retry condition reads it: stagecheck.retry_policy)
+    _transient: bool = PrivateAttr(default=False)
 
     @property
     def failed(self) -> bool:
@@ -62,6 +64,9 @@ class ImageInfo(BaseModel):
     previous_reference: str | None = None
     previous_size_bytes: int | None = None  # compressed, of the image serving before
     tags: list[str] = Field(default_factory=list)
+    platform: str | None = None  # os/arch read back from the built image
+    build_key: str | None = None  # content key of the build's inputs (stagecheck.pushed_images.build_key)
+    reused: bool = False  # not built: the digest an earlier run pushed for the same build key
 
     @property
     def size_change_bytes(self) -> int | None:

@@ -18,12 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stagecheck.retry_policy import ApiRetries
+
 SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 PROJECT_ID_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_REF_RE = re.compile(r"^(projects/[^/]+/secrets/)?[A-Za-z0-9_-]{1,255}:(latest|[0-9]+)$")
 MEMORY_RE = re.compile(r"^[0-9]+(Mi|Gi)$")
+BLOCK_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*/[A-Za-z0-9][A-Za-z0-9_-]*$")  # a Prefect block: type-slug/name
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
 # stagecheck tags each candidate `sc-<sha7>`; Cloud Run: "Combined traffic tag and service name cannot
 # exceed 46 characters." (gcloud/server message; policyengine-api#3729, firebase-tools#6137)
@@ -417,6 +420,13 @@ class Settings(BaseModel):
     dry_run: bool = Field(False, description="validate config, syntax and build; deploy nothing")
     slot_wait_s: float = Field(1800.0, gt=0, description="max wait for the service's concurrency slot "
                                                          "(another validation of the same service running)")
+    api_retries: ApiRetries = ApiRetries()
+    gcp_credentials_block: str | None = Field(
+        None, description="a prefect-gcp GcpCredentials block whose credentials call Cloud Run, Cloud Logging and "
+        "the registry (pip install 'stagecheck[gcp]'); default: endpoints.credentials_file, else ADC")
+    result_storage: str | None = Field(
+        None, description="Prefect result storage for the JSON reports and the records of pushed images: a storage "
+        "block slug (local-file-system/NAME, gcs-bucket/NAME) or a folder; default: Prefect's default result storage")
 
     @field_validator("project")
     @classmethod
@@ -680,6 +690,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("repo_root", "report_dir"):
         if key in out:
             out[key] = str((base / out[key]).resolve())
+    storage = out.get("result_storage")
+    if isinstance(storage, str) and not BLOCK_SLUG_RE.match(storage):
+        out["result_storage"] = str((base / Path(storage).expanduser()).resolve())  # a folder, not a block slug
     out.setdefault("repo_root", str(base))
     out.setdefault("report_dir", str(base / "reports"))
     services = []

@@ -15,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.bake import BakeFinding, BakeWatch, bake_result, judge_bake_logs, judge_probe_answer
+from stagecheck.clients.progress_artifact import WaitProgress, percent, progress_key
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
@@ -26,6 +27,7 @@ from stagecheck.log_analysis import (
 )
 from stagecheck.model import StageResult
 from stagecheck.prober import ProbeTarget, probe_once, safe_url
+from stagecheck.redact import redact
 from stagecheck.settings import LogRules, ProbeMode, ProbePolicy
 from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
@@ -141,16 +143,26 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
             done.set()
 
     async def body() -> tuple[StageResult, None]:
+        shown = WaitProgress(progress_key(service, label), f"{label}: watching {revision} for {duration_s:g} s")
+        await shown.start()
         loops = [asyncio.create_task(guard(probe_loop)), asyncio.create_task(guard(log_loop))]
         try:
-            await _pause(done, duration_s)
+            step = max(interval_s, duration_s / 50, 1.0)  # the progress artifact moves at most every step
+            while not done.is_set() and (left := ends - time.monotonic()) > 0:
+                await _pause(done, min(step, left))
+                await shown.update(percent(time.monotonic() - started, duration_s))
         finally:
             done.set()
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
         watch.watched_s = time.monotonic() - started
-        return bake_result(watch), None
+        result = bake_result(watch)
+        if watch.finding is None and watch.error is None:
+            await shown.finish(f"{label}: watched {revision} for {watch.watched_s:.0f} s")
+        else:
+            await shown.stop(redact(f"{label}: stopped after {watch.watched_s:.0f} s: {result.summary}"))
+        return result, None
 
     result, _ = await guarded(Stage.BAKE, body, None)
     return gate(result, result)

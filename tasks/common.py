@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from stagecheck.clients.images import Images
+from stagecheck.clients.images import Images, google_access_token
+from stagecheck.clients.result_storage import PushedImageRecords
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.secret_values import registry_auth
@@ -66,9 +67,16 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
+        token: Callable[[], str] = google_access_token  # the registry token: ADC, or the block's credentials
+        if settings.gcp_credentials_block:
+            from stagecheck.clients.identity import block_access_token
+
+            token = block_access_token(settings.gcp_credentials_block)
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
+        images.pushed = PushedImageRecords(settings.result_storage)
         return cls(
             settings=settings,
-            images=Images(settings.docker_host, registry_auth=registry_auth(os.environ)),
+            images=images,
             http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    headers={"User-Agent": "stagecheck-probe/0.1"}),
         )
@@ -91,6 +99,7 @@ async def guarded(name: str, body: Callable[[], Awaitable[tuple[StageResult, T]]
                              evidence=[Evidence(kind="note", summary=str(exc))],
                              criteria=[Criterion(name=f"{name} completed", stage=name, status=Status.FAIL,
                                                  expected="stage completes", observed=str(exc))])
+        result._transient = exc.transient  # Prefect retries an idempotent stage after it (stagecheck.retry_policy)
     except Exception as exc:  # fail closed: an unexpected error is a failed gate, reported, not raised
         if logger is not None:
             logger.exception("stage %s crashed", name)
@@ -110,6 +119,11 @@ class FailedGate:
 
     result: StageResult
     value: Any
+
+    @property
+    def transient(self) -> bool:
+        """Failed by a transient API answer: `stagecheck.retry_policy.retry_on_transient_api_answer` retries it."""
+        return self.result._transient
 
     def __repr__(self) -> str:
         return f"FailedGate({self.result.name}: {self.result.summary})"

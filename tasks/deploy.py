@@ -11,6 +11,7 @@ revision name gets one new suffix (stagecheck/clients/cloudrun.py: build_templat
 
 from __future__ import annotations
 
+import hashlib
 import secrets as _random
 import string
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from stagecheck.clients.progress_artifact import WaitProgress, percent, progress_key
 from stagecheck.errors import StageError
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
+from stagecheck.redact import redact
 from stagecheck.report import console_logs_url
 from stagecheck.settings import ServiceConfig, Settings
 from stagecheck.stages import Stage
@@ -30,6 +33,7 @@ from tasks.common import gate, guarded, stage_run_name
 from tasks.inspect import ServiceSnapshot
 
 if TYPE_CHECKING:  # google.cloud.run_v2 is imported where the API is first used (a dry run never does)
+    from google.api_core import operation
     from google.cloud import run_v2
 
     from stagecheck.clients.cloudrun import CloudRun
@@ -39,6 +43,27 @@ MAX_REVISION_NAME = 63
 
 def new_suffix() -> str:
     return "".join(_random.choice(string.ascii_lowercase) for _ in range(3))
+
+
+def run_suffix() -> str:
+    """The revision suffix of this deploy task run: derived from the task run's id, so each Prefect retry
+    of the run sends the same revision name (the same name and template make no second revision); outside
+    a task run, a random one."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None:
+        return new_suffix()
+    digest = hashlib.sha256(str(context.task_run.id).encode()).digest()
+    return "".join(string.ascii_lowercase[b % 26] for b in digest[:3])
+
+
+def _retried() -> bool:
+    """Whether this task run is a Prefect retry (an earlier attempt may have reached the API)."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return context is not None and context.task_run.run_count > 1
 
 
 def _other_suffix(taken: str) -> str:
@@ -91,7 +116,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         template_facts,
     )
 
-    first_name = revision_name(service.name, git_sha[:7])
+    first_name = revision_name(service.name, git_sha[:7], run_suffix())
     outcome = DeployOutcome(started_at=datetime.now(UTC), revision_name=first_name,
                             log_url=console_logs_url(project=settings.project, region=settings.region,
                                                      service=service.name, revision=first_name,
@@ -101,6 +126,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         name, log_url = outcome.revision_name, outcome.log_url
         labels = {"stagecheck-sha": git_sha[:7], "managed-by": "stagecheck"}
         notes: list[Evidence] = []
+        op: operation.Operation | None = None
         if snapshot.exists:
             current = await cloudrun.get_service(service.name)
             if current is None:
@@ -145,17 +171,39 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
             notes.append(Evidence(kind="template", summary="first deployment: template from the config",
                                   data={"candidate": template_facts(template)}))
             split = [TrafficTarget(revision=name, percent=100, tag=tag)]
-            op = await cloudrun.create_service(service.name, template, split)
+            existing = await cloudrun.get_service(service.name) if _retried() else None  # a retry re-reads first
+            if existing is None:
+                op = await cloudrun.create_service(service.name, template, split)
+            elif existing.template.revision != name:
+                raise StageError(f"service {service.name} appeared since it was inspected, serving "
+                                 f"{existing.template.revision or 'another template'}: not a first deployment any more",
+                                 hint="run the validation again")
+            else:
+                notes.append(Evidence(kind="note", summary=f"retried: the earlier attempt created the service with "
+                                                           f"{name}; not created again"))
             outcome.traffic_moved = True
             plan_note = f"first deployment: {name} gets 100 % once Ready"
-        rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s)
+        shown = WaitProgress(progress_key(service.name, "deploy"),
+                             f"deploy: waiting for {name} to become Ready (deadline {settings.deploy_timeout_s:g} s)")
+        await shown.start()
+
+        async def waited(elapsed_s: float) -> None:
+            await shown.update(percent(elapsed_s, settings.deploy_timeout_s))
+
+        rev, ready = await cloudrun.wait_revision_ready(service.name, name, timeout_s=settings.deploy_timeout_s,
+                                                        on_poll=waited)
+        if ready.ready is True:
+            await shown.finish(f"deploy: {name} Ready")
+        else:
+            await shown.stop(redact(f"deploy: {name} not Ready: {ready.message or 'no Ready condition'}"))
         evidence = [*notes, Evidence(kind="traffic", summary=plan_note,
                                      data={"requested_split": [t.model_dump() for t in split]})]
         if ready.ready is not True:
             # settle the operation so the service is not left reconciling; its error repeats the condition
             op_error = ""
             try:
-                await cloudrun.finish(op, f"deploy {name}", timeout_s=30)
+                if op is not None:
+                    await cloudrun.finish(op, f"deploy {name}", timeout_s=30)
             except StageError as exc:
                 op_error = str(exc)
             after = await cloudrun.get_service(service.name)
@@ -172,7 +220,8 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                                     expected="Ready condition SUCCEEDED", observed=reason, evidence=[log_url])],
                 data={"logs_url": log_url},
             ), outcome
-        svc = await cloudrun.finish(op, f"deploy {name}", timeout_s=settings.deploy_timeout_s)
+        svc = (await cloudrun.finish(op, f"deploy {name}", timeout_s=settings.deploy_timeout_s) if op is not None
+               else await cloudrun.wait_served(service.name, timeout_s=settings.deploy_timeout_s))
         outcome.service_url = svc.uri or None
         outcome.tag_url = _tag_uri(svc, tag)
         outcome.traffic = split_from_proto(svc.traffic)

@@ -1,12 +1,15 @@
-"""Stage `report`: Prefect artifacts (markdown report, criteria table, links) and the JSON report."""
+"""Stage `report`: Prefect artifacts (markdown report, criteria table, links) and the JSON report, in the
+worker's `report_dir` and in Prefect result storage (`result_storage`: a block shared by the workers
+keeps the reports when a short-lived worker goes)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -24,10 +27,34 @@ def report_path(report_dir: Path, report: ServiceReport) -> Path:
     return report_dir / f"{report.service}-{stamp}.json"
 
 
+def stored_report_keys(report: ServiceReport) -> tuple[str, str]:
+    """Pure: the result-storage keys of a report: `stagecheck-reports/SERVICE/<start>.json` and `.../latest.json`."""
+    stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
+    return f"stagecheck-reports/{report.service}/{stamp}.json", f"stagecheck-reports/{report.service}/latest.json"
+
+
+async def store_report(report: ServiceReport, result_storage: str | None) -> str | None:
+    """Write the JSON report to Prefect result storage; the key, or None when the storage refused (logged:
+    the report is still in report_dir and in the artifacts, the verdict stands)."""
+    from stagecheck.clients.result_storage import result_store
+
+    key, latest = stored_report_keys(report)
+    body = json.loads(to_json(report))
+    try:
+        store = await result_store(result_storage)
+        await store.awrite(obj=body, key=key)
+        await store.awrite(obj=body, key=latest)
+    except Exception as exc:
+        get_run_logger().warning("the report of %s was not stored in result storage %s: %s", report.service,
+                                 result_storage or "(default)", exc)
+        return None
+    return key
+
+
 @task(name="report", cache_policy=NO_CACHE)
-async def publish_report(report: ServiceReport, report_dir: Path) -> Path:
+async def publish_report(report: ServiceReport, report_dir: Path, result_storage: str | None = None) -> Path:
     """Publish a service's report: Markdown and criteria-table artifacts, links to the service and its logs,
-    and the JSON report in report_dir (its path is returned)."""
+    the JSON report in report_dir (its path is returned) and the same JSON in Prefect result storage."""
     verdict = report.verdict.value.upper()
     await acreate_markdown_artifact(markdown=render_markdown(report), key=artifact_key("stagecheck-report", report.service),
                                     description=f"{verdict}: staging validation of {report.service}")
@@ -39,6 +66,7 @@ async def publish_report(report: ServiceReport, report_dir: Path) -> Path:
     if report.revision is not None and report.revision.log_url:
         await acreate_link_artifact(link=report.revision.log_url, link_text=f"logs of {report.revision.name}",
                                     key=artifact_key("stagecheck-logs", report.service))
+    await store_report(report, result_storage)
     return await asyncio.to_thread(write_json_report, report, report_dir)
 
 

@@ -444,6 +444,7 @@ class LogReader:
         if settings.endpoints.logging_api:
             self._kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.logging_api)
         self._credentials_file = settings.endpoints.credentials_file
+        self._credentials_block = settings.gcp_credentials_block
         self._client: Any = None
         # one budget per project, shared by every service of the run (and every run in this process)
         self.budget = ReadBudget.for_project(settings.endpoints.logging_api or "https://logging.googleapis.com",
@@ -461,7 +462,7 @@ class LogReader:
         if self._client is None:
             import google.cloud.logging
 
-            credentials = api_credentials(self._credentials_file)  # None: ADC
+            credentials = api_credentials(self._credentials_file, self._credentials_block)  # None: ADC
             if credentials is not None:
                 self._kwargs["credentials"] = credentials
             self._client = google.cloud.logging.Client(**self._kwargs)

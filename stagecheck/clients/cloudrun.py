@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -51,10 +51,19 @@ def _message(exc: gexc.GoogleAPICallError) -> str:
 
 def describe_api_error(exc: BaseException, what: str, api: Api = Api.RUN) -> StageError:
     """Turn a Google client / transport exception into a readable StageError; the hint comes from
-    the one table of hints (stagecheck.errors.HINTS), for the API that answered.
+    the one table of hints (stagecheck.errors.HINTS), for the API that answered. The error says whether
+    the answer was transient (stagecheck.retry_policy: Prefect retries an idempotent stage after it).
 
     HTTP classes (Forbidden, Unauthorized, BadRequest...) are the parents of the gRPC-named ones
     (PermissionDenied, Unauthenticated, InvalidArgument...), so both transports land here."""
+    from stagecheck.retry_policy import is_transient
+
+    error = _describe_api_error(exc, what, api)
+    error.transient = is_transient(exc)
+    return error
+
+
+def _describe_api_error(exc: BaseException, what: str, api: Api) -> StageError:
     if isinstance(exc, gexc.Forbidden):
         return StageError(f"{what}: permission denied by the {api} ({_message(exc)})",
                           hint=hint_for(api, ErrorClass.FORBIDDEN))
@@ -297,15 +306,17 @@ class CloudRun:
         if settings.endpoints.run_api:
             kwargs["client_options"] = ClientOptions(api_endpoint=settings.endpoints.run_api)
         self._credentials_file = settings.endpoints.credentials_file
+        self._credentials_block = settings.gcp_credentials_block
         self._kwargs = kwargs
         self._services: run_v2.ServicesClient | None = None
         self._revisions: run_v2.RevisionsClient | None = None
 
     # -- clients are built lazily (credentials lookup happens once, on first use)
     def _client_kwargs(self) -> dict[str, Any]:
-        """The key file's service account when the settings name one, else ADC (the client's default)."""
-        if "credentials" not in self._kwargs and self._credentials_file:
-            self._kwargs["credentials"] = api_credentials(self._credentials_file)
+        """The GcpCredentials block's or the key file's service account when the settings name one, else ADC
+        (the client's default)."""
+        if "credentials" not in self._kwargs and (self._credentials_file or self._credentials_block):
+            self._kwargs["credentials"] = api_credentials(self._credentials_file, self._credentials_block)
         return self._kwargs
 
     @property
@@ -458,10 +469,14 @@ class CloudRun:
         return ready_condition(rev.conditions).ready is True
 
     async def wait_revision_ready(self, service: str, revision: str, *, timeout_s: float,
-                                  interval_s: float = 0.2, fast_for_s: float = 30.0) -> tuple[run_v2.Revision | None, ReadyState]:
+                                  interval_s: float = 0.2, fast_for_s: float = 30.0,
+                                  on_poll: Callable[[float], Awaitable[None]] | None = None,
+                                  ) -> tuple[run_v2.Revision | None, ReadyState]:
         """Poll the revision's own Ready condition until it is terminal or the deadline passes: every
         `interval_s` for the first `fast_for_s` (most revisions start within it; Ready is seen within
-        one interval), then backing off to every 2 s (bounded reads for slow starts)."""
+        one interval), then backing off to every 2 s (bounded reads for slow starts). `on_poll` hears
+        the seconds waited after each poll that found the revision not Ready yet (a progress display)."""
+        started = time.monotonic()
         fast_until = time.monotonic() + fast_for_s
         deadline = time.monotonic() + timeout_s
         rev: run_v2.Revision | None = None
@@ -477,6 +492,8 @@ class CloudRun:
                     raise
             if time.monotonic() >= deadline:
                 return rev, ReadyState(None, f"not Ready after {timeout_s:.0f}s: {state.message}", "", None)
+            if on_poll is not None:
+                await on_poll(time.monotonic() - started)
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= fast_until:
                 interval_s = min(interval_s * 1.5, 2.0)

@@ -25,9 +25,48 @@ from stagecheck.errors import StageError
 REFRESH_MARGIN_S = 300.0  # mint a new token when the cached one has less than this left
 
 
-def api_credentials(credentials_file: str | None) -> Credentials | None:
-    """Credentials for the Cloud Run / Logging clients: the key file's service account, or None (the
+def block_credentials(block: str) -> Credentials:
+    """The credentials of a prefect-gcp `GcpCredentials` block (its service-account key, inline or a file;
+    a block with neither uses Application Default Credentials, as prefect-gcp does)."""
+    try:
+        from prefect_gcp import GcpCredentials
+    except ImportError:
+        raise StageError(f"gcp_credentials_block {block!r} is set but prefect-gcp is not installed",
+                         hint="pip install 'stagecheck[gcp]'") from None
+    try:
+        loaded = GcpCredentials.load(block, _sync=True)  # type: ignore[call-overload]
+    except ValueError:
+        raise StageError(f"no GcpCredentials block named {block!r} on the Prefect server",
+                         hint="create it in the UI (Blocks) or with GcpCredentials(...).save(NAME)") from None
+    try:
+        creds: Credentials = loaded.get_credentials_from_service_account()
+    except (OSError, ValueError, KeyError, auth_exc.GoogleAuthError) as exc:
+        raise StageError(f"GcpCredentials block {block!r} holds no usable credentials: {type(exc).__name__}") from None
+    return creds
+
+
+def block_access_token(block: str) -> Callable[[], str]:
+    """A registry token provider: an OAuth access token of the block's credentials (never logged)."""
+    def token() -> str:
+        from google.auth.transport.requests import Request
+
+        creds = block_credentials(block)
+        try:
+            creds.refresh(Request())  # type: ignore[no-untyped-call]
+        except auth_exc.GoogleAuthError as exc:
+            raise StageError(f"registry auth: the GcpCredentials block {block!r} got no token "
+                             f"({type(exc).__name__})") from None
+        return str(creds.token)
+
+    return token
+
+
+def api_credentials(credentials_file: str | None, block: str | None = None) -> Credentials | None:
+    """Credentials for the Cloud Run / Logging clients: a prefect-gcp GcpCredentials block when the
+    settings name one (`gcp_credentials_block`), else the key file's service account, else None (the
     clients then use Application Default Credentials themselves)."""
+    if block is not None:
+        return block_credentials(block)
     if credentials_file is None:
         return None
     from google.oauth2 import service_account

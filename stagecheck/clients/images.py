@@ -22,6 +22,7 @@ import httpx
 import requests
 import urllib3
 
+from stagecheck.clients.result_storage import PushedImageRecords
 from stagecheck.errors import Api, ErrorClass, StageError, hint_for
 
 MANIFEST_TYPES = ", ".join([
@@ -119,6 +120,8 @@ class Images:
         self._token_provider = token_provider
         self._docker: docker.DockerClient | None = None
         self.tail_lines = tail_lines
+        # records of pushed images by build key (result storage): a build of the same inputs reuses the digest
+        self.pushed: PushedImageRecords | None = None
 
     @property
     def docker(self) -> docker.DockerClient:
