@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox.cleanup import remove_repository
 
+from localenv.cleanup import remove_repository
 from stagecheck.pushed_images import build_key, context_identity
 from tests.fixtures_docker import infra_state_dir
 from tests.pipeline.test_e2e import baseline, created, run_flow, serving  # noqa: F401  (created: a fixture)
