@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stagecheck.evidence import LogsData
 from stagecheck.log_analysis.comparison import LogComparison
 from stagecheck.log_analysis.records import TRACEBACK_HEAD
 from stagecheck.log_analysis.signatures import LogSummary, SignatureGroup
@@ -162,33 +163,34 @@ def judge_logs(
         *_group_evidence("pre-existing", pre),
         *_group_evidence("tolerated", comparison.tolerated),
     ]
-    data = {
-        "revision": current.revision,
-        "previous_revision": comparison.previous_revision,
-        "window": [current.window[0].isoformat(), current.window[1].isoformat()],
-        "threshold": threshold,
-        "total": current.total,
-        "by_severity": dict(current.by_severity),
-        "requests": current.requests,
-        "server_errors": current.server_errors,
-        "cold_start_errors": current.cold_start_errors,
-        "error_rate_5xx": current.error_rate_5xx,
-        "max_5xx_rate": rules.max_5xx_rate,
-        "server_error_urls": dict(current.server_error_urls),
-        "new": [g.to_dict() for g in new],
-        "pre_existing": [g.to_dict() for g in pre],
-        "tolerated": [g.to_dict() for g in comparison.tolerated],
-        "below_threshold": len(comparison.below_threshold),
-        "crashes": [g.to_dict() for g in current.crashes],
-        "truncated": truncated,
-    }
+    groups = SignatureGroup.as_evidence
+    data = LogsData(
+        revision=current.revision,
+        previous_revision=comparison.previous_revision,
+        window=(current.window[0].isoformat(), current.window[1].isoformat()),
+        threshold=threshold,
+        total=current.total,
+        by_severity=dict(current.by_severity),
+        requests=current.requests,
+        server_errors=current.server_errors,
+        cold_start_errors=current.cold_start_errors,
+        error_rate_5xx=current.error_rate_5xx,
+        max_5xx_rate=rules.max_5xx_rate,
+        server_error_urls=dict(current.server_error_urls),
+        new=[groups(g) for g in new],
+        pre_existing=[groups(g) for g in pre],
+        tolerated=[groups(g) for g in comparison.tolerated],
+        below_threshold=len(comparison.below_threshold),
+        crashes=[groups(g) for g in current.crashes],
+        truncated=truncated,
+    )
     return StageResult(
         name=STAGE_NAME,
         status=status,
         summary=summary,
         evidence=evidence,
         criteria=[signatures, crash, rate],
-        data=data,
+        data=data.to_data(),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from stagecheck.evidence import SignatureGroupData
 from stagecheck.log_analysis.records import _RANK, TRACEBACK_HEAD, LogRecord, group_tracebacks, severity_rank
 from stagecheck.redact import redact
 
@@ -157,18 +158,22 @@ class SignatureGroup:
     crash: str | None = None
     streams: list[str] = field(default_factory=list)
 
+    def as_evidence(self) -> SignatureGroupData:
+        """The group as the report shows it (times in ISO 8601)."""
+        return SignatureGroupData(
+            signature=self.signature,
+            severity=self.severity,
+            count=self.count,
+            first_seen=self.first_seen.isoformat(),
+            last_seen=self.last_seen.isoformat(),
+            example=self.example,
+            insert_ids=list(self.insert_ids),
+            crash=self.crash,
+            streams=list(self.streams),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "signature": self.signature,
-            "severity": self.severity,
-            "count": self.count,
-            "first_seen": self.first_seen.isoformat(),
-            "last_seen": self.last_seen.isoformat(),
-            "example": self.example,
-            "insert_ids": list(self.insert_ids),
-            "crash": self.crash,
-            "streams": list(self.streams),
-        }
+        return self.as_evidence().to_data()
 
 
 @dataclass
