@@ -15,11 +15,11 @@ from typing import Any
 from urllib.parse import quote
 
 from stagecheck.evidence import LogsData, ProbeData, SignatureGroupData
+from stagecheck.log_query import CONSOLE_BASE, console_logs_url
 from stagecheck.model import Criterion, ServiceReport, StageResult, Status, TrafficTarget, Verdict
 from stagecheck.redact import redact, redact_obj
 from stagecheck.verdict import collect_criteria
 
-CONSOLE_BASE = "https://console.cloud.google.com"
 REPORT_SCHEMA_VERSION = 1
 
 STATUS_LABEL = {
@@ -33,26 +33,6 @@ _NOT_RUN = re.compile(r"^stage (\S+) did not run: (.*)$", re.S)
 
 
 # ----------------------------------------------------------------------------------------- console links
-
-
-def console_logs_url(
-    *,
-    project: str,
-    region: str,
-    service: str,
-    revision: str,
-    console_base: str = CONSOLE_BASE,
-) -> str:
-    """Logs Explorer selecting one revision's entries, in the console's `;query=` form."""
-    query = "\n".join(
-        (
-            'resource.type="cloud_run_revision"',
-            f'resource.labels.service_name="{service}"',
-            f'resource.labels.revision_name="{revision}"',
-            f'resource.labels.location="{region}"',
-        )
-    )
-    return f"{console_base.rstrip('/')}/logs/query;query={quote(query, safe='')}?project={quote(project, safe='')}"
 
 
 def console_service_url(*, project: str, region: str, service: str, console_base: str = CONSOLE_BASE) -> str:

@@ -13,36 +13,17 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 
-from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
+from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
 from stagecheck.clients.identity import api_credentials
 from stagecheck.errors import Api
+from stagecheck.log_query import revision_filter
 from stagecheck.settings import Settings
-
-
-def _ts(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def revision_filter(*, project: str, region: str, service: str, revision: str,
-                    start: datetime, end: datetime | None = None) -> str:
-    """The Logs Explorer query for one revision's entries in a time window."""
-    terms = [
-        'resource.type="cloud_run_revision"',
-        f'resource.labels.service_name="{service}"',
-        f'resource.labels.revision_name="{revision}"',
-        f'resource.labels.location="{region}"',
-        f'timestamp>="{_ts(start)}"',
-    ]
-    if end is not None:
-        terms.append(f'timestamp<="{_ts(end)}"')
-    return " AND ".join(terms)
-
 
 RETRIED = (gexc.TooManyRequests, gexc.ServiceUnavailable)
 PAGE_SIZE_MAX = 1000  # entries.list rejects larger pages
