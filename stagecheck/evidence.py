@@ -120,3 +120,28 @@ class LogsData(StageData):
     below_threshold: int
     crashes: list[SignatureGroupData]
     truncated: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ bake
+
+
+class BakeData(StageData):
+    """What a bake (or canary hold) watched: for how long, how much, and the first failure it saw."""
+
+    label: str  # "canary hold at 50 %" / "bake after 100 %"
+    planned_s: float
+    watched_s: float
+    started_at: str
+    urls: list[str]
+    probes: int
+    probe_failures: int
+    last_probe_at: str | None  # when the last probe round was sent (the logs stage settles to it)
+    log_reads: int
+    log_retries: int
+    log_entries: int
+    detected_by: str | None  # "probe" | "logs"
+    time_to_detect_s: float | None
+    detected_at: str | None
+    first_evidence_at: str | None
+    reason: str | None
+    new_signatures: list[SignatureGroupData]

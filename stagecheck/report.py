@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from stagecheck.evidence import LogsData, ProbeData, SignatureGroupData
+from stagecheck.evidence import BakeData, LogsData, ProbeData, SignatureGroupData
 from stagecheck.log_query import CONSOLE_BASE, console_logs_url
 from stagecheck.model import Criterion, ServiceReport, StageResult, Status, TrafficTarget, Verdict
 from stagecheck.redact import redact, redact_obj
@@ -309,18 +309,21 @@ def _bake(report: ServiceReport, out: _Out, h: str) -> list[str]:
                         "an earlier gate failed)._"]
     rows = []
     for stage in stages:
-        d = stage.data
-        detect = d.get("time_to_detect_s")
+        d = BakeData.read(stage.data)
+        if d is None:  # the watch never ran (its task crashed): what the stage says instead
+            rows.append(("—", STATUS_LABEL[stage.status], "–", "–", "–", "–", "–", "–", out.cell(stage.summary)))
+            continue
+        detect = d.time_to_detect_s
         rows.append((
-            out.cell(d.get("label", "")),
+            out.cell(d.label),
             STATUS_LABEL[stage.status],
-            f"{float(d.get('watched_s', 0.0)):.1f} s of {float(d.get('planned_s', 0.0)):g} s",
-            "<br>".join(out.code(u, in_table=True) for u in d.get("urls", [])) or "–",
-            str(d.get("probes", 0)),
-            str(d.get("log_reads", 0)) + (f" ({d['log_retries']} retried)" if d.get("log_retries") else ""),
-            str(d.get("log_entries", 0)),
-            f"{float(detect):.1f} s ({out.cell(d.get('detected_by', ''))})" if detect is not None else "–",
-            out.cell(d.get("reason") or ""),
+            f"{d.watched_s:.1f} s of {d.planned_s:g} s",
+            "<br>".join(out.code(u, in_table=True) for u in d.urls) or "–",
+            str(d.probes),
+            str(d.log_reads) + (f" ({d.log_retries} retried)" if d.log_retries else ""),
+            str(d.log_entries),
+            f"{detect:.1f} s ({out.cell(d.detected_by or '')})" if detect is not None else "–",
+            out.cell(d.reason or ""),
         ))
     return lines + _table(("Window", "Result", "Watched", "URLs", "Probes", "Log reads", "Log entries",
                            "Time to detect", "Failure"), rows)

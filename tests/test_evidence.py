@@ -55,3 +55,22 @@ def test_probe_evidence_reads_back_and_keeps_only_the_facts_it_has() -> None:
     assert probe.latencies_ms() == [10.0, 20.0]
     assert set(evidence.data["attempts"][1]) == {"at_s", "status", "latency_ms", "outcome"}
     assert ProbeAttemptData(at_s=0, status=200, latency_ms=1, cut_by_deadline=True).to_data()["cut_by_deadline"] is True
+
+
+def test_the_bake_payload_reads_back_with_the_last_probe_the_logs_stage_settles_to() -> None:
+    from stagecheck.bake import BakeFinding, BakeWatch, bake_result
+    from stagecheck.evidence import BakeData
+
+    window = (T0, T0 + timedelta(minutes=1))
+    current = summarise([_rec(5, "KeyError: 'price'")], revision="shop-00002-abc", window=window)
+    watch = BakeWatch(label="bake after 100 %", planned_s=60.0, started_at=T0, urls=["http://127.0.0.1:1/h"],
+                      watched_s=21.3, probes=20, log_reads=5, last_probe_at=T0 + timedelta(seconds=20),
+                      new_signatures=[g.as_evidence() for g in compare(current, None, LogRules()).new],
+                      finding=BakeFinding(source="logs", reason="new ERROR", at_s=21.2, detected_at=T0))
+    result = bake_result(watch)
+    data = BakeData.read(result.data)
+    assert data is not None and data.to_data() == result.data
+    assert data.last_probe_at == (T0 + timedelta(seconds=20)).isoformat()
+    assert [g.signature for g in data.new_signatures] == ["KeyError: 'price'"]
+    assert result.evidence[-1].summary == "new ERROR x1: KeyError: 'price'"
+    assert BakeData.read({}) is None  # a bake task that crashed before it watched
