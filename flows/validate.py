@@ -31,6 +31,7 @@ from stagecheck.concurrency import (
 )
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
+from stagecheck.evidence import BakeData
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -379,9 +380,9 @@ class ServiceValidation:
                                      probes=self.settings.probes, rules=self.settings.logs,
                                      tokens=self.clients.tokens))
         # the logs stage settles to the request log of the last probe the bake actually sent
-        sent = result.data.get("last_probe_at") if isinstance(result.data, dict) else None
-        if sent:
-            self.last_probe_at = datetime.fromisoformat(sent)
+        watched = BakeData.read(result.data)
+        if watched is not None and watched.last_probe_at:
+            self.last_probe_at = datetime.fromisoformat(watched.last_probe_at)
         if not self.record(result):
             await self._rollback_if_moved(True, revision, Stage.BAKE)
             return False

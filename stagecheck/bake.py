@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from stagecheck import probe_policy as pp
+from stagecheck.evidence import BakeData, SignatureGroupData
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.probe_policy import AttemptOutcome, ProbeAttempt
 from stagecheck.settings import ProbePolicy, UrlKind
@@ -52,7 +52,7 @@ class BakeWatch:
     log_entries: int = 0
     last_log_status: Status | None = None
     last_log_summary: str = ""
-    new_signatures: list[dict[str, Any]] = field(default_factory=list)  # the failing logs' new groups
+    new_signatures: list[SignatureGroupData] = field(default_factory=list)  # the failing logs' new groups
     finding: BakeFinding | None = None
     error: str | None = None  # the watch could not run (e.g. logs unreadable): fail closed
 
@@ -93,25 +93,25 @@ def bake_result(watch: BakeWatch) -> StageResult:
     else:
         status = Status.PASS
         summary = f"{watch.label}: {window} watched, healthy ({counts})"
-    data = {
-        "label": watch.label,
-        "planned_s": watch.planned_s,
-        "watched_s": round(watch.watched_s, 3),
-        "started_at": watch.started_at.isoformat(),
-        "urls": list(watch.urls),
-        "probes": watch.probes,
-        "probe_failures": watch.probe_failures,
-        "last_probe_at": watch.last_probe_at.isoformat() if watch.last_probe_at else None,
-        "log_reads": watch.log_reads,
-        "log_retries": watch.log_retries,
-        "log_entries": watch.log_entries,
-        "detected_by": finding.source if finding else None,
-        "time_to_detect_s": round(finding.at_s, 3) if finding else None,
-        "detected_at": finding.detected_at.isoformat() if finding else None,
-        "first_evidence_at": finding.first_evidence_at.isoformat() if finding and finding.first_evidence_at else None,
-        "reason": finding.reason if finding else watch.error,
-        "new_signatures": list(watch.new_signatures),
-    }
+    data = BakeData(
+        label=watch.label,
+        planned_s=watch.planned_s,
+        watched_s=round(watch.watched_s, 3),
+        started_at=watch.started_at.isoformat(),
+        urls=list(watch.urls),
+        probes=watch.probes,
+        probe_failures=watch.probe_failures,
+        last_probe_at=watch.last_probe_at.isoformat() if watch.last_probe_at else None,
+        log_reads=watch.log_reads,
+        log_retries=watch.log_retries,
+        log_entries=watch.log_entries,
+        detected_by=finding.source if finding else None,
+        time_to_detect_s=round(finding.at_s, 3) if finding else None,
+        detected_at=finding.detected_at.isoformat() if finding else None,
+        first_evidence_at=finding.first_evidence_at.isoformat() if finding and finding.first_evidence_at else None,
+        reason=finding.reason if finding else watch.error,
+        new_signatures=list(watch.new_signatures),
+    ).to_data()
     observed = (f"failed after {finding.at_s:.1f} s: {finding.reason}" if finding
                 else f"not watched: {watch.error}" if watch.error else f"healthy for {window}")
     criterion = Criterion(
@@ -124,7 +124,7 @@ def bake_result(watch: BakeWatch) -> StageResult:
     if finding is not None:
         evidence.append(Evidence(kind="note", summary=f"first seen {finding.at_s:.1f} s into the bake "
                                                       f"({finding.source}): {finding.reason}"))
-    evidence += [Evidence(kind="log", summary=f"new {g.get('severity')} x{g.get('count')}: {g.get('signature')}",
-                          data=dict(g)) for g in watch.new_signatures[:10]]
+    evidence += [Evidence(kind="log", summary=f"new {g.severity} x{g.count}: {g.signature}",
+                          data=g.to_data()) for g in watch.new_signatures[:10]]
     return StageResult(name=STAGE_NAME, status=status, summary=summary, evidence=evidence, criteria=[criterion],
                        data=data)

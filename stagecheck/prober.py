@@ -17,7 +17,6 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -25,6 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from stagecheck import probe_policy as pp
+from stagecheck.evidence import ProbeAttemptData, ProbeData
 from stagecheck.model import Criterion, Evidence, Status
 from stagecheck.probe_policy import AttemptOutcome, ProbeAttempt, ProbeVerdict
 from stagecheck.redact import redact
@@ -101,19 +101,19 @@ class ProbeResult:
         return Evidence(
             kind="http",
             summary=self.summary(),
-            data={
-                "method": self.method,
-                "url": self.url,
-                "url_kind": str(self.kind),
-                "mode": str(self.mode),
-                "status": str(self.status),
-                "reason": self.reason,
-                "duration_s": round(self.duration_s, 3),
-                "first_success_s": None if self.first_success_s is None else round(self.first_success_s, 3),
-                "cold_start_retries": self.cold_start_retries,
-                "attempts": [_attempt_data(a, o) for a, o in
-                             zip(self.attempts, pp.outcomes(self.attempts, self.policy), strict=True)],
-            },
+            data=ProbeData(
+                method=self.method,
+                url=self.url,
+                url_kind=str(self.kind),
+                mode=str(self.mode),
+                status=str(self.status),
+                reason=self.reason,
+                duration_s=round(self.duration_s, 3),
+                first_success_s=None if self.first_success_s is None else round(self.first_success_s, 3),
+                cold_start_retries=self.cold_start_retries,
+                attempts=[_attempt_data(a, o) for a, o in
+                          zip(self.attempts, pp.outcomes(self.attempts, self.policy), strict=True)],
+            ).to_data(),
         )
 
     def criterion(self, stage: str) -> Criterion:
@@ -135,20 +135,10 @@ class ProbeResult:
         )
 
 
-def _attempt_data(a: ProbeAttempt, outcome: AttemptOutcome | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "at_s": round(a.at_s, 3),
-        "status": a.status,
-        "latency_ms": round(a.latency_s * 1000, 1),
-    }
-    if outcome is not None:
-        data["outcome"] = str(outcome)  # "cold_start" says the answer was ridden out as a cold start
-    for key in ("error", "health", "body"):
-        if getattr(a, key) is not None:
-            data[key] = getattr(a, key)
-    if a.cut_by_deadline:
-        data["cut_by_deadline"] = True
-    return data
+def _attempt_data(a: ProbeAttempt, outcome: AttemptOutcome | None = None) -> ProbeAttemptData:
+    return ProbeAttemptData(at_s=round(a.at_s, 3), status=a.status, latency_ms=round(a.latency_s * 1000, 1),
+                            outcome=None if outcome is None else str(outcome), error=a.error, health=a.health,
+                            body=a.body, cut_by_deadline=a.cut_by_deadline)
 
 
 def _runs(labels: Iterator[str] | Sequence[str]) -> list[tuple[str, int]]:

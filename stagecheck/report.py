@@ -10,15 +10,16 @@ import html
 import json
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from stagecheck.evidence import BakeData, LogsData, ProbeData, SignatureGroupData
+from stagecheck.log_query import CONSOLE_BASE, console_logs_url
 from stagecheck.model import Criterion, ServiceReport, StageResult, Status, TrafficTarget, Verdict
 from stagecheck.redact import redact, redact_obj
 from stagecheck.verdict import collect_criteria
 
-CONSOLE_BASE = "https://console.cloud.google.com"
 REPORT_SCHEMA_VERSION = 1
 
 STATUS_LABEL = {
@@ -32,26 +33,6 @@ _NOT_RUN = re.compile(r"^stage (\S+) did not run: (.*)$", re.S)
 
 
 # ----------------------------------------------------------------------------------------- console links
-
-
-def console_logs_url(
-    *,
-    project: str,
-    region: str,
-    service: str,
-    revision: str,
-    console_base: str = CONSOLE_BASE,
-) -> str:
-    """Logs Explorer selecting one revision's entries, in the console's `;query=` form."""
-    query = "\n".join(
-        (
-            'resource.type="cloud_run_revision"',
-            f'resource.labels.service_name="{service}"',
-            f'resource.labels.revision_name="{revision}"',
-            f'resource.labels.location="{region}"',
-        )
-    )
-    return f"{console_base.rstrip('/')}/logs/query;query={quote(query, safe='')}?project={quote(project, safe='')}"
 
 
 def console_service_url(*, project: str, region: str, service: str, console_base: str = CONSOLE_BASE) -> str:
@@ -264,27 +245,26 @@ def _performance(report: ServiceReport, out: _Out, h: str) -> list[str]:
     return lines
 
 
-def _probe_row(stage: StageResult, data: Mapping[str, Any], out: _Out) -> tuple[str, ...]:
-    attempts = [a for a in data.get("attempts", []) if isinstance(a, Mapping)]
-    codes: dict[str, int] = {}
-    for a in attempts:
-        key = str(a.get("status")) if a.get("status") is not None else str(a.get("error") or "no answer")
-        codes[key] = codes.get(key, 0) + 1
-    latencies = [
-        float(a["latency_ms"]) for a in attempts if a.get("status") is not None and "latency_ms" in a
-    ]
-    status = Status(data["status"]) if data.get("status") in Status.__members__ else None
+def _probe_row(stage: StageResult, probe: ProbeData, out: _Out) -> tuple[str, ...]:
+    codes, latencies = probe.status_codes(), probe.latencies_ms()
+    status = Status(probe.status) if probe.status in Status.__members__ else None
     return (
-        out.cell(f"{data.get('url_kind', '?')} ({stage.name})"),
-        out.cell(data.get("url", "—")),
-        STATUS_LABEL[status] if status else out.cell(data.get("status", "—")),
+        out.cell(f"{probe.url_kind} ({stage.name})"),
+        out.cell(probe.url or "—"),
+        STATUS_LABEL[status] if status else out.cell(probe.status or "—"),
         out.cell(", ".join(f"{n}× {code}" for code, n in codes.items()) or "none"),
-        str(len(attempts)),
-        str(data.get("cold_start_retries", "—")),
+        str(len(probe.attempts)),
+        str("—" if probe.cold_start_retries is None else probe.cold_start_retries),
         f"{statistics.median(latencies):.0f} ms" if latencies else "—",
         f"{max(latencies):.0f} ms" if latencies else "—",
-        out.cell(data.get("reason", "")),
+        out.cell(probe.reason),
     )
+
+
+def _probes(stage: StageResult) -> list[ProbeData]:
+    """The stage's HTTP probe evidence, typed."""
+    found = (ProbeData.read(ev.data) for ev in stage.evidence if ev.kind == "http" and ev.data.get("url"))
+    return [probe for probe in found if probe is not None]
 
 
 def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
@@ -292,12 +272,7 @@ def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
     probe_stages = [
         s for s in report.stages if s.name.startswith("probe") or s.name in ("smoke", "websocket")
     ]
-    rows = [
-        _probe_row(stage, ev.data, out)
-        for stage in probe_stages
-        for ev in stage.evidence
-        if ev.kind == "http" and ev.data.get("url")
-    ]
+    rows = [_probe_row(stage, probe, out) for stage in probe_stages for probe in _probes(stage)]
     if rows:
         lines += _table(
             (
@@ -334,33 +309,34 @@ def _bake(report: ServiceReport, out: _Out, h: str) -> list[str]:
                         "an earlier gate failed)._"]
     rows = []
     for stage in stages:
-        d = stage.data
-        detect = d.get("time_to_detect_s")
+        d = BakeData.read(stage.data)
+        if d is None:  # the watch never ran (its task crashed): what the stage says instead
+            rows.append(("—", STATUS_LABEL[stage.status], "–", "–", "–", "–", "–", "–", out.cell(stage.summary)))
+            continue
+        detect = d.time_to_detect_s
         rows.append((
-            out.cell(d.get("label", "")),
+            out.cell(d.label),
             STATUS_LABEL[stage.status],
-            f"{float(d.get('watched_s', 0.0)):.1f} s of {float(d.get('planned_s', 0.0)):g} s",
-            "<br>".join(out.code(u, in_table=True) for u in d.get("urls", [])) or "–",
-            str(d.get("probes", 0)),
-            str(d.get("log_reads", 0)) + (f" ({d['log_retries']} retried)" if d.get("log_retries") else ""),
-            str(d.get("log_entries", 0)),
-            f"{float(detect):.1f} s ({out.cell(d.get('detected_by', ''))})" if detect is not None else "–",
-            out.cell(d.get("reason") or ""),
+            f"{d.watched_s:.1f} s of {d.planned_s:g} s",
+            "<br>".join(out.code(u, in_table=True) for u in d.urls) or "–",
+            str(d.probes),
+            str(d.log_reads) + (f" ({d.log_retries} retried)" if d.log_retries else ""),
+            str(d.log_entries),
+            f"{detect:.1f} s ({out.cell(d.detected_by or '')})" if detect is not None else "–",
+            out.cell(d.reason or ""),
         ))
     return lines + _table(("Window", "Result", "Watched", "URLs", "Probes", "Log reads", "Log entries",
                            "Time to detect", "Failure"), rows)
 
 
-def _group_lines(groups: Sequence[Mapping[str, Any]], out: _Out, limit: int = 15) -> list[str]:
+def _group_lines(groups: Sequence[SignatureGroupData], out: _Out, limit: int = 15) -> list[str]:
     lines = []
     for g in groups[:limit]:
-        crash = f" · crash: {out.text(g['crash'])}" if g.get("crash") else ""
-        ids = ", ".join(str(i) for i in g.get("insert_ids", [])[:3])
+        crash = f" · crash: {out.text(g.crash)}" if g.crash else ""
+        ids = ", ".join(g.insert_ids[:3])
+        lines.append(f"- **{out.text(g.severity)} ×{g.count}**{crash}: {out.code(g.signature)}")
         lines.append(
-            f"- **{out.text(g.get('severity', '?'))} ×{g.get('count', 0)}**{crash}: {out.code(g.get('signature', ''))}"
-        )
-        lines.append(
-            f"  - example: {out.code(g.get('example', ''))}"
+            f"  - example: {out.code(g.example)}"
             + (f" (insert ids: {out.text(ids)})" if ids else "")
         )
     if len(groups) > limit:
@@ -374,44 +350,37 @@ def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
     if stage is None or stage.status is Status.SKIP:
         why = stage.summary if stage is not None else "the stage did not run"
         return [*lines, f"_Logs were not analysed: {out.text(why)}._"]
-    data = stage.data
-    if "error" in data or "by_severity" not in data:
+    data = LogsData.read(stage.data) if "error" not in stage.data else None
+    if data is None:  # the logs could not be read: the stage's summary says why
         return [*lines, f"{STATUS_LABEL[stage.status]} {out.text(stage.summary)}"]
-    window = data.get("window") or ["?", "?"]
-    previous = data.get("previous_revision") or "none (first deploy)"
-    counts = ", ".join(f"{k} {v}" for k, v in data.get("by_severity", {}).items()) or "none"
-    rate = float(data.get("error_rate_5xx", 0.0))
+    previous = data.previous_revision or "none (first deploy)"
+    counts = ", ".join(f"{k} {v}" for k, v in data.by_severity.items()) or "none"
     lines += [
         f"{STATUS_LABEL[stage.status]} {out.text(stage.summary)}",
         "",
-        f"- Revision {out.code(data.get('revision', '?'))}, window {out.text(window[0])} → {out.text(window[1])}; "
+        f"- Revision {out.code(data.revision)}, window {out.text(data.window[0])} → {out.text(data.window[1])}; "
         f"compared with {out.code(previous)} over an equal window before it",
-        f"- Entries: {data.get('total', 0)}; container/system by severity: {out.text(counts)}; "
-        f"gating threshold {out.text(data.get('threshold', '?'))}",
-        f"- Requests: {data.get('requests', 0)}, 5xx: {data.get('server_errors', 0)} "
-        f"({rate * 100:.2f} %), cold-start 503/429 (excluded): {data.get('cold_start_errors', 0)}",
+        f"- Entries: {data.total}; container/system by severity: {out.text(counts)}; "
+        f"gating threshold {out.text(data.threshold)}",
+        f"- Requests: {data.requests}, 5xx: {data.server_errors} "
+        f"({data.error_rate_5xx * 100:.2f} %), cold-start 503/429 (excluded): {data.cold_start_errors}",
     ]
-    if data.get("truncated"):
+    if data.truncated:
         lines.append("- ⚠️ The read was capped at the entry limit: older entries were not analysed")
-    for url, n in sorted(data.get("server_error_urls", {}).items(), key=lambda kv: -kv[1])[:5]:
+    for url, n in sorted(data.server_error_urls.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  - {out.code(url)} ×{n}")
-    crashes = data.get("crashes", [])
     sections = (
-        ("New signatures (gated)", data.get("new", [])),
-        ("Pre-existing signatures (also on the previous revision)", data.get("pre_existing", [])),
-        ("Tolerated signatures (configured)", data.get("tolerated", [])),
-        ("Crash signatures", crashes),
+        ("New signatures (gated)", data.new),
+        ("Pre-existing signatures (also on the previous revision)", data.pre_existing),
+        ("Tolerated signatures (configured)", data.tolerated),
+        ("Crash signatures", data.crashes),
     )
     for title, groups in sections:
         lines += ["", f"**{title}:** {len(groups)}"]
         if groups:
             lines += ["", *_group_lines(groups, out)]
-    below = data.get("below_threshold", 0)
-    if below:
-        lines += [
-            "",
-            f"_{below} signature(s) below {out.text(data.get('threshold', 'the threshold'))} not listed._",
-        ]
+    if data.below_threshold:
+        lines += ["", f"_{data.below_threshold} signature(s) below {out.text(data.threshold)} not listed._"]
     return lines
 
 

@@ -123,7 +123,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
             watch.last_log_status, watch.last_log_summary = result.status, result.summary
             reason = judge_bake_logs(result)
             if reason is not None:
-                watch.new_signatures = [g.to_dict() for g in comparison.new]
+                watch.new_signatures = [g.as_evidence() for g in comparison.new]
                 firsts = [g.first_seen for g in comparison.new]
                 found("logs", reason, min(firsts) if firsts else None)
                 return

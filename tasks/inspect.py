@@ -38,13 +38,13 @@ class ServiceSnapshot:
 
 
 async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
-    from stagecheck.clients.cloudrun import ingress_name, revision_info, split_from_proto
+    from stagecheck.clients.cloudrun import ingress_name, revision_id, revision_info, split_from_proto
 
     svc = await cloudrun.get_service(service)
     if svc is None:
         return ServiceSnapshot(exists=False)
     traffic = split_from_proto(svc.traffic)
-    latest_ready = svc.latest_ready_revision.rsplit("/", 1)[-1] or None
+    latest_ready = revision_id(svc.latest_ready_revision) or None
     serving = pin_latest(traffic, latest_ready) if traffic else []
     # a 0 % target of a revision that is not Ready (e.g. left by a failed deploy) would make the next
     # update fail with that revision's error: it is not carried into the candidate's split

@@ -148,7 +148,7 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
     """After a failed deploy: put back the split remembered before it, without the candidate's target and
     without any 0 % target whose revision is not Ready (a stale target to a failed revision makes
     every later update of the service fail with that revision's error)."""
-    from stagecheck.clients.cloudrun import split_from_proto
+    from stagecheck.clients.cloudrun import revision_id, split_from_proto
 
     async def body() -> tuple[StageResult, list[TrafficTarget]]:
         current = await cloudrun.get_service(service)
@@ -173,7 +173,7 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
                                criteria=[Criterion(name="Traffic restored after the failed deploy", stage=Stage.ROLLBACK,
                                                    status=Status.PASS, expected=describe(restore),
                                                    observed=describe(now))]), now
-        latest = current.latest_ready_revision.rsplit("/", 1)[-1] or None  # the failed candidate never is
+        latest = revision_id(current.latest_ready_revision) or None  # the failed candidate never is
         stored, served, reconciled = await apply_and_verify(cloudrun, service, restore, timeout_s)
         result = split_result(Stage.ROLLBACK, "Traffic restored after the failed deploy", restore, served, done,
                               latest=latest, reconciled=reconciled)

@@ -7,69 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
-from stagecheck.model import ServiceReport, StageResult, Status
+from cli.commands.display import LiveDisplay
 from stagecheck.redact import redact
-from stagecheck.report import merge_not_run
-
-MARK = {Status.PASS: "PASS", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}
-
-
-class LiveDisplay:
-    """Prints a line when a stage starts and when it ends; a table per service at the end."""
-
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
-        self.started: dict[tuple[str, str], float] = {}
-        self.reports: list[tuple[ServiceReport, Path]] = []
-        self.color = out.isatty() and not os.environ.get("NO_COLOR")
-
-    def _c(self, status: Status, text: str) -> str:
-        if not self.color:
-            return text
-        code = {Status.PASS: "32", Status.WARN: "33", Status.FAIL: "31", Status.SKIP: "90"}[status]
-        return f"\033[{code}m{text}\033[0m"
-
-    def _line(self, text: str) -> None:
-        # write, not print: inside a flow run Prefect may capture print() into its logs
-        self.out.write(redact(text) + "\n")
-        self.out.flush()
-
-    def stage_started(self, service: str, stage: str) -> None:
-        self.started[(service, stage)] = time.monotonic()
-        self._line(f"  .. {service:<20} {stage:<16} running")
-
-    def stage_finished(self, service: str, result: StageResult) -> None:
-        summary = result.summary if len(result.summary) < 110 else result.summary[:107] + "..."
-        self._line(f"  {self._c(result.status, MARK[result.status])} {service:<20} {result.name:<16} "
-                   f"{result.duration_s:6.1f}s  {summary}")
-
-    def service_finished(self, report: ServiceReport, path: Path) -> None:
-        self.reports.append((report, path))
-
-    def table(self) -> str:
-        lines = []
-        for report, path in self.reports:
-            verdict = Status.PASS if report.verdict.value == "pass" else Status.FAIL
-            head = f"{report.service}: {self._c(verdict, report.verdict.value.upper())}"
-            if report.decided_by:
-                head += f" (gate: {report.decided_by})"
-            lines += ["", head, f"  {'stage':<16} {'status':<6} {'time':>7}  summary"]
-            for stage in report.stages:
-                summary = stage.summary if len(stage.summary) < 90 else stage.summary[:87] + "..."
-                lines.append(f"  {stage.name:<16} {self._c(stage.status, MARK[stage.status]):<6} "
-                             f"{stage.duration_s:6.1f}s  {summary}")
-            if report.rollback.needed or report.rollback.message:
-                lines.append(f"  rollback: {report.rollback.message}")
-            for reason in merge_not_run(report.reasons):
-                lines.append(f"  reason: {reason}")
-            for warning in report.warnings:
-                lines.append(f"  warning: {warning}")
-            lines.append(f"  report: {path}")
-        return "\n".join(lines)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -260,10 +201,11 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
           f"{' (sandbox)' if args.sandbox else ''}", flush=True)
     token = current_progress.set(display)
     try:
-        state: Any = asyncio.run(validate(**request.parameters(), return_state=True))  # type: ignore[arg-type]
+        with display:
+            state: Any = asyncio.run(validate(**request.parameters(), return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
-    print(redact(display.table()))
+    display.print_summary()
     if not display.reports:  # the flow died before any report: say why
         print(f"stagecheck validate: run failed before reporting: {redact(str(state.message))}", file=sys.stderr)
         return 1

@@ -17,35 +17,22 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 
-from stagecheck.clients.cloudrun import API_ERRORS, describe_api_error
+from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
 from stagecheck.clients.identity import api_credentials
 from stagecheck.errors import Api
+from stagecheck.log_query import revision_filter
+from stagecheck.log_query import timestamp_term as timestamp
 from stagecheck.settings import Settings
 
 
 def _ts(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def revision_filter(*, project: str, region: str, service: str, revision: str,
-                    start: datetime, end: datetime | None = None) -> str:
-    """The Logs Explorer query for one revision's entries in a time window."""
-    terms = [
-        'resource.type="cloud_run_revision"',
-        f'resource.labels.service_name="{service}"',
-        f'resource.labels.revision_name="{revision}"',
-        f'resource.labels.location="{region}"',
-        f'timestamp>="{_ts(start)}"',
-    ]
-    if end is not None:
-        terms.append(f'timestamp<="{_ts(end)}"')
-    return " AND ".join(terms)
+    return timestamp(when)
 
 
 @dataclass(frozen=True)
@@ -94,15 +81,16 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\
 
 def coalesced_filter(windows: Sequence[RevisionWindow]) -> str:
     """Pure: one Logs Explorer query matching every window's entries (an OR of the revision filters)."""
-    def one(w: RevisionWindow) -> str:
-        terms = [f'resource.labels.service_name="{w.service}"', f'resource.labels.revision_name="{w.revision}"',
-                 f'resource.labels.location="{w.region}"', f'timestamp>="{_ts(w.start)}"']
-        if w.end is not None:
-            terms.append(f'timestamp<="{_ts(w.end)}"')
-        return "(" + " AND ".join(terms) + ")"
+    def one(w: RevisionWindow) -> str:  # the revision's own filter (stagecheck.log_query), without the shared type
+        own = revision_filter(project="", region=w.region, service=w.service, revision=w.revision,
+                              start=w.start, end=w.end)
+        return "(" + own.removeprefix(f"{_RESOURCE_TYPE} AND ") + ")"
 
     either = " OR ".join(one(w) for w in windows)
-    return f'resource.type="cloud_run_revision" AND ({either})'
+    return f"{_RESOURCE_TYPE} AND ({either})"
+
+
+_RESOURCE_TYPE = 'resource.type="cloud_run_revision"'
 
 
 RETRIED = (gexc.TooManyRequests, gexc.ServiceUnavailable)

@@ -8,25 +8,24 @@ async methods run it in a worker thread so waits never block the event loop.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import requests
 from google.api_core import exceptions as gexc
 from google.api_core import operation
 from google.api_core.client_options import ClientOptions
 from google.api_core.future import polling
 from google.api_core.retry import Retry
-from google.auth import exceptions as auth_exc
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 
+from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
+from stagecheck.clients.api_errors import api_message as _message
 from stagecheck.clients.identity import api_credentials
-from stagecheck.errors import Api, ErrorClass, StageError, hint_for
+from stagecheck.errors import Api, StageError
 from stagecheck.model import RevisionInfo, TrafficTarget
 from stagecheck.settings import ServiceConfig, Settings
 
@@ -41,66 +40,15 @@ _READ_RETRY = Retry(initial=0.2, maximum=2.0, multiplier=2.0, timeout=15.0,
                     predicate=lambda e: isinstance(e, gexc.ServiceUnavailable | gexc.TooManyRequests))
 
 
-_REQUEST_PREFIX = re.compile(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ")
+def revision_id(name: str) -> str:
+    """A revision's id from its resource name (`projects/p/locations/l/services/s/revisions/s-00002-abc`
+    -> `s-00002-abc`), through the client library's path parser; an id stays as it is."""
+    return run_v2.RevisionsClient.parse_revision_path(name).get("revision") or name
 
 
-def _message(exc: gexc.GoogleAPICallError) -> str:
-    """The server's message without the REST transport's "GET https://...: " prefix."""
-    return _REQUEST_PREFIX.sub("", str(exc.message or "")).strip() or type(exc).__name__
-
-
-def describe_api_error(exc: BaseException, what: str, api: Api = Api.RUN) -> StageError:
-    """Turn a Google client / transport exception into a readable StageError; the hint comes from
-    the one table of hints (stagecheck.errors.HINTS), for the API that answered. The error says whether
-    the answer was transient (stagecheck.retry_policy: Prefect retries an idempotent stage after it).
-
-    HTTP classes (Forbidden, Unauthorized, BadRequest...) are the parents of the gRPC-named ones
-    (PermissionDenied, Unauthenticated, InvalidArgument...), so both transports land here."""
-    from stagecheck.retry_policy import is_transient
-
-    error = _describe_api_error(exc, what, api)
-    error.transient = is_transient(exc)
-    return error
-
-
-def _describe_api_error(exc: BaseException, what: str, api: Api) -> StageError:
-    if isinstance(exc, gexc.Forbidden):
-        return StageError(f"{what}: permission denied by the {api} ({_message(exc)})",
-                          hint=hint_for(api, ErrorClass.FORBIDDEN))
-    if isinstance(exc, gexc.Unauthorized):
-        return StageError(f"{what}: not authenticated ({_message(exc)})",
-                          hint=hint_for(api, ErrorClass.UNAUTHENTICATED))
-    if isinstance(exc, gexc.NotFound):
-        return StageError(f"{what}: not found ({_message(exc)})")
-    if isinstance(exc, gexc.BadRequest):
-        return StageError(f"{what}: rejected as invalid ({_message(exc)})")
-    if isinstance(exc, gexc.TooManyRequests):
-        return StageError(f"{what}: {api} quota or rate limit hit ({_message(exc)})",
-                          hint=hint_for(api, ErrorClass.RATE_LIMITED))
-    if isinstance(exc, gexc.ServiceUnavailable):
-        return StageError(f"{what}: {api} unavailable ({_message(exc)})", hint=hint_for(api, ErrorClass.UNAVAILABLE))
-    if isinstance(exc, gexc.DeadlineExceeded | gexc.GatewayTimeout):
-        return StageError(f"{what}: timed out ({_message(exc)})")
-    if isinstance(exc, gexc.GoogleAPICallError):
-        return StageError(f"{what}: {type(exc).__name__} ({_message(exc)})")
-    if isinstance(exc, gexc.RetryError) and isinstance(exc.cause, BaseException):
-        return describe_api_error(exc.cause, f"{what} (gave up retrying: {exc.message})", api)
-    if isinstance(exc, TimeoutError | gexc.RetryError):
-        return StageError(f"{what}: timed out ({exc})")
-    if isinstance(exc, auth_exc.DefaultCredentialsError):
-        return StageError(f"{what}: no Google credentials found",
-                          hint="run `gcloud auth application-default login` or use --sandbox")
-    if isinstance(exc, auth_exc.GoogleAuthError):
-        return StageError(f"{what}: authentication failed ({type(exc).__name__})")
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return StageError(f"{what}: {api} unreachable", hint=hint_for(api, ErrorClass.UNREACHABLE))
-    if isinstance(exc, requests.exceptions.RequestException):
-        return StageError(f"{what}: transport error ({type(exc).__name__})")
-    return StageError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-# what the Google clients and their transport raise; describe_api_error turns each into a StageError
-API_ERRORS = (gexc.GoogleAPIError, auth_exc.GoogleAuthError, requests.exceptions.RequestException, TimeoutError)
+def service_id(name: str) -> str:
+    """A service's id from its resource name (`projects/p/locations/l/services/s` -> `s`)."""
+    return run_v2.ServicesClient.parse_service_path(name).get("service") or name
 
 
 def split_from_proto(traffic: Sequence[Any]) -> list[TrafficTarget]:
@@ -170,7 +118,7 @@ def ready_condition(conditions: Sequence[Any]) -> ReadyState:
 
 def revision_info(rev: run_v2.Revision) -> RevisionInfo:
     """What the report needs of a revision: image, resources, scaling, creation and Ready times."""
-    name = rev.name.rsplit("/", 1)[-1]
+    name = revision_id(rev.name)
     container = rev.containers[0] if rev.containers else None
     limits = dict(container.resources.limits) if container else {}
     return RevisionInfo(
@@ -331,15 +279,16 @@ class CloudRun:
             self._revisions = run_v2.RevisionsClient(**self._client_kwargs())
         return self._revisions
 
+    # resource names through the client library's path helpers
     @property
     def parent(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}"
+        return run_v2.ServicesClient.common_location_path(self.project, self.region)
 
     def service_path(self, service: str) -> str:
-        return f"{self.parent}/services/{service}"
+        return run_v2.ServicesClient.service_path(self.project, self.region, service)
 
     def revision_path(self, service: str, revision: str) -> str:
-        return f"{self.service_path(service)}/revisions/{revision}"
+        return run_v2.RevisionsClient.revision_path(self.project, self.region, service, revision)
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -388,7 +337,7 @@ class CloudRun:
         body.traffic = split_to_proto(split)
         mask = list(update_mask) if update_mask is not None else list(DEPLOY_MASK if template is not None else TRAFFIC_MASK)
         request = run_v2.UpdateServiceRequest(service=body, update_mask=field_mask_pb2.FieldMask(paths=mask))
-        what = f"update service {current.name.rsplit('/', 1)[-1]}"
+        what = f"update service {service_id(current.name)}"
 
         def patch() -> operation.Operation:
             try:
@@ -406,7 +355,7 @@ class CloudRun:
         """`update_service` with what `build(current)` returns; on an etag mismatch the service is read
         again and the update rebuilt from it, at most `attempts` times. Returns the operation and the
         number of etag retries."""
-        name = current.name.rsplit("/", 1)[-1]
+        name = service_id(current.name)
         for attempt in range(attempts):
             template, split = build(current)
             try:

@@ -23,7 +23,7 @@ import requests
 import urllib3
 
 from stagecheck.clients.result_storage import PushedImageRecords
-from stagecheck.errors import Api, ErrorClass, StageError, hint_for
+from stagecheck.errors import Api, ErrorClass, StageError, error_class, hint_for
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -271,11 +271,12 @@ class BuildFailed(StageError):
 
 async def _get_json(client: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float) -> dict[str, Any]:
     response = await client.get(url, headers=headers, timeout=timeout_s)
-    if response.status_code == 404:
+    kind = error_class(response.status_code)  # the one table of API errors (stagecheck.errors)
+    if kind is ErrorClass.NOT_FOUND:
         raise StageError(f"image not found in the registry: {url.split('/v2/', 1)[-1]}")
-    if response.status_code in (401, 403):
+    if kind in (ErrorClass.UNAUTHENTICATED, ErrorClass.FORBIDDEN):
         raise StageError(f"registry denied access ({response.status_code}) to {url.split('/v2/', 1)[-1]}",
-                         hint=hint_for(Api.REGISTRY, ErrorClass.FORBIDDEN))
+                         hint=hint_for(Api.REGISTRY, kind))
     if response.status_code >= 400:
         raise StageError(f"registry answered {response.status_code} for {url.split('/v2/', 1)[-1]}")
     try:
