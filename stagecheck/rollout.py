@@ -42,7 +42,7 @@ class RolloutRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = RECORD_VERSION
+    version: Literal[1] = 1
     service: str = Field(min_length=1)
     candidate: str = Field(min_length=1, description="the revision being released")
     tag: str | None = Field(None, description="the candidate's traffic tag (kept at 0 % after a restore)")
