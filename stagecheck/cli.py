@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("sandbox.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
     "infra": ("sandbox.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
     "notify-merge": ("stagecheck.commands.notify_merge", "emit a merge event that triggers a validation"),
+    "recover": ("stagecheck.commands.recover", "restore the traffic split a killed release left on a service"),
     "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
 }
 

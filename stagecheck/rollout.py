@@ -113,12 +113,13 @@ class RecoveryPlan:
 
 
 def plan_recovery(record: RolloutRecord | None, serving: Sequence[TrafficTarget], *, owner_active: bool,
-                  existing_revisions: set[str] | None = None) -> RecoveryPlan:
+                  existing_revisions: set[str] | None = None, only_for: str | None = None) -> RecoveryPlan:
     """Pure: what recovery does with a service's rollout record, given what serves now (the service's
     `traffic_statuses`), whether the record's flow run is still active (Pending/Running: then it is its
     release, not an abandoned one), and the revisions the service still has (None: unknown).
 
-    - no record: nothing;
+    - no record, or (with `only_for`, the Automation's recovery of one crashed run) a record of another run:
+      nothing;
     - the owner is still active: refuse (it may still be rolling out; it cleans up itself);
     - the candidate serves nothing: the traffic never moved, or somebody already put it elsewhere;
       only the record is removed, the split is left as it is;
@@ -128,6 +129,9 @@ def plan_recovery(record: RolloutRecord | None, serving: Sequence[TrafficTarget]
     """
     if record is None:
         return RecoveryPlan(RecoveryAction.NOTHING, "no rollout record on the service: no release was interrupted")
+    if only_for is not None and record.flow_run_id != only_for:
+        return RecoveryPlan(RecoveryAction.NOTHING, f"the rollout record belongs to {record.owner()}, not to flow run "
+                                                    f"{only_for}: left to its own recovery", record)
     if owner_active:
         return RecoveryPlan(RecoveryAction.REFUSE, f"the release of {record.candidate} by {record.owner()} is still "
                                                    "active; it restores or clears the split itself", record)

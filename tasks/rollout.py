@@ -106,10 +106,11 @@ def recover_result(service: str, plan: RecoveryPlan, served: list[TrafficTarget]
 
 
 @task(name="recover", cache_policy=NO_CACHE, task_run_name=stage_run_name("recover"))
-async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float,
-                          current_run: UUID | None = None) -> tuple[StageResult, RecoveryPlan]:
+async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float, current_run: UUID | None = None,
+                          only_for: UUID | None = None) -> tuple[StageResult, RecoveryPlan]:
     """Read the service's rollout record and do what `plan_recovery` decides: restore the recorded split
-    (verified against `traffic_statuses`, as rollbacks are), then remove the record."""
+    (verified against `traffic_statuses`, as rollbacks are), then remove the record. With `only_for`, only
+    a record that flow run wrote is recovered."""
     from stagecheck.clients.cloudrun import split_from_statuses
     from tasks.traffic import apply_and_verify, split_result
 
@@ -134,7 +135,10 @@ async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float,
         names = sorted({t.revision for t in record.before if t.revision})
         exists = await asyncio.gather(*(_exists(cloudrun, service, name) for name in names))
         plan = plan_recovery(record, serving, owner_active=await owner_active(record, current_run),
-                             existing_revisions={n for n, ok in zip(names, exists, strict=True) if ok})
+                             existing_revisions={n for n, ok in zip(names, exists, strict=True) if ok},
+                             only_for=str(only_for) if only_for else None)
+        if plan.action is RecoveryAction.NOTHING:
+            return recover_result(service, plan, serving, ok=True)
         if plan.action is RecoveryAction.REFUSE:
             return recover_result(service, plan, serving, ok=False)
         served = serving

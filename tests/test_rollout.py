@@ -112,3 +112,10 @@ def test_a_recorded_split_with_several_revisions_is_restored_as_recorded() -> No
     assert plan.action is RecoveryAction.RESTORE
     assert serving_revisions(plan.restore) == {OLD: 70, "web-00000-zzz": 30}
     assert {t.tag for t in plan.restore} == {None, "blue", "sc-1234567"}
+
+
+def test_the_recovery_of_one_crashed_run_leaves_other_runs_records_alone() -> None:
+    rec = record()
+    assert plan_recovery(rec, canary(50), owner_active=False, only_for="another").action is RecoveryAction.NOTHING
+    assert plan_recovery(rec, canary(50), owner_active=False,
+                         only_for=rec.flow_run_id).action is RecoveryAction.RESTORE
