@@ -62,7 +62,7 @@ async def test_the_recovery_flow_restores_the_recorded_split_and_removes_the_rec
     scenario.add_service("svc")
     config = scenario.config([{"name": service, "source_dir": "svc"}])
 
-    state = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
+    state: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
                           state_dir=scenario.sandbox.state_dir, return_state=True)
     assert state.is_completed(), state.message
     [row] = await state.result()
@@ -74,14 +74,14 @@ async def test_the_recovery_flow_restores_the_recorded_split_and_removes_the_rec
     assert TrafficTarget(revision=candidate, percent=0, tag="sc-dead000") in split_from_statuses(svc.traffic_statuses)
 
     # nothing left: a second recovery has nothing to do
-    again = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
+    again: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
                           state_dir=scenario.sandbox.state_dir, return_state=True)
     [row] = await again.result()
     assert again.is_completed() and "no rollout record" in row["summary"]
 
     # a record that cannot be read is a clear failure, and the traffic is not touched
     await cloudrun.set_annotations(service, {ANNOTATION_KEY: "{not json"}, 60)
-    broken = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
+    broken: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
                            state_dir=scenario.sandbox.state_dir, return_state=True)
     assert broken.is_failed() and "is not JSON" in str(broken.message) and ANNOTATION_KEY in str(broken.message)
     assert serving(run_clients, service) == {old: 100}

@@ -32,7 +32,7 @@ async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api
             holding.set()
             await release.wait()
 
-    held = asyncio.create_task(holder(return_state=True))
+    held = asyncio.ensure_future(holder(return_state=True))
     try:
         await asyncio.wait_for(holding.wait(), timeout=60)
         recorded = await read_holder(service)
@@ -63,8 +63,8 @@ def test_which_holders_are_stale() -> None:
                         since=datetime(2026, 12, 2, 4, 0, tzinfo=UTC))
     for state in ("CRASHED", "FAILED", "CANCELLED", "COMPLETED"):
         assert stale_holder(holder, state, run_found=True, me=None) == f"its flow run ended {state.title()}"
-    for state in ("RUNNING", "PENDING", "PAUSED", "CANCELLING", None):
-        assert stale_holder(holder, state, run_found=True, me=None) is None
+    for alive in ("RUNNING", "PENDING", "PAUSED", "CANCELLING", None):
+        assert stale_holder(holder, alive, run_found=True, me=None) is None
     assert "no longer exists" in str(stale_holder(holder, None, run_found=False, me=None))
     assert stale_holder(holder, "CRASHED", run_found=True, me=run) is None  # never this run itself
     assert "'validate-web-1234567'" in holder.describe() and "since 2026-12-02 04:00:00 UTC" in holder.describe()

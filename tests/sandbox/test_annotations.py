@@ -39,10 +39,10 @@ def test_annotation_rules_on_the_api(
 ) -> None:
     name = new_service("ann")
     template = run_v2.RevisionTemplate(containers=[run_v2.Container(image=sample_image.ref)])
-    for annotations, says in (({"bad key": "x"}, "is invalid"),
-                              ({"big": "x" * (model.MAX_ANNOTATIONS_BYTES - 2)}, "too long")):
+    for metadata, says in (({"bad key": "x"}, "is invalid"),
+                           ({"big": "x" * (model.MAX_ANNOTATIONS_BYTES - 2)}, "too long")):
         with pytest.raises(gexc.BadRequest) as info:
-            create(run_clients, name, template, annotations=annotations)
+            create(run_clients, name, template, annotations=metadata)
         assert field_violations(info.value) == ["service.annotations"] and says in info.value.message
     # exactly the limit (keys and values together) is accepted
     svc = create(run_clients, name, template, annotations={"big": "x" * (model.MAX_ANNOTATIONS_BYTES - 3)})

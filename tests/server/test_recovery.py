@@ -114,7 +114,11 @@ async def test_a_run_killed_mid_canary_is_recovered_by_the_automation_and_the_ne
 
         logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[nxt.id])))
         assert not [log.message for log in logs if "waiting up to" in log.message]
-    print(f"\nkill -> recovered: {recovered_at - killed_at:.1f} s; whole test: {time.monotonic() - started:.1f} s")
+    crashed_ts = crashed.state.timestamp
+    print(f"\nkill -> recovered: {recovered_at - killed_at:.1f} s (Crashed -> recovery run created "
+          f"{(recovered.created - crashed_ts).total_seconds():.1f} s, -> started "
+          f"{(recovered.start_time - crashed_ts).total_seconds():.1f} s, -> ended "
+          f"{(recovered.end_time - crashed_ts).total_seconds():.1f} s); whole test: {time.monotonic() - started:.1f} s")
 
 
 def _targets(raw: list[dict[str, Any]]) -> list[Any]:
