@@ -23,6 +23,7 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurr
 from pydantic import BaseModel, ConfigDict
 
 from stagecheck.model import Criterion, StageResult, Status
+from stagecheck.progress import progress
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -203,11 +204,13 @@ async def service_slot(service: str, timeout_s: float = DEFAULT_SLOT_WAIT_S) -> 
                 if time.monotonic() >= deadline:
                     raise ServiceLockError(slot_timeout_message(service, timeout_s, await slot_holders(service))
                                            ) from None
-                if not announced:
+                if not announced:  # said once, in the run's log and on the CLI's live display
                     announced = True
                     held = await slot_holders(service)
+                    holder = f"held by {', '.join(held)}" if held else "holder unknown"
                     _logger().warning("waiting up to %g s for the concurrency slot %r of service %r: %s", timeout_s,
-                                      name, service, f"held by {', '.join(held)}" if held else "holder unknown")
+                                      name, service, holder)
+                    progress().stage_started(service, f"lock: waiting up to {timeout_s:g} s for the slot, {holder}")
         lease_id = leases.cleanup_lease_ids[-1] if leases.cleanup_lease_ids else None
         await _record_holder(service, lease_id)
         stack.push_async_callback(_forget_holder, service, lease_id)

@@ -4,6 +4,7 @@ baseline is the release before the killed one. Real sandbox, real Google clients
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +54,8 @@ async def abandoned_canary(run_clients: Any, cloudrun: CloudRun, service: str, i
 
 
 async def test_the_recovery_flow_restores_the_recorded_split_and_removes_the_record(
-        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any,  # noqa: F811
+        capsys: Any) -> None:
     service = created("recover")
     old = baseline(run_clients, service, sample_image.digest_ref)
     cloudrun = cloudrun_for(scenario.sandbox, service)
@@ -73,17 +75,16 @@ async def test_the_recovery_flow_restores_the_recorded_split_and_removes_the_rec
     # the candidate keeps its tag at 0 %, reachable for debugging, as after a rollback
     assert TrafficTarget(revision=candidate, percent=0, tag="sc-dead000") in split_from_statuses(svc.traffic_statuses)
 
-    # nothing left: a second recovery has nothing to do
-    again: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
-                          state_dir=scenario.sandbox.state_dir, return_state=True)
-    [row] = await again.result()
-    assert again.is_completed() and "no rollout record" in row["summary"]
+    # nothing left: `stagecheck recover` has nothing to do, and says so
+    argv = ["--service", service, "--config", str(config), "--sandbox", "--state-dir", scenario.sandbox.state_dir]
+    assert await asyncio.to_thread(recover_cli.main, argv) == 0
+    assert f"{service}: PASS no rollout record" in capsys.readouterr().out
 
-    # a record that cannot be read is a clear failure, and the traffic is not touched
+    # a record that cannot be read is a clear failure (exit 1), and the traffic is not touched
     await cloudrun.set_annotations(service, {ANNOTATION_KEY: "{not json"}, 60)
-    broken: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
-                           state_dir=scenario.sandbox.state_dir, return_state=True)
-    assert broken.is_failed() and "is not JSON" in str(broken.message) and ANNOTATION_KEY in str(broken.message)
+    assert await asyncio.to_thread(recover_cli.main, argv) == 1
+    out = capsys.readouterr().out
+    assert f"{service}: FAIL" in out and "is not JSON" in out and ANNOTATION_KEY in out
     assert serving(run_clients, service) == {old: 100}
 
 

@@ -68,3 +68,54 @@ def test_which_holders_are_stale() -> None:
     assert "no longer exists" in str(stale_holder(holder, None, run_found=False, me=None))
     assert stale_holder(holder, "CRASHED", run_found=True, me=run) is None  # never this run itself
     assert "'validate-web-1234567'" in holder.describe() and "since 2026-12-02 04:00:00 UTC" in holder.describe()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str]] = []
+
+    def stage_started(self, service: str, stage: str) -> None:
+        self.started.append((service, stage))
+
+    def stage_finished(self, service: str, result: object) -> None:
+        pass
+
+    def service_finished(self, report: object, path: object) -> None:
+        pass
+
+
+async def test_a_waiting_run_says_at_once_whom_it_waits_for_and_a_live_holder_is_not_released(
+        prefect_api: None) -> None:
+    from stagecheck.concurrency import ServiceLockError
+    from stagecheck.progress import current_progress
+
+    service = f"live-{uuid.uuid4().hex[:8]}"
+    await ensure_service_limits([service])
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    @flow(name=f"holder-{service}", persist_result=False)
+    async def holder() -> None:
+        async with service_slot(service):
+            holding.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder(return_state=True))
+    recorder = _Recorder()
+    token = current_progress.set(recorder)
+    try:
+        await asyncio.wait_for(holding.wait(), timeout=60)
+        recorded = await read_holder(service)
+        assert recorded is not None
+        try:
+            async with service_slot(service, timeout_s=4):
+                raise AssertionError("the slot of a running holder was taken")
+        except ServiceLockError as exc:
+            assert recorded.describe() in str(exc)
+        [(who, line)] = recorder.started
+        assert who == service and line.startswith("lock: waiting up to 4 s for the slot, held by ")
+        assert str(recorded.flow_run_id) in line and "holding it since" in line
+        assert await read_holder(service) == recorded  # the live holder keeps its slot
+    finally:
+        current_progress.reset(token)
+        release.set()
+        await asyncio.wait_for(held, timeout=60)
