@@ -425,7 +425,7 @@ class ServiceValidation:
                                                         expected="a valid split per step", observed=str(exc))]))
             await self._rollback_if_moved(False, revision, "traffic")
             return False
-        if snapshot.exists and not await self._write_rollout_record(snapshot, revision):
+        if snapshot.exists and snapshot.serving and not await self._write_rollout_record(snapshot, revision):
             self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
             return False
         for number, split in enumerate(steps, start=1):

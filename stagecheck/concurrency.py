@@ -4,8 +4,14 @@ Each service has a Prefect global concurrency limit of 1 slot (`stagecheck-servi
 setup (`stagecheck serve`, `stagecheck validate`) creates the limits, and so does the flow for a limit
 that is missing (a deployment in a user's own pool has no setup step); the flow holds the slot for the
 whole per-service walk, acquired with `strict=True`: a limit that still does not exist (the API refused
-to create it) fails the run loudly instead of limiting nothing. A second run for the same service waits;
-runs for other services proceed.
+to create it) fails the run loudly instead of limiting nothing. A second run for the same service waits
+(bounded by `slot_wait_s`, saying once whom it waits for); runs for other services proceed.
+
+Prefect's API does not show who holds a lease, so the holder records itself (lease id, flow run, since
+when) in the Prefect Variable `stagecheck-slot-<service>` while it holds the slot. A waiting run (or the
+recovery flow) that finds the recorded holder's flow run ended — Crashed, Failed, Cancelled, or deleted:
+its process was killed and never released the slot — releases that lease at once, instead of after a lease
+that a server without its lease reaper (Prefect's temporary server) never expires.
 """
 
 from __future__ import annotations
