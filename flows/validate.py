@@ -246,6 +246,8 @@ class ServiceValidation:
                                                               self.settings.deploy_timeout_s, _current_run()[0]))
         if plan.action is RecoveryAction.NOTHING and result.status is not Status.FAIL:
             return True
+        if plan.action is RecoveryAction.UNKNOWN:  # the API failed: the inspect gate reports it; a record this
+            return True                           # read missed is never overwritten (write_rollout_record)
         return self.record(result)
 
     async def _write_rollout_record(self, snapshot: ServiceSnapshot, revision: str) -> bool:
@@ -272,8 +274,10 @@ class ServiceValidation:
             return
         released = any(s.name == "release" and s.status is Status.PASS for s in self.stages)
         if not (released or (self.rollback.performed and self.rollback.ok)):
-            self.rollback.message += (f"; the rollout record stays on the service: `stagecheck recover --service "
-                                      f"{self.svc.name}` restores {describe(self.rollout.before)}")
+            self.record(StageResult(name="rollout-record", status=Status.WARN,
+                                    summary=f"the rollout record stays on the service: `stagecheck recover --service "
+                                            f"{self.svc.name}` (or the next validation) restores "
+                                            f"{describe(self.rollout.before)}"))
             return
         error = await clear_rollout_record(self.clients.cloudrun, self.svc.name, self.settings.deploy_timeout_s)
         if error:

@@ -102,6 +102,7 @@ class RecoveryAction(StrEnum):
     CLEAR = "clear"  # the record is stale (traffic is already where it should be): remove it only
     RESTORE = "restore"  # put the recorded split back, then remove the record
     REFUSE = "refuse"  # do not touch the service (its owner still runs, or the split cannot be restored)
+    UNKNOWN = "unknown"  # the service could not be read: whether a release was interrupted is not known
 
 
 @dataclass(frozen=True)

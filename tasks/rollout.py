@@ -38,8 +38,20 @@ def record_annotation(record: RolloutRecord | None) -> dict[str, str | None]:
 @task(name="write-rollout-record", cache_policy=NO_CACHE, task_run_name=stage_run_name("rollout record"))
 async def write_rollout_record(cloudrun: CloudRun, service: str, record: RolloutRecord, timeout_s: float) -> None:
     """Put the rollout record on the service before any traffic moves (an annotations-only PATCH with the
-    service's etag). Raises StageError when Cloud Run refuses: then no traffic may move."""
-    await cloudrun.set_annotations(service, record_annotation(record), timeout_s)
+    service's etag). Raises StageError when Cloud Run refuses, or when the service already carries the record
+    of another release (never overwritten: it holds the split to restore): then no traffic may move."""
+    current = await cloudrun.get_service(service)
+    if current is None:
+        raise StageError(f"service {service} not found")
+    try:
+        existing = record_from_annotations(dict(current.annotations), service)
+    except RolloutRecordError as exc:
+        raise StageError(str(exc), hint=f"`stagecheck recover --service {service}`") from None
+    if existing is not None and existing.flow_run_id != record.flow_run_id:
+        raise StageError(f"the service carries the rollout record of an interrupted release by {existing.owner()}",
+                         hint=f"recover it first: `stagecheck recover --service {service}`")
+    # stored once the PATCH is accepted; the first shift, which re-reads the service, waits for reconciliation
+    await cloudrun.set_annotations(service, record_annotation(record), timeout_s, wait=False)
 
 
 @task(name="clear-rollout-record", cache_policy=NO_CACHE, task_run_name=stage_run_name("rollout record cleared"))
@@ -85,6 +97,8 @@ def recover_result(service: str, plan: RecoveryPlan, served: list[TrafficTarget]
     action = plan.action
     if action is RecoveryAction.REFUSE:
         status, summary = Status.FAIL, f"not recovered: {plan.reason}"
+    elif action is RecoveryAction.UNKNOWN:
+        status, summary = Status.FAIL, f"not recovered: {plan.reason}"
     elif not ok:
         status, summary = Status.FAIL, f"recovery failed: {detail or plan.reason}"
     elif action is RecoveryAction.RESTORE:
@@ -118,7 +132,11 @@ async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float, cu
 
     async def body() -> StageResult:
         nonlocal plan
-        svc = await cloudrun.get_service(service)
+        try:
+            svc = await cloudrun.get_service(service)
+        except StageError as exc:
+            plan = RecoveryPlan(RecoveryAction.UNKNOWN, f"could not read the service: {exc}")
+            return recover_result(service, plan, None, ok=False)
         if svc is None:
             plan = RecoveryPlan(RecoveryAction.NOTHING, f"service {service} does not exist: nothing to recover")
             return recover_result(service, plan, None, ok=True)

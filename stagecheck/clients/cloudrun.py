@@ -447,15 +447,18 @@ class CloudRun:
                                              annotations=annotations)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
 
-    async def set_annotations(self, service: str, changes: Mapping[str, str | None],
-                              timeout_s: float) -> run_v2.Service:
+    async def set_annotations(self, service: str, changes: Mapping[str, str | None], timeout_s: float,
+                              *, wait: bool = True) -> run_v2.Service | None:
         """Set (None: remove) service annotations in a PATCH whose mask names only `annotations`, guarded by
-        the service's etag (read again and retried on a mismatch); traffic and template stay as they are."""
+        the service's etag (read again and retried on a mismatch); traffic and template stay as they are.
+        The accepted PATCH has stored them (a read shows them); `wait` also waits for its operation."""
         current = await self.get_service(service)
         if current is None:
             raise StageError(f"service {service} not found")
         op, _ = await self.update_with_retry(current, lambda svc: (None, split_from_proto(svc.traffic)),
                                              update_mask=ANNOTATIONS_MASK, annotations=changes)
+        if not wait:
+            return None
         return await self.finish(op, f"update the annotations of {service}", timeout_s)
 
     async def wait_served(self, service: str, *, timeout_s: float, interval_s: float = 0.2) -> run_v2.Service:

@@ -15,11 +15,12 @@ from google.cloud import run_v2
 from flows.recover import crashed_run_id, recover, recovery_request
 from stagecheck.clients.cloudrun import CloudRun, split_from_statuses
 from stagecheck.commands import recover as recover_cli
+from stagecheck.errors import StageError
 from stagecheck.model import TrafficTarget
 from stagecheck.rollout import ANNOTATION_KEY, RolloutRecord
 from stagecheck.settings import Settings
 from stagecheck.traffic import serving_revisions
-from tasks.rollout import record_annotation
+from tasks.rollout import record_annotation, write_rollout_record
 from tests.pipeline.test_e2e import baseline, created, run_flow, serving  # noqa: F401 (created: a fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
@@ -61,6 +62,11 @@ async def test_the_recovery_flow_restores_the_recorded_split_and_removes_the_rec
     cloudrun = cloudrun_for(scenario.sandbox, service)
     candidate = await abandoned_canary(run_clients, cloudrun, service, sample_image.digest_ref, old)
     assert serving(run_clients, service) == {candidate: 50, old: 50}
+    # a new release never overwrites the record of an interrupted one (it holds the split to restore)
+    mine = RolloutRecord(service=service, candidate=candidate, before=[TrafficTarget(revision=candidate, percent=100)],
+                         flow_run_id=str(uuid.uuid4()), started_at=datetime.now(UTC))
+    with pytest.raises(StageError, match="rollout record of an interrupted release by flow run 'validate-killed"):
+        await write_rollout_record.fn(cloudrun, service, mine, 60)
     scenario.add_service("svc")
     config = scenario.config([{"name": service, "source_dir": "svc"}])
 
