@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("localenv.control", "start/stop/inspect the local Cloud Run + Cloud Logging sandbox"),
     "infra": ("localenv.infra", "start/stop the local Docker Engine and registry the sandbox needs"),
     "notify-merge": ("cli.commands.notify_merge", "emit a merge event that triggers a validation"),
+    "recover": ("cli.commands.recover", "restore the traffic split a killed release left on a service"),
     "serve": ("deployments.serve", "start a local Prefect server, register deployments, start a worker"),
     "prefect-server": ("cli.commands.prefect_server", "start/stop a background Prefect server validate reuses"),
 }

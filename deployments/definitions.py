@@ -25,6 +25,12 @@ ENTRYPOINT = "flows/validate.py:validate"  # relative to the repo root: resolves
 FLOW_NAME = "stagecheck-validate"
 DEFAULT_POOL = "stagecheck"
 DEFAULT_TARGETS_FILE = REPO_ROOT / "deployments" / "targets.toml"
+# The recovery deployment: an Automation (a deployment trigger) starts it when a validation flow run
+# crashes (its process was killed mid-release), with the crashed run; it restores the split that run left.
+RECOVERY_ENTRYPOINT = "flows/recover.py:recover"
+RECOVERY_FLOW_NAME = "stagecheck-recover"
+RECOVERY_DEPLOYMENT = "recover"
+CRASHED_EVENT = "prefect.flow-run.Crashed"
 
 
 class Environment(StrEnum):
@@ -198,3 +204,35 @@ async def register(targets: tuple[Target, ...], *, work_pool: str = DEFAULT_POOL
         )
         ids.append(await deployment.aapply())
     return ids
+
+
+def recovery_trigger() -> Any:
+    """Pure: the trigger of the recovery deployment: a `prefect.flow-run.Crashed` event whose related flow is
+    the validation flow; the run gets the crashed run (`prefect.flow-run.<id>`) and reads the rest from it."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name="recover the traffic of a crashed validation",
+        expect={CRASHED_EVENT},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+        parameters={"crashed_run": "{{ event.resource.id }}"},
+    )
+
+
+async def register_recovery(*, work_pool: str = DEFAULT_POOL, repo_root: Path = REPO_ROOT) -> UUID:
+    """Create or update the recovery deployment (`stagecheck-recover/recover`) with its crash trigger."""
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.runner.storage import LocalStorage
+
+    deployment = await RunnerDeployment.afrom_storage(
+        storage=LocalStorage(str(repo_root)),
+        entrypoint=RECOVERY_ENTRYPOINT,
+        name=RECOVERY_DEPLOYMENT,
+        description="Restore the traffic split a crashed validation left on its Cloud Run services "
+                    "(started by the crash trigger; or run it with services=[...]).",
+        triggers=[recovery_trigger()],
+        tags=["stagecheck", "recovery"],
+        work_pool_name=work_pool,
+    )
+    return await deployment.aapply()

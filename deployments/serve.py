@@ -32,11 +32,14 @@ import httpx
 from deployments.definitions import (
     DEFAULT_POOL,
     DEFAULT_TARGETS_FILE,
+    RECOVERY_DEPLOYMENT,
+    RECOVERY_FLOW_NAME,
     REPO_ROOT,
     DefinitionError,
     Target,
     load_targets,
     register,
+    register_recovery,
     service_names,
 )
 from localenv.processes import (
@@ -246,6 +249,7 @@ class SetupResult:
     deployment_ids: list[UUID]
     limits: list[str]
     without_services: list[str]  # targets whose config named no service (missing or unreadable)
+    recovery_id: UUID | None = None  # the recovery deployment (run by the crash trigger)
 
 
 async def setup(targets: tuple[Target, ...], *, pool: str = DEFAULT_POOL, repo_root: Path = REPO_ROOT) -> SetupResult:
@@ -256,8 +260,10 @@ async def setup(targets: tuple[Target, ...], *, pool: str = DEFAULT_POOL, repo_r
     services = {target.name: service_names(target, repo_root) for target in targets}
     limits = await ensure_service_limits([name for names in services.values() for name in names])
     ids = await register(targets, work_pool=pool, repo_root=repo_root)
+    recovery_id = await register_recovery(work_pool=pool, repo_root=repo_root)
     return SetupResult(deployment_ids=ids, limits=limits,
-                       without_services=[name for name, names in services.items() if not names])
+                       without_services=[name for name, names in services.items() if not names],
+                       recovery_id=recovery_id)
 
 
 def run_with_api(url: str, coro_factory):  # type: ignore[no-untyped-def]
@@ -308,6 +314,8 @@ def _up(args: argparse.Namespace, layout: Layout) -> int:
 
 def _print_setup(targets: tuple[Target, ...], done: SetupResult, pool: str) -> None:
     print(f"  work pool {pool!r} (process); concurrency limits: {', '.join(done.limits) or 'none'}")
+    print(f"  deployment {RECOVERY_FLOW_NAME}/{RECOVERY_DEPLOYMENT}: runs when a validation crashes "
+          f"[{done.recovery_id}]")
     for name in done.without_services:
         target = next(t for t in targets if t.name == name)
         print(f"  warning: target {name!r}: no services found in {target.request.config} (missing or invalid?); "

@@ -14,6 +14,7 @@ import asyncio
 import os
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
@@ -52,6 +53,7 @@ from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
 from stagecheck.retry_policy import TaskT, with_api_retries
 from stagecheck.rollback import cleaned_up, decide_rollback, rolled_back
+from stagecheck.rollout import RecoveryAction, RolloutRecord
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
@@ -78,6 +80,7 @@ from tasks.notify import notify_failure
 from tasks.probe import probe_urls
 from tasks.push import push_image
 from tasks.report import publish_report
+from tasks.rollout import clear_rollout_record, record_annotation, recover_service, write_rollout_record
 from tasks.smoke import run_smoke
 from tasks.syntax import check_syntax
 from tasks.traffic import finish_release, restore_after_failed_deploy, rollback_traffic, shift_traffic
@@ -118,6 +121,7 @@ class ServiceValidation:
         self.urls: dict[str, str] = {}
         self.last_probe_at: datetime | None = None
         self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
+        self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
 
     @property
     def tag(self) -> str:
@@ -146,7 +150,12 @@ class ServiceValidation:
             try:
                 async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
                     self.started_at = datetime.now(UTC)
-                    image, revision = await self._stages(syntax)
+                    if await self._recover_first():
+                        image, revision = await self._stages(syntax)
+                    else:
+                        self.record(syntax)
+                        image, revision = None, None
+                    await self._settle_rollout_record()
             except ServiceLockError as exc:
                 if self.checkout is not None:
                     self.record(self.checkout)
@@ -154,6 +163,56 @@ class ServiceValidation:
                 self.record(lock_failed(self.svc.name, exc))
                 image, revision = None, None
         return self._report(image, revision)
+
+    async def _recover_first(self) -> bool:
+        """Before anything else: a rollout record a killed release left on the service is recovered (the
+        recorded split restored), so this run's baseline is the release before the killed one. False when it
+        could not be (the run stops: nothing moves over an unknown split)."""
+        if self.settings.dry_run:
+            return True
+        result, plan = await gate_value(await recover_service(self.clients.cloudrun, self.svc.name,
+                                                              self.settings.deploy_timeout_s, _current_run()[0]))
+        if plan.action is RecoveryAction.NOTHING and result.status is not Status.FAIL:
+            return True
+        if plan.action is RecoveryAction.UNKNOWN:  # the API failed: the inspect gate reports it; a record this
+            return True                           # read missed is never overwritten (write_rollout_record)
+        return self.record(result)
+
+    async def _write_rollout_record(self, snapshot: ServiceSnapshot, revision: str) -> bool:
+        """The durable record of this release, on the service, before its first traffic change."""
+        run_id, run_name_ = _current_run()
+        record = RolloutRecord(service=self.svc.name, candidate=revision, tag=self.tag, before=snapshot.serving,
+                               step=0, flow_run_id=str(run_id) if run_id else None, flow_run_name=run_name_,
+                               started_at=datetime.now(UTC))
+        try:
+            await write_rollout_record(self.clients.cloudrun, self.svc.name, record, self.settings.deploy_timeout_s)
+        except (StageError, ValueError) as exc:
+            self.record(StageResult(name=Stage.TRAFFIC, status=Status.FAIL,
+                                    summary=f"could not write the rollout record, so no traffic was moved: {exc}",
+                                    criteria=[Criterion(name="Rollout record written", stage=Stage.TRAFFIC,
+                                                        status=Status.FAIL, expected="the record on the service",
+                                                        observed=str(exc))]))
+            return False
+        self.rollout = record
+        return True
+
+    async def _settle_rollout_record(self) -> None:
+        """Remove the record after a passed release or a verified rollback; otherwise it stays for recovery."""
+        if self.rollout is None:
+            return
+        released = any(s.name == Stage.RELEASE and s.status is Status.PASS for s in self.stages)
+        if not (released or (self.rollback.performed and self.rollback.ok)):
+            self.record(StageResult(name=Stage.ROLLOUT_RECORD, status=Status.WARN,
+                                    summary=f"the rollout record stays on the service: `stagecheck recover --service "
+                                            f"{self.svc.name}` (or the next validation) restores "
+                                            f"{describe(self.rollout.before)}"))
+            return
+        error = await clear_rollout_record(self.clients.cloudrun, self.svc.name, self.settings.deploy_timeout_s)
+        if error:
+            self.record(StageResult(name=Stage.ROLLOUT_RECORD, status=Status.WARN,
+                                    summary=f"the rollout record could not be removed ({error}): the next run or "
+                                            "`stagecheck recover` would restore the split it recorded"))
+        self.rollout = None
 
     async def _ensure_limit(self) -> None:
         """Create the service's concurrency limit when it is missing (an existing one is left as its owner
@@ -331,13 +390,19 @@ class ServiceValidation:
                                                         expected="a valid split per step", observed=str(exc))]))
             await self._rollback_if_moved(False, revision, Stage.TRAFFIC)
             return False
+        if snapshot.exists and snapshot.serving and not await self._write_rollout_record(snapshot, revision):
+            self.rollback = Rollback(needed=False, message=f"traffic never moved: {describe(self.traffic_after)}")
+            return False
         for number, split in enumerate(steps, start=1):
             percent = next((t.percent for t in split if t.revision == revision), 0)
             label = f"step {number}/{len(steps)}: {percent} %"
             if snapshot.exists:
                 self.starting(f"traffic {percent}%")
-                result, applied = await gate_value(await self._api(shift_traffic)(self.clients.cloudrun, self.svc.name, split,
-                                                      self.settings.deploy_timeout_s, label))
+                if self.rollout is not None:  # the record's step moves with the traffic, in the same request
+                    self.rollout = self.rollout.at_step(percent)
+                result, applied = await gate_value(await self._api(shift_traffic)(
+                    self.clients.cloudrun, self.svc.name, split, self.settings.deploy_timeout_s, label,
+                    record_annotation(self.rollout) if self.rollout is not None else None))
                 if applied:
                     self.traffic_after = applied
                 if not self.record(result):
@@ -433,6 +498,16 @@ class ServiceValidation:
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
         )
+
+
+def _current_run() -> tuple[UUID | None, str | None]:
+    """(id, name) of the flow run this code runs in, or (None, None)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None, None
+    return context.flow_run.id, context.flow_run.name
 
 
 def _flow_run_url() -> str | None:

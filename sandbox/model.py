@@ -263,6 +263,48 @@ def validate_metadata(meta: dict[str, Any], fld: str, *, allowed: set[str] | fro
             )
 
 
+# Annotations "follow Kubernetes annotations' namespacing, limits, and rules" (Service / RevisionTemplate proto
+# comments): a key is an optional DNS-subdomain prefix (<= 253) + "/" + a name (<= 63, alphanumeric at both ends,
+# `-_.` inside), checked lowercased; keys + values together at most 256 KiB (apimachinery ValidateAnnotations).
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+_QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9_.]*[a-z0-9])?)$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def annotation_key_problem(key: str) -> str | None:
+    """Why Kubernetes' IsQualifiedName rejects an annotation key (checked lowercased), or None."""
+    lowered = key.lower()
+    if lowered.count("/") > 1:
+        return "a qualified name has at most one '/' (an optional DNS subdomain prefix, then the name)"
+    prefix, slash, name = lowered.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return "prefix part must be a DNS subdomain (lowercase alphanumerics, '-' and '.', at most 253 characters)"
+    if not name:
+        return "name part must be non-empty"
+    if len(name) > 63:
+        return "name part must be no more than 63 characters"
+    if not _QUALIFIED_NAME.match(name):
+        return ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                "an alphanumeric character")
+    return None
+
+
+def validate_annotations(meta: dict[str, Any], fld: str, *, allowed: set[str] | frozenset[str] = frozenset()) -> None:
+    """Reserved namespaces (validate_metadata), then Kubernetes' key syntax and the 256 KiB total."""
+    validate_metadata(meta, fld, allowed=allowed)
+    total = 0
+    for key, value in sorted((meta or {}).items()):
+        problem = annotation_key_problem(key)
+        if problem is not None:
+            raise ApiError(400, f"Violation in {fld}: key '{key}' is invalid: {problem}.", field=fld)
+        if not isinstance(value, str):
+            raise ApiError(400, f"Violation in {fld}: the value of '{key}' must be a string.", field=fld)
+        total += len(key.encode()) + len(value.encode())
+    if total > MAX_ANNOTATIONS_BYTES:
+        raise ApiError(400, f"Violation in {fld}: annotations are too long: must have at most "
+                            f"{MAX_ANNOTATIONS_BYTES} bytes (keys and values together), got {total}.", field=fld)
+
+
 def memory_ceiling(cpus: float) -> int:
     """The most memory a CPU setting allows: < 0.5 CPU 512 MiB, < 1 CPU 1 GiB, 1 CPU 4 GiB, 2 CPU 8 GiB,
     4 CPU 16 GiB, 6 CPU 24 GiB, 8 CPU 32 GiB."""
@@ -281,7 +323,7 @@ def validate_template(tpl: dict[str, Any]) -> None:
     CPU / memory / concurrency rules: docs configuring/services/cpu and memory-limits (facts §3)."""
     base = "service.template"
     validate_metadata(tpl.get("labels") or {}, f"{base}.labels")
-    validate_metadata(tpl.get("annotations") or {}, f"{base}.annotations")
+    validate_annotations(tpl.get("annotations") or {}, f"{base}.annotations")
     containers = tpl.get("containers") or []
     if not containers:
         raise ApiError(400, f"{base}.containers: at least one container is required.", field=f"{base}.containers")

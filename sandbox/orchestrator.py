@@ -261,7 +261,7 @@ class Orchestrator:
         """Raises ApiError naming the field. Service annotations in reserved namespaces are rejected
         "in new resources": ones the stored service already carries may stay."""
         model.validate_metadata(spec.get("labels") or {}, "service.labels")
-        model.validate_metadata(spec.get("annotations") or {}, "service.annotations",
+        model.validate_annotations(spec.get("annotations") or {}, "service.annotations",
                                 allowed=set((previous or {}).get("annotations") or {}))
         model.validate_template(spec["template"])
         model.container_spec(spec["template"])

@@ -4,21 +4,32 @@ Each service has a Prefect global concurrency limit of 1 slot (`stagecheck-servi
 setup (`stagecheck serve`, `stagecheck validate`) creates the limits, and so does the flow for a limit
 that is missing (a deployment in a user's own pool has no setup step); the flow holds the slot for the
 whole per-service walk, acquired with `strict=True`: a limit that still does not exist (the API refused
-to create it) fails the run loudly instead of limiting nothing. A second run for the same service waits;
-runs for other services proceed.
+to create it) fails the run loudly instead of limiting nothing. A second run for the same service waits
+(bounded by `slot_wait_s`, saying once whom it waits for); runs for other services proceed.
+
+Prefect's API does not show who holds a lease, so the holder records itself (lease id, flow run, since
+when) in the Prefect Variable `stagecheck-slot-<service>` while it holds the slot. A waiting run (or the
+recovery flow) that finds the recorded holder's flow run ended — Crashed, Failed, Cancelled, or deleted:
+its process was killed and never released the slot — releases that lease at once, instead of after a lease
+that a server without its lease reaper (Prefect's temporary server) never expires.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+from pydantic import BaseModel, ConfigDict
 
 from stagecheck.model import Criterion, StageResult, Status
+from stagecheck.progress import progress
 from stagecheck.stages import Stage
 
 if TYPE_CHECKING:
@@ -61,30 +72,182 @@ async def ensure_limits(client: PrefectClient, services: Iterable[str], *, repai
 
 DEFAULT_SLOT_WAIT_S = 1800.0  # Settings.slot_wait_s
 LEASE_S = 300.0  # a crashed holder's slot comes free after this (the lease is no longer renewed)
+ATTEMPT_S = 3.0  # between two looks at who holds the slot while waiting for it
+HOLDER_VARIABLE_PREFIX = "stagecheck-slot-"
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+class SlotHolder(BaseModel):
+    """Who holds a service's slot, kept in a Prefect Variable while it is held: Prefect's API does not
+    show a lease's holder, and a waiting run (or recovery) needs the lease id to release a dead holder's slot."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    lease_id: UUID
+    flow_run_id: UUID | None = None
+    flow_run_name: str | None = None
+    since: datetime
+
+    def describe(self) -> str:
+        run = f"flow run {self.flow_run_name!r} ({self.flow_run_id})" if self.flow_run_name else \
+            f"flow run {self.flow_run_id}" if self.flow_run_id else "a process outside any flow run"
+        return f"{run}, holding it since {self.since:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def holder_variable(service: str) -> str:
+    return f"{HOLDER_VARIABLE_PREFIX}{service}"
+
+
+def stale_holder(holder: SlotHolder, holder_state: str | None, *, run_found: bool, me: UUID | None) -> str | None:
+    """Pure: why a recorded holder no longer holds its slot for real (its flow run ended, Crashed/Failed/
+    Cancelled/Completed, or no longer exists), or None when it may still be running (or is this run)."""
+    if holder.flow_run_id is None or (me is not None and holder.flow_run_id == me):
+        return None
+    if not run_found:
+        return f"its flow run {holder.flow_run_id} no longer exists"
+    if holder_state in TERMINAL_STATES:
+        return f"its flow run ended {holder_state.title()}"
+    return None
+
+
+async def read_holder(service: str) -> SlotHolder | None:
+    """The recorded holder of the service's slot; None when none is recorded (or it is unreadable)."""
+    from prefect.variables import Variable
+
+    try:
+        value = await Variable.aget(holder_variable(service))
+        return SlotHolder.model_validate(value) if value is not None else None
+    except Exception:  # unreadable or malformed: the wait falls back to the lease and the message says less
+        return None
+
+
+async def _record_holder(service: str, lease_id: UUID | None) -> None:
+    if lease_id is None:
+        return
+    from prefect.variables import Variable
+
+    me = _this_flow_run_info()
+    holder = SlotHolder(lease_id=lease_id, flow_run_id=me[0], flow_run_name=me[1], since=datetime.now(UTC))
+    try:
+        await Variable.aset(holder_variable(service), holder.model_dump(mode="json"), overwrite=True)
+    except Exception as exc:  # without the record a crash of this run frees the slot only when its lease expires
+        _logger().warning("could not record the holder of %s: %s", limit_name(service), exc)
+
+
+async def _forget_holder(service: str, lease_id: UUID | None) -> None:
+    from prefect.variables import Variable
+
+    holder = await read_holder(service)
+    if holder is not None and holder.lease_id == lease_id:
+        try:
+            await Variable.aunset(holder_variable(service))
+        except Exception:  # a leftover record names a finished run: the next waiter releases nothing real
+            pass
+
+
+async def release_stale_holder(service: str, me: UUID | None = None) -> str | None:
+    """Release the slot of a recorded holder whose flow run has ended (crashed, killed) or is gone, at once
+    instead of after a lease that a server may never expire; returns what was released (None: nothing)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    holder = await read_holder(service)
+    if holder is None or holder.flow_run_id is None:
+        return None
+    async with get_client() as client:
+        try:
+            run = await client.read_flow_run(holder.flow_run_id)
+            state, found = (run.state.type.value if run.state else None), True
+        except ObjectNotFound:
+            state, found = None, False
+        why = stale_holder(holder, state, run_found=found, me=me)
+        if why is None:
+            return None
+        await client.release_concurrency_slots_with_lease(holder.lease_id)
+        # a lease the server no longer knows (lost with a restarted server's memory) released nothing; the
+        # record still naming it means nobody acquired after it, so the taken slot is the dead holder's
+        limit = await client.read_global_concurrency_limit_by_name(limit_name(service))
+        again = await read_holder(service)
+        if limit.active_slots >= limit.limit and again is not None and again.lease_id == holder.lease_id:
+            await client.release_concurrency_slots(names=[limit_name(service)], slots=1,
+                                                   occupancy_seconds=(datetime.now(UTC) - holder.since).total_seconds())
+    await _forget_holder(service, holder.lease_id)
+    message = f"released the slot {limit_name(service)!r} held by {holder.describe()}: {why}"
+    _logger().warning("%s", message)
+    return message
 
 
 @asynccontextmanager
 async def service_slot(service: str, timeout_s: float = DEFAULT_SLOT_WAIT_S) -> AsyncIterator[float]:
     """Hold the service's slot for the body; yields how long it waited for it (seconds).
 
-    Waits at most `timeout_s` for another validation of the service to finish. Raises
-    ServiceLockError (with what to do) when the limit does not exist or the wait gives up; the
-    latter names the slot, how long it waited and, when the API shows it, the flow run holding it."""
+    Waits at most `timeout_s` for another validation of the service to finish, saying once whom it waits
+    for (flow run, since when); a holder whose flow run has ended (Crashed, Failed, Cancelled) is released
+    at once. Raises ServiceLockError (with what to do) when the limit does not exist or the wait gives up;
+    the latter names the slot, how long it waited and the flow run holding it."""
+    from prefect.concurrency.context import ConcurrencyContext
+
     name = limit_name(service)
     started = time.monotonic()
+    deadline = started + timeout_s
+    me = _this_flow_run()
+    announced = False
     async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s,
-                                                        lease_duration=LEASE_S, holder=_this_flow_run()))
-        except ConcurrencySlotAcquisitionError as exc:
-            raise ServiceLockError(
-                f"cannot take the concurrency slot {name!r} for service {service!r}: {exc}. "
-                f"Create it with `prefect gcl create {name} --limit 1` (or run `stagecheck serve` / "
-                "`stagecheck validate`, which create the limits of the services they validate)") from None
-        except TimeoutError:  # AcquireConcurrencySlotTimeoutError
-            holders = await slot_holders(service)
-            raise ServiceLockError(slot_timeout_message(service, timeout_s, holders)) from None
+        leases = stack.enter_context(ConcurrencyContext())  # where `concurrency` records the granted lease
+        while True:
+            attempt_s = max(0.05, min(ATTEMPT_S, deadline - time.monotonic()))
+            try:
+                await stack.enter_async_context(concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s,
+                                                            lease_duration=LEASE_S, holder=me))
+                break
+            except ConcurrencySlotAcquisitionError as exc:
+                raise ServiceLockError(
+                    f"cannot take the concurrency slot {name!r} for service {service!r}: {exc}. "
+                    f"Create it with `prefect gcl create {name} --limit 1` (or run `stagecheck serve` / "
+                    "`stagecheck validate`, which create the limits of the services they validate)") from None
+            except TimeoutError:  # AcquireConcurrencySlotTimeoutError
+                if await _release_if_stale(service, me):
+                    continue
+                if time.monotonic() >= deadline:
+                    raise ServiceLockError(slot_timeout_message(service, timeout_s, await slot_holders(service))
+                                           ) from None
+                if not announced:  # said once, in the run's log and on the CLI's live display
+                    announced = True
+                    held = await slot_holders(service)
+                    holder = f"held by {', '.join(held)}" if held else "holder unknown"
+                    _logger().warning("waiting up to %g s for the concurrency slot %r of service %r: %s", timeout_s,
+                                      name, service, holder)
+                    progress().stage_started(service, f"lock: waiting up to {timeout_s:g} s for the slot, {holder}")
+        lease_id = leases.cleanup_lease_ids[-1] if leases.cleanup_lease_ids else None
+        await _record_holder(service, lease_id)
+        stack.push_async_callback(_forget_holder, service, lease_id)
         yield time.monotonic() - started
+
+
+async def _release_if_stale(service: str, me: ConcurrencyLeaseHolder | None) -> bool:
+    try:
+        return await release_stale_holder(service, me.id if me else None) is not None
+    except Exception as exc:  # the wait goes on; the lease still frees a dead holder's slot in the end
+        _logger().warning("could not check the holder of %s: %s", limit_name(service), exc)
+        return False
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    from prefect.logging import get_logger, get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:
+        return get_logger("stagecheck.concurrency")
+
+
+def _this_flow_run_info() -> tuple[UUID | None, str | None]:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None, None
+    return ctx.flow_run.id, ctx.flow_run.name
 
 
 def slot_timeout_message(service: str, timeout_s: float, holders: list[str] | None) -> str:
@@ -110,10 +273,16 @@ def _this_flow_run() -> ConcurrencyLeaseHolder | None:
 
 
 async def slot_holders(service: str) -> list[str] | None:
-    """Running flow runs (other than this one) with task runs of this service: who holds its slot.
+    """Who holds the service's slot: the recorded holder (flow run, since when), else the running flow runs
+    (other than this one) with task runs of this service.
 
-    Prefect's API does not expose a lease's holder; a validation tags its service's task runs
-    `service:<name>` while it holds the slot, so those runs are the holder. None when the API fails."""
+    Prefect's API does not expose a lease's holder: the holder records itself in a Variable (`SlotHolder`),
+    and a validation tags its service's task runs `service:<name>` while it holds the slot. None when the
+    API fails."""
+    recorded = await read_holder(service)
+    mine = _this_flow_run()
+    if recorded is not None and (mine is None or recorded.flow_run_id != mine.id):
+        return [recorded.describe()]
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,

@@ -10,6 +10,7 @@ from enum import StrEnum
 class Stage(StrEnum):
     CHECKOUT = "checkout"  # the tree of the requested commit, for this run (in place or a per-run worktree)
     SYNTAX = "syntax"  # the repository's Python and config files parse (once per run)
+    RECOVER = "recover"  # a rollout record a killed release left is recovered first (the recorded split restored)
     LOCK = "lock"  # one validation per service at a time (the service's concurrency slot)
     INSPECT = "inspect"  # the service as it serves now (before anything changes)
     BUILD = "build"  # the image builds for Cloud Run's platform
@@ -23,3 +24,4 @@ class Stage(StrEnum):
     LOGS = "logs"  # the revision's logs, compared with the previous revision's
     RELEASE = "release"  # a passed release leaves the split as a person expects
     ROLLBACK = "rollback"  # traffic restored after a failed gate (or a failed deploy cleaned up)
+    ROLLOUT_RECORD = "rollout-record"  # the record of a release that could not be cleared (recovery will act on it)

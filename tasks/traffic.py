@@ -59,21 +59,24 @@ def split_result(stage: str, criterion: str, requested: list[TrafficTarget], ser
     )
 
 
-async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float
+async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
+                           annotations: dict[str, str | None] | None = None
                            ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
-    """Send `split`, wait for the operation, then for reconciliation; (requested as stored, serving, reconciled)."""
+    """Send `split` (with `annotations`, in the same request), wait for the operation, then for
+    reconciliation; (requested as stored, serving, reconciled)."""
     from stagecheck.clients.cloudrun import split_from_proto, split_from_statuses
 
-    await cloudrun.set_traffic(service, split, timeout_s)
+    await cloudrun.set_traffic(service, split, timeout_s, annotations=annotations)
     svc = await cloudrun.wait_served(service, timeout_s=timeout_s)
     reconciled = not svc.reconciling and svc.observed_generation >= svc.generation
     return split_from_proto(svc.traffic), split_from_statuses(svc.traffic_statuses), reconciled
 
 
 async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float, stage: str,
-                 criterion: str, done: str, latest: str | None = None) -> tuple[StageResult, list[TrafficTarget]]:
+                 criterion: str, done: str, latest: str | None = None,
+                 annotations: dict[str, str | None] | None = None) -> tuple[StageResult, list[TrafficTarget]]:
     async def body() -> tuple[StageResult, list[TrafficTarget]]:
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s)
+        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s, annotations)
         return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled), stored
 
     result, applied = await guarded(stage, body, list[TrafficTarget]())
@@ -98,9 +101,12 @@ async def own_tag_ages(cloudrun: CloudRun, service: str, split: Sequence[Traffic
 @task(name="shift-traffic", cache_policy=NO_CACHE,
       task_run_name=stage_run_name(Stage.TRAFFIC, label_param="step_label"))
 async def shift_traffic(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
-                        step_label: str) -> tuple[StageResult, list[TrafficTarget]]:
-    """One step of the traffic plan, verified against what serves."""
-    return await _apply(cloudrun, service, split, timeout_s, Stage.TRAFFIC, f"Traffic shifted ({step_label})", step_label)
+                        step_label: str, annotations: dict[str, str | None] | None = None
+                        ) -> tuple[StageResult, list[TrafficTarget]]:
+    """One step of the traffic plan, verified against what serves; `annotations` (the rollout record at this
+    step) go in the same request as the split."""
+    return await _apply(cloudrun, service, split, timeout_s, Stage.TRAFFIC, f"Traffic shifted ({step_label})", step_label,
+                        annotations=annotations)
 
 
 @task(name="rollback", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.ROLLBACK, label_param="reason"))

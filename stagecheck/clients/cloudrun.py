@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -241,6 +241,7 @@ class RevisionNameConflict(StageError):
 
 DEPLOY_MASK = ("template", "traffic")
 TRAFFIC_MASK = ("traffic",)
+ANNOTATIONS_MASK = ("annotations",)
 ETAG_ATTEMPTS = 3
 
 
@@ -321,7 +322,8 @@ class CloudRun:
 
     async def update_service(self, current: run_v2.Service, *, template: run_v2.RevisionTemplate | None = None,
                              split: Sequence[TrafficTarget],
-                             update_mask: Sequence[str] | None = None) -> operation.Operation:
+                             update_mask: Sequence[str] | None = None,
+                             annotations: Mapping[str, str | None] | None = None) -> operation.Operation:
         """Start a PATCH of `current` (read from the API: its etag guards against concurrent changes)
         with a new template and/or traffic; await it with `finish`.
 
@@ -330,11 +332,17 @@ class CloudRun:
         camelCase paths joined by commas (`?updateMask=template,traffic`). By default "template,traffic"
         with a template, "traffic" without. Raises EtagMismatch when the
         service changed since `current` was read, RevisionNameConflict when the template's revision
-        name exists with a different configuration."""
+        name exists with a different configuration. `annotations` sets (None: removes) service annotations;
+        the mask must then name `annotations`."""
         body = run_v2.Service(current)
         if template is not None:
             body.template = template
         body.traffic = split_to_proto(split)
+        for key, value in (annotations or {}).items():
+            if value is None:
+                body.annotations.pop(key, None)
+            else:
+                body.annotations[key] = value
         mask = list(update_mask) if update_mask is not None else list(DEPLOY_MASK if template is not None else TRAFFIC_MASK)
         request = run_v2.UpdateServiceRequest(service=body, update_mask=field_mask_pb2.FieldMask(paths=mask))
         what = f"update service {service_id(current.name)}"
@@ -351,6 +359,7 @@ class CloudRun:
         self, current: run_v2.Service,
         build: Callable[[run_v2.Service], tuple[run_v2.RevisionTemplate | None, Sequence[TrafficTarget]]],
         *, update_mask: Sequence[str] | None = None, attempts: int = ETAG_ATTEMPTS,
+        annotations: Mapping[str, str | None] | None = None,
     ) -> tuple[operation.Operation, int]:
         """`update_service` with what `build(current)` returns; on an etag mismatch the service is read
         again and the update rebuilt from it, at most `attempts` times. Returns the operation and the
@@ -360,7 +369,7 @@ class CloudRun:
             template, split = build(current)
             try:
                 return await self.update_service(current, template=template, split=split,
-                                                 update_mask=update_mask), attempt
+                                                 update_mask=update_mask, annotations=annotations), attempt
             except EtagMismatch as exc:
                 if attempt + 1 >= attempts:
                     raise StageError(f"{exc.message}; gave up after {attempts} attempts",
@@ -387,12 +396,30 @@ class CloudRun:
                                  hint="check the service in the console before another release") from None
         return await self._call(what, wait)
 
-    async def set_traffic(self, service: str, split: Sequence[TrafficTarget], timeout_s: float) -> run_v2.Service:
+    async def set_traffic(self, service: str, split: Sequence[TrafficTarget], timeout_s: float,
+                          annotations: Mapping[str, str | None] | None = None) -> run_v2.Service:
+        """Set the split; with `annotations`, in the same request (mask `traffic,annotations`)."""
         current = await self.get_service(service)
         if current is None:
             raise StageError(f"service {service} disappeared while shifting traffic")
-        op, _ = await self.update_with_retry(current, lambda _: (None, split), update_mask=TRAFFIC_MASK)
+        mask = TRAFFIC_MASK + ANNOTATIONS_MASK if annotations else TRAFFIC_MASK
+        op, _ = await self.update_with_retry(current, lambda _: (None, split), update_mask=mask,
+                                             annotations=annotations)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
+
+    async def set_annotations(self, service: str, changes: Mapping[str, str | None], timeout_s: float,
+                              *, wait: bool = True) -> run_v2.Service | None:
+        """Set (None: remove) service annotations in a PATCH whose mask names only `annotations`, guarded by
+        the service's etag (read again and retried on a mismatch); traffic and template stay as they are.
+        The accepted PATCH has stored them (a read shows them); `wait` also waits for its operation."""
+        current = await self.get_service(service)
+        if current is None:
+            raise StageError(f"service {service} not found")
+        op, _ = await self.update_with_retry(current, lambda svc: (None, split_from_proto(svc.traffic)),
+                                             update_mask=ANNOTATIONS_MASK, annotations=changes)
+        if not wait:
+            return None
+        return await self.finish(op, f"update the annotations of {service}", timeout_s)
 
     async def wait_served(self, service: str, *, timeout_s: float, interval_s: float = 0.2) -> run_v2.Service:
         """The service once Cloud Run has reconciled it (`reconciling` false, `observed_generation` caught up

@@ -102,9 +102,9 @@ def _git(repo: Path, *args: str) -> str:
 
 @dataclass
 class Project:
-    """A throwaway repository with the sample service and a stagecheck.toml of four services:
+    """A throwaway repository with the sample service and a stagecheck.toml of five services:
     `a` (passes; validated twice), `b` (fails its smoke test), `m` (validated on merge events),
-    `nolimit` (its concurrency limit is removed after the setup)."""
+    `nolimit` (its concurrency limit is removed after the setup), `r` (a canary killed mid-release)."""
 
     root: Path
     config: Path
@@ -125,7 +125,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, sandbox: Any, sample_image
     root = tmp_path_factory.mktemp("project") / "repo"
     shutil.copytree(SAMPLE, root / "svc", ignore=shutil.ignore_patterns("README.md"))
     suffix = uuid.uuid4().hex[:6]
-    services = {key: f"sc-{key}-{suffix}" for key in ("a", "b", "m", "nolimit")}
+    services = {key: f"sc-{key}-{suffix}" for key in ("a", "b", "m", "nolimit", "r")}
     lines = [
         'report_dir = "reports"',
         "[probes]", "deadline_s = 20", "consecutive_successes = 2", "initial_backoff_s = 0.1",

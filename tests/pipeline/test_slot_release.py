@@ -1,0 +1,121 @@
+"""A service slot whose holder's flow run has ended (Crashed, as a worker reports a killed flow process) is
+released at once by the next run waiting for it, instead of after a lease a server may never expire."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from prefect import flow, get_client
+from prefect.states import Crashed
+
+from stagecheck.concurrency import (
+    LEASE_S,
+    SlotHolder,
+    ensure_service_limits,
+    limit_name,
+    read_holder,
+    service_slot,
+    stale_holder,
+)
+
+
+async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api: None) -> None:
+    service = f"crash-{uuid.uuid4().hex[:8]}"
+    await ensure_service_limits([service])
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    @flow(name=f"holder-{service}", persist_result=False)
+    async def holder() -> None:
+        async with service_slot(service):
+            holding.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder(return_state=True))
+    try:
+        await asyncio.wait_for(holding.wait(), timeout=60)
+        recorded = await read_holder(service)
+        assert recorded is not None and recorded.flow_run_id is not None
+        assert recorded.flow_run_name and recorded.since <= datetime.now(UTC)
+        async with get_client() as client:
+            # the flow process is gone: its worker reports the run Crashed; the lease is still unexpired
+            await client.set_flow_run_state(recorded.flow_run_id, Crashed(message="killed"), force=True)
+            assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 1
+        # well within the lease: only the release of the crashed holder's lease can let this in
+        async with service_slot(service, timeout_s=LEASE_S / 5) as waited:
+            assert waited < LEASE_S / 5
+            taken = await read_holder(service)
+            assert taken is not None and taken.lease_id != recorded.lease_id
+            async with get_client() as client:
+                assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 1
+        assert await read_holder(service) is None  # a normal release forgets the holder
+        async with get_client() as client:
+            assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 0
+    finally:
+        release.set()
+        await asyncio.wait_for(held, timeout=60)
+
+
+def test_which_holders_are_stale() -> None:
+    run = uuid.uuid4()
+    holder = SlotHolder(lease_id=uuid.uuid4(), flow_run_id=run, flow_run_name="validate-web-1234567",
+                        since=datetime(2026, 12, 2, 4, 0, tzinfo=UTC))
+    for state in ("CRASHED", "FAILED", "CANCELLED", "COMPLETED"):
+        assert stale_holder(holder, state, run_found=True, me=None) == f"its flow run ended {state.title()}"
+    for alive in ("RUNNING", "PENDING", "PAUSED", "CANCELLING", None):
+        assert stale_holder(holder, alive, run_found=True, me=None) is None
+    assert "no longer exists" in str(stale_holder(holder, None, run_found=False, me=None))
+    assert stale_holder(holder, "CRASHED", run_found=True, me=run) is None  # never this run itself
+    assert "'validate-web-1234567'" in holder.describe() and "since 2026-12-02 04:00:00 UTC" in holder.describe()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str]] = []
+
+    def stage_started(self, service: str, stage: str) -> None:
+        self.started.append((service, stage))
+
+    def stage_finished(self, service: str, result: object) -> None:
+        pass
+
+    def service_finished(self, report: object, path: object) -> None:
+        pass
+
+
+async def test_a_waiting_run_says_at_once_whom_it_waits_for_and_a_live_holder_is_not_released(
+        prefect_api: None) -> None:
+    from stagecheck.concurrency import ServiceLockError
+    from stagecheck.progress import current_progress
+
+    service = f"live-{uuid.uuid4().hex[:8]}"
+    await ensure_service_limits([service])
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    @flow(name=f"holder-{service}", persist_result=False)
+    async def holder() -> None:
+        async with service_slot(service):
+            holding.set()
+            await release.wait()
+
+    held = asyncio.ensure_future(holder(return_state=True))
+    recorder = _Recorder()
+    token = current_progress.set(recorder)
+    try:
+        await asyncio.wait_for(holding.wait(), timeout=60)
+        recorded = await read_holder(service)
+        assert recorded is not None
+        try:
+            async with service_slot(service, timeout_s=4):
+                raise AssertionError("the slot of a running holder was taken")
+        except ServiceLockError as exc:
+            assert recorded.describe() in str(exc)
+        [(who, line)] = recorder.started
+        assert who == service and line.startswith("lock: waiting up to 4 s for the slot, held by ")
+        assert str(recorded.flow_run_id) in line and "holding it since" in line
+        assert await read_holder(service) == recorded  # the live holder keeps its slot
+    finally:
+        current_progress.reset(token)
+        release.set()
+        await asyncio.wait_for(held, timeout=60)
