@@ -31,6 +31,9 @@ RECOVERY_ENTRYPOINT = "flows/recover.py:recover"
 RECOVERY_FLOW_NAME = "stagecheck-recover"
 RECOVERY_DEPLOYMENT = "recover"
 CRASHED_EVENT = "prefect.flow-run.Crashed"
+RECOVERY_DESCRIPTION = ("Restore the traffic split a crashed validation left on its Cloud Run services "
+                        "(started by the crash trigger; or run it with services=[...]).")
+RECOVERY_TAGS = ("stagecheck", "recovery")
 
 
 class Environment(StrEnum):
@@ -229,10 +232,9 @@ async def register_recovery(*, work_pool: str = DEFAULT_POOL, repo_root: Path = 
         storage=LocalStorage(str(repo_root)),
         entrypoint=RECOVERY_ENTRYPOINT,
         name=RECOVERY_DEPLOYMENT,
-        description="Restore the traffic split a crashed validation left on its Cloud Run services "
-                    "(started by the crash trigger; or run it with services=[...]).",
+        description=RECOVERY_DESCRIPTION,
         triggers=[recovery_trigger()],
-        tags=["stagecheck", "recovery"],
+        tags=list(RECOVERY_TAGS),
         work_pool_name=work_pool,
     )
     return await deployment.aapply()

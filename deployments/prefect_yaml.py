@@ -24,10 +24,15 @@ import yaml
 from deployments.definitions import (
     DEFAULT_TARGETS_FILE,
     ENTRYPOINT,
+    RECOVERY_DEPLOYMENT,
+    RECOVERY_DESCRIPTION,
+    RECOVERY_ENTRYPOINT,
+    RECOVERY_TAGS,
     REPO_ROOT,
     DefinitionError,
     Target,
     load_targets,
+    recovery_trigger,
 )
 from deployments.events import MERGE_EVENT
 
@@ -80,10 +85,33 @@ def deployment(target: Target) -> dict[str, Any]:
     return out
 
 
+def recovery() -> dict[str, Any]:
+    """Pure: the recovery deployment (flows/recover.py) with its Automation: a `prefect.flow-run.Crashed`
+    event of a validation run starts it for that run (the same trigger `stagecheck serve` registers)."""
+    trigger = recovery_trigger().model_dump(mode="json")
+    return {
+        "name": RECOVERY_DEPLOYMENT,
+        "entrypoint": RECOVERY_ENTRYPOINT,
+        "description": RECOVERY_DESCRIPTION,
+        "tags": list(RECOVERY_TAGS),
+        "parameters": {},
+        "schedules": [],
+        "triggers": [{
+            "type": "event",
+            "name": trigger["name"],
+            "enabled": True,
+            "expect": sorted(trigger["expect"]),
+            "match": trigger["match"],
+            "match_related": trigger["match_related"],
+            "parameters": trigger["parameters"],
+        }],
+    }
+
+
 def render(targets: tuple[Target, ...]) -> str:
-    """Pure: the text of prefect.yaml for these targets."""
+    """Pure: the text of prefect.yaml for these targets, and the recovery deployment."""
     document = {"name": "stagecheck", "build": BUILD, "push": None, "pull": PULL,
-                "deployments": [deployment(t) for t in targets]}
+                "deployments": [deployment(t) for t in targets] + [recovery()]}
     return HEADER + "\n" + yaml.safe_dump(document, sort_keys=False, width=120, default_flow_style=False)
 
 

@@ -41,6 +41,21 @@ def test_a_deployment_entry_carries_schedule_trigger_tags_and_flat_parameters() 
     assert prod["schedules"] == [{"cron": "30 7 * * 1-5", "timezone": "Europe/Berlin", "active": False}]
     assert "triggers" not in prod
     document = yaml.safe_load(render((staging, production)))
-    assert [d["name"] for d in document["deployments"]] == ["staging", "production"]
+    assert [d["name"] for d in document["deployments"]] == ["staging", "production", "recover"]
     clone = document["pull"][0]["prefect.deployments.steps.git_clone"]
     assert clone["repository"] == "{{ git-origin.stdout }}" and clone["branch"] == "{{ git-branch.stdout }}"
+
+
+def test_the_recovery_deployment_carries_the_crash_trigger_serve_registers() -> None:
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from deployments.definitions import RECOVERY_ENTRYPOINT, recovery_trigger
+
+    (entry,) = [d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["name"] == "recover"]
+    assert entry["entrypoint"] == RECOVERY_ENTRYPOINT and "schedules" in entry and entry["schedules"] == []
+    (trigger,) = entry["triggers"]
+    parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+    expected = recovery_trigger()
+    assert parsed.model_dump(exclude={"id"}) == expected.model_dump(exclude={"id"})
+    assert trigger["expect"] == ["prefect.flow-run.Crashed"]
+    assert trigger["parameters"] == {"crashed_run": "{{ event.resource.id }}"}

@@ -26,9 +26,9 @@ from uuid import UUID
 import pytest
 
 from cli.commands import notify_merge
-from deployments.definitions import load_targets
+from deployments.definitions import load_targets, register_recovery
 from deployments.serve import Layout, down, start_worker
-from tests.server.conftest import REPO_ROOT, LocalServer
+from tests.server.conftest import POOL, REPO_ROOT, LocalServer
 from tests.server.test_deployments import client_for, poll
 
 pytestmark = [pytest.mark.server, pytest.mark.sandbox, pytest.mark.docker, pytest.mark.timeout(420)]
@@ -136,7 +136,8 @@ def yaml_deployed(prefect_server: LocalServer, sandbox: Any, sample_image: Any, 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         ids = asyncio.run(_deployments_in_pool(pool))
         assert ids, deploy.stdout[-3000:]
-        asyncio.run(_edit_defaults(ids, state_dir=sandbox.state_dir, dry_run=True))
+        validations = {name: i for name, i in ids.items() if name != "recover"}  # the recovery flow has its own
+        asyncio.run(_edit_defaults(validations, state_dir=sandbox.state_dir, dry_run=True))
     worker_layout = Layout(root / "worker-state")
     start_worker(worker_layout, prefect_server.url, pool, name="users-worker", query_seconds=1)
     try:
@@ -145,6 +146,10 @@ def yaml_deployed(prefect_server: LocalServer, sandbox: Any, sample_image: Any, 
                            checkouts=Path(os.environ["STAGECHECK_CACHE_DIR"]) / "checkouts")
     finally:
         down(worker_layout)
+        # `deploy --all` moved the one recovery deployment (stagecheck-recover/recover) into this module's
+        # pool, whose worker is gone now: put it back where `stagecheck serve` (the `deployed` fixture) keeps it
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
+            asyncio.run(register_recovery(work_pool=POOL, repo_root=REPO_ROOT))
         for image in docker_client.images.list(filters={"label": LABEL}):
             docker_client.images.remove(image.id, force=True)
 
@@ -181,9 +186,13 @@ async def test_prefect_deploy_all_from_a_fresh_clone_registers_the_targets_into_
         yaml_deployed: YamlDeployed) -> None:
     d = yaml_deployed
     targets = load_targets(d.fresh / "deployments" / "targets.toml")
-    assert set(d.ids) == {t.name for t in targets}
+    assert set(d.ids) == {t.name for t in targets} | {"recover"}
     async with client_for(d.server.url) as client:
         automations = await client.read_automations()
+        recovery = await client.read_deployment(d.ids["recover"])
+        assert recovery.entrypoint == "flows/recover.py:recover" and recovery.work_pool_name == d.pool
+        crash = [a for a in automations if any(getattr(x, "deployment_id", None) == recovery.id for x in a.actions)]
+        assert len(crash) == 1 and crash[0].trigger.expect == {"prefect.flow-run.Crashed"}
         for target in targets:
             deployment = await client.read_deployment(d.ids[target.name])
             assert deployment.work_pool_name == d.pool
