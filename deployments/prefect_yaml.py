@@ -44,7 +44,9 @@ HEADER = """\
 #
 # Register the deployments into your own Prefect server or Cloud workspace and work pool, from a
 # clone whose `origin` your workers can clone:
-#     prefect --no-prompt deploy --all --pool YOUR_POOL
+#     STAGECHECK_WORK_POOL=YOUR_POOL prefect --no-prompt deploy --all
+# (`--pool` is ignored by `prefect deploy` when it registers several deployments: the pool comes from
+# the environment through the `{{ $STAGECHECK_WORK_POOL }}` placeholders below.)
 # Each flow run then clones that origin (branch: the one deployed from) on the worker and checks
 # out the commit it validates (a merge event's SHA) for that run alone.
 """
@@ -55,6 +57,8 @@ BUILD = [
     {"prefect.deployments.steps.run_shell_script": {
         "id": "git-branch", "script": "git rev-parse --abbrev-ref HEAD", "stream_output": False}},
 ]
+# `prefect deploy` fills `{{ $NAME }}` from the environment (it ignores `--pool` with several deployments)
+WORK_POOL = {"name": "{{ $STAGECHECK_WORK_POOL }}"}
 PULL = [
     {"prefect.deployments.steps.git_clone": {
         "id": "clone", "repository": "{{ git-origin.stdout }}", "branch": "{{ git-branch.stdout }}"}},
@@ -69,6 +73,7 @@ def deployment(target: Target) -> dict[str, Any]:
         "entrypoint": ENTRYPOINT,
         "description": target.description or f"Validate a release on Cloud Run {target.environment.value}.",
         "tags": target.all_tags(),
+        "work_pool": dict(WORK_POOL),
         "parameters": target.parameters(),
         "schedules": ([{"cron": target.cron, "timezone": target.timezone, "active": target.schedule_active}]
                       if target.cron else []),
@@ -94,6 +99,7 @@ def recovery() -> dict[str, Any]:
         "entrypoint": RECOVERY_ENTRYPOINT,
         "description": RECOVERY_DESCRIPTION,
         "tags": list(RECOVERY_TAGS),
+        "work_pool": dict(WORK_POOL),
         "parameters": {},
         "schedules": [],
         "triggers": [{

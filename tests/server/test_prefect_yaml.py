@@ -118,7 +118,7 @@ async def _deployments_in_pool(pool: str) -> dict[str, UUID]:
 
 
 @pytest.fixture(scope="module")
-def yaml_deployed(prefect_server: LocalServer, sandbox: Any, sample_image: Any, docker_client: Any,
+def yaml_deployed(prefect_server: LocalServer, deployed: Any, sandbox: Any, sample_image: Any, docker_client: Any,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[YamlDeployed]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -129,8 +129,9 @@ def yaml_deployed(prefect_server: LocalServer, sandbox: Any, sample_image: Any, 
     pool = f"users-pool-{uuid.uuid4().hex[:6]}"
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         asyncio.run(_create_pool(pool))
-    env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": str(root / "prefect-home")}
-    deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--pool", pool],
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": str(root / "prefect-home"),
+           "STAGECHECK_WORK_POOL": pool}
+    deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
                             cwd=fresh, env=env, capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
@@ -147,7 +148,8 @@ def yaml_deployed(prefect_server: LocalServer, sandbox: Any, sample_image: Any, 
     finally:
         down(worker_layout)
         # `deploy --all` moved the one recovery deployment (stagecheck-recover/recover) into this module's
-        # pool, whose worker is gone now: put it back where `stagecheck serve` (the `deployed` fixture) keeps it
+        # pool, whose worker is gone now: put it back where `stagecheck serve` (the `deployed` fixture, set up
+        # first for this) keeps it, for the crash test
         with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
             asyncio.run(register_recovery(work_pool=POOL, repo_root=REPO_ROOT))
         for image in docker_client.images.list(filters={"label": LABEL}):
