@@ -33,6 +33,7 @@ from stagecheck.concurrency import (
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.evidence import BakeData
+from stagecheck.liveness import this_process
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -183,7 +184,7 @@ class ServiceValidation:
         run_id, run_name_ = _current_run()
         record = RolloutRecord(service=self.svc.name, candidate=revision, tag=self.tag, before=snapshot.serving,
                                step=0, flow_run_id=str(run_id) if run_id else None, flow_run_name=run_name_,
-                               started_at=datetime.now(UTC))
+                               started_at=datetime.now(UTC), process=this_process())
         try:
             await write_rollout_record(self.clients.cloudrun, self.svc.name, record, self.settings.deploy_timeout_s)
         except (StageError, ValueError) as exc:

@@ -28,6 +28,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 from pydantic import BaseModel, ConfigDict
 
+from stagecheck.liveness import ProcessRef, is_gone, this_process
 from stagecheck.model import Criterion, StageResult, Status
 from stagecheck.progress import progress
 from stagecheck.stages import Stage
@@ -87,6 +88,7 @@ class SlotHolder(BaseModel):
     flow_run_id: UUID | None = None
     flow_run_name: str | None = None
     since: datetime
+    process: ProcessRef | None = None  # the process holding it (a killed one is seen gone on its host)
 
     def describe(self) -> str:
         run = f"flow run {self.flow_run_name!r} ({self.flow_run_id})" if self.flow_run_name else \
@@ -98,15 +100,20 @@ def holder_variable(service: str) -> str:
     return f"{HOLDER_VARIABLE_PREFIX}{service}"
 
 
-def stale_holder(holder: SlotHolder, holder_state: str | None, *, run_found: bool, me: UUID | None) -> str | None:
+def stale_holder(holder: SlotHolder, holder_state: str | None, *, run_found: bool, me: UUID | None,
+                 process_gone: bool | None = None) -> str | None:
     """Pure: why a recorded holder no longer holds its slot for real (its flow run ended, Crashed/Failed/
-    Cancelled/Completed, or no longer exists), or None when it may still be running (or is this run)."""
+    Cancelled/Completed, or no longer exists; or its process is gone while the server still shows the run
+    active — a killed CLI's temporary server never learns of the kill), or None when it may still be
+    running (or is this run)."""
     if holder.flow_run_id is None or (me is not None and holder.flow_run_id == me):
         return None
     if not run_found:
         return f"its flow run {holder.flow_run_id} no longer exists"
     if holder_state in TERMINAL_STATES:
         return f"its flow run ended {holder_state.title()}"
+    if process_gone and holder.process is not None:
+        return f"its {holder.process.describe()} is gone (killed) while the run still shows {holder_state or 'active'}"
     return None
 
 
@@ -127,7 +134,8 @@ async def _record_holder(service: str, lease_id: UUID | None) -> None:
     from prefect.variables import Variable
 
     me = _this_flow_run_info()
-    holder = SlotHolder(lease_id=lease_id, flow_run_id=me[0], flow_run_name=me[1], since=datetime.now(UTC))
+    holder = SlotHolder(lease_id=lease_id, flow_run_id=me[0], flow_run_name=me[1], since=datetime.now(UTC),
+                        process=this_process())
     try:
         await Variable.aset(holder_variable(service), holder.model_dump(mode="json"), overwrite=True)
     except Exception as exc:  # without the record a crash of this run frees the slot only when its lease expires
@@ -160,7 +168,8 @@ async def release_stale_holder(service: str, me: UUID | None = None) -> str | No
             state, found = (run.state.type.value if run.state else None), True
         except ObjectNotFound:
             state, found = None, False
-        why = stale_holder(holder, state, run_found=found, me=me)
+        why = stale_holder(holder, state, run_found=found, me=me,
+                           process_gone=is_gone(holder.process) if holder.process is not None else None)
         if why is None:
             return None
         await client.release_concurrency_slots_with_lease(holder.lease_id)

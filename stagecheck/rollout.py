@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stagecheck.liveness import ProcessRef
 from stagecheck.model import TrafficTarget
 from stagecheck.traffic import describe, rollback_split, serving_revisions
 
@@ -51,6 +52,8 @@ class RolloutRecord(BaseModel):
     flow_run_id: str | None = None
     flow_run_name: str | None = None
     started_at: datetime
+    process: ProcessRef | None = Field(None, description="the process running the release (seen gone on its host "
+                                                         "when killed, even while the server shows the run active)")
 
     def at_step(self, percent: int) -> RolloutRecord:
         return self.model_copy(update={"step": percent})

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from stagecheck.errors import StageError
+from stagecheck.liveness import is_gone
 from stagecheck.model import Criterion, Evidence, StageResult, Status, TrafficTarget
 from stagecheck.rollout import (
     ANNOTATION_KEY,
@@ -89,6 +90,8 @@ async def owner_active(record: RolloutRecord, current_run: UUID | None) -> bool:
         return False
     except Exception as exc:
         raise StageError(f"cannot tell whether {record.owner()} still runs: the Prefect API answered {exc}") from None
+    if record.process is not None and is_gone(record.process):  # killed; its server never learnt of it
+        return False
     return run.state is not None and run.state.type.value in ACTIVE_STATES
 
 

@@ -16,6 +16,7 @@ from cli.commands import recover as recover_cli
 from flows.recover import crashed_run_id, recover, recovery_request
 from stagecheck.clients.cloudrun import CloudRun, split_from_statuses
 from stagecheck.errors import StageError
+from stagecheck.liveness import ProcessRef, start_ticks, this_process
 from stagecheck.model import TrafficTarget
 from stagecheck.rollout import ANNOTATION_KEY, RolloutRecord
 from stagecheck.settings import Settings
@@ -33,7 +34,8 @@ def cloudrun_for(sandbox: Any, service: str) -> CloudRun:
                                         "credentials_file": sandbox.credentials_file}))
 
 
-async def abandoned_canary(run_clients: Any, cloudrun: CloudRun, service: str, image: str, old: str) -> str:
+async def abandoned_canary(run_clients: Any, cloudrun: CloudRun, service: str, image: str, old: str, *,
+                           flow_run_id: str | None = None, process: ProcessRef | None = None) -> str:
     """What a validation killed at its 50 % step leaves: a tagged candidate serving half, and its record
     (written by a flow run that no longer exists)."""
     from tests.fixtures_sandbox import FAST_POLL
@@ -45,8 +47,9 @@ async def abandoned_canary(run_clients: Any, cloudrun: CloudRun, service: str, i
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     candidate = str(svc.latest_created_revision.rsplit("/", 1)[-1])
     record = RolloutRecord(service=service, candidate=candidate, tag="sc-dead000", step=50,
-                           before=[TrafficTarget(revision=old, percent=100)], flow_run_id=str(uuid.uuid4()),
-                           flow_run_name="validate-killed-dead000", started_at=datetime.now(UTC))
+                           before=[TrafficTarget(revision=old, percent=100)],
+                           flow_run_id=flow_run_id or str(uuid.uuid4()),
+                           flow_run_name="validate-killed-dead000", started_at=datetime.now(UTC), process=process)
     await cloudrun.set_traffic(service, [TrafficTarget(revision=candidate, percent=50, tag="sc-dead000"),
                                          TrafficTarget(revision=old, percent=50)], 60,
                                annotations=record_annotation(record))
@@ -136,3 +139,49 @@ def test_the_command_rejects_bad_input_before_anything_runs(tmp_path: Any, capsy
     assert "--service" in capsys.readouterr().err
     assert recover_cli.main(["--service", "web", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml" in capsys.readouterr().err
+
+
+async def test_a_record_whose_run_still_shows_running_is_recovered_once_its_process_is_gone(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
+    """A SIGKILLed `stagecheck validate` took its temporary server with it: its run still shows Running there.
+    Recovery refuses while the recorded process lives, and restores the split once it is gone."""
+    import sys
+
+    from prefect import flow, get_client
+    from prefect.states import Running
+
+    @flow(name="killed-validation")
+    def killed() -> None:
+        pass
+
+    async with get_client() as client:
+        run = await client.create_flow_run(killed, state=Running())
+    service = created("recproc")
+    old = baseline(run_clients, service, sample_image.digest_ref)
+    cloudrun = cloudrun_for(scenario.sandbox, service)
+    candidate = await abandoned_canary(run_clients, cloudrun, service, sample_image.digest_ref, old,
+                                       flow_run_id=str(run.id), process=this_process())
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}])
+
+    async def recover_now() -> dict[str, Any]:
+        state: Any = await recover(services=[service], config=str(config), sandbox=True,  # type: ignore[call-overload]
+                                   state_dir=scenario.sandbox.state_dir, return_state=True)
+        [row] = await state.result(raise_on_failure=False)
+        return dict(row)
+
+    row = await recover_now()  # the writer's process (this one) runs: hands off
+    assert row["status"] == "FAIL" and "still" in row["summary"], row
+    assert serving(run_clients, service) == {candidate: 50, old: 50}
+
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    gone = ProcessRef(host=this_process().host, pid=child.pid, started=start_ticks(child.pid))
+    child.kill()
+    await child.wait()
+    record = RolloutRecord(service=service, candidate=candidate, tag="sc-dead000", step=50,
+                           before=[TrafficTarget(revision=old, percent=100)], flow_run_id=str(run.id),
+                           started_at=datetime.now(UTC), process=gone)
+    await cloudrun.set_annotations(service, record_annotation(record), 60)
+    row = await recover_now()
+    assert row["status"] == "PASS" and "restored" in row["summary"], row
+    assert serving(run_clients, service) == {old: 100}

@@ -19,6 +19,7 @@ from stagecheck.concurrency import (
     service_slot,
     stale_holder,
 )
+from stagecheck.liveness import ProcessRef
 
 
 async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api: None) -> None:
@@ -68,6 +69,12 @@ def test_which_holders_are_stale() -> None:
     assert "no longer exists" in str(stale_holder(holder, None, run_found=False, me=None))
     assert stale_holder(holder, "CRASHED", run_found=True, me=run) is None  # never this run itself
     assert "'validate-web-1234567'" in holder.describe() and "since 2026-12-02 04:00:00 UTC" in holder.describe()
+    killed = holder.model_copy(update={"process": ProcessRef(host="h", pid=4242, started=7)})
+    assert stale_holder(killed, "RUNNING", run_found=True, me=None, process_gone=True) == \
+        "its process 4242 on h is gone (killed) while the run still shows RUNNING"
+    assert stale_holder(killed, "RUNNING", run_found=True, me=None, process_gone=False) is None
+    assert stale_holder(killed, "RUNNING", run_found=True, me=None, process_gone=None) is None  # another host
+    assert stale_holder(holder, "RUNNING", run_found=True, me=None, process_gone=True) is None  # no process known
 
 
 class _Recorder:
@@ -119,3 +126,53 @@ async def test_a_waiting_run_says_at_once_whom_it_waits_for_and_a_live_holder_is
         current_progress.reset(token)
         release.set()
         await asyncio.wait_for(held, timeout=60)
+
+
+HOLDER_SCRIPT = """
+import asyncio, sys
+from prefect import flow
+from stagecheck.concurrency import service_slot
+
+@flow(name="killed-holder", persist_result=False)
+async def holder() -> None:
+    async with service_slot(sys.argv[1]):
+        print("holding", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(holder())
+"""
+
+
+async def test_a_killed_holder_whose_run_still_shows_running_is_released_at_once(prefect_api: None) -> None:
+    """What a SIGKILLed `stagecheck validate` leaves: its temporary server dies with it, so its run stays Running
+    and its lease is never reaped; the holder's process is gone, and that frees the slot for the next run."""
+    import os
+    import signal
+    import sys
+
+    from prefect.settings import get_current_settings
+
+    service = f"killed-{uuid.uuid4().hex[:8]}"
+    await ensure_service_limits([service])
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER_SCRIPT, service,
+                                                 stdout=asyncio.subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
+        assert line.decode().strip() == "holding"
+        recorded = await read_holder(service)
+        assert recorded is not None and recorded.process is not None and recorded.process.pid == child.pid
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    async with get_client() as client:
+        run = await client.read_flow_run(recorded.flow_run_id)  # type: ignore[arg-type]
+        assert run.state is not None and run.state.type.value == "RUNNING"  # nobody told the server
+        assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 1
+    async with service_slot(service, timeout_s=LEASE_S / 5) as waited:  # well within the lease
+        assert waited < LEASE_S / 5
+        taken = await read_holder(service)
+        assert taken is not None and taken.lease_id != recorded.lease_id
+    async with get_client() as client:
+        assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 0
