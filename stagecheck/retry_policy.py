@@ -4,12 +4,13 @@ A stage task that only reads, or that sets a whole state (a full traffic split, 
 under a name fixed for the task run), can be run again after a transient answer without changing the
 outcome; Prefect retries it (`AwaitingRetry` -> `Retrying` in the run graph) when the failure was
 transient: the API answered 429 (RESOURCE_EXHAUSTED), 500, 502, 503 (UNAVAILABLE), 504 /
-DEADLINE_EXCEEDED, or did not answer in time (a read timeout). The set follows prefect-gcp's Cloud Run
+DEADLINE_EXCEEDED, did not answer in time (a read timeout), or dropped the connection mid-request (reset,
+closed without an answer: a front end recycling its connections). The set follows prefect-gcp's Cloud Run
 v2 worker (`_TRANSIENT_HTTP_STATUSES`: 429, 500, 503; AIP-194: retry UNAVAILABLE, back off on
 RESOURCE_EXHAUSTED) plus the gateway answers. Anything else fails at once: 400, 401, 403, 404, a 409 etag
-or name conflict (running again gets the same answer), and a connection that is refused or dropped (the
-API is down or the endpoint wrong: the stage says so at once, naming the call that could not reach it,
-and the rollback that follows says where traffic is).
+or name conflict (running again gets the same answer), and a connection that is refused or cannot be
+opened at all (the API is down or the endpoint wrong: the stage says so at once, naming the call that
+could not reach it, and the rollback that follows says where traffic is).
 
 What this is NOT: the probe policy (K healthy answers before a deadline: the waiting IS the check), the
 etag rebuild of an update (a 409 means "read again and rebuild", handled where the update is built), the
@@ -78,7 +79,33 @@ def is_transient(error: object) -> bool:
         return True
     if isinstance(error, requests.exceptions.ConnectTimeout):  # a ConnectionError too: nothing answered
         return False
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return dropped_connection(error)
     return isinstance(error, requests.exceptions.Timeout | TimeoutError)
+
+
+def dropped_connection(error: BaseException) -> bool:
+    """Pure: whether a transport error is a connection that was open and then dropped (reset, or closed
+    without an answer: urllib3's "Connection aborted."), not one that could not be opened (refused, no
+    such host: urllib3's NewConnectionError), looking through the exception's arguments and causes."""
+    import http.client
+
+    from urllib3.exceptions import NewConnectionError, ProtocolError
+
+    seen: set[int] = set()
+    todo: list[object] = [error]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or not isinstance(item, BaseException):
+            continue
+        seen.add(id(item))
+        if isinstance(item, NewConnectionError | ConnectionRefusedError):
+            return False
+        if isinstance(item, ProtocolError | http.client.RemoteDisconnected | ConnectionResetError
+                      | ConnectionAbortedError):
+            return True
+        todo.extend([*item.args, item.__cause__, item.__context__, getattr(item, "reason", None)])
+    return False
 
 
 def retry_on_transient_api_answer(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -162,3 +162,47 @@ async def test_a_403_from_the_cloud_run_api_is_not_retried(
     states = await _task_run_states(run.state.state_details.flow_run_id, f"deploy · {service}")
     assert "AwaitingRetry" not in states and "Retrying" not in states, states
     assert states[-1] == "Failed", states
+
+
+def _transport_error(*, answer_then_drop: bool) -> BaseException:
+    """What the Cloud Run REST transport (requests) raises against a real local socket that accepts the
+    request and closes without an answer, or against a port nobody listens on."""
+    import socket
+    import threading
+
+    import requests
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    if answer_then_drop:
+        server.listen()
+
+        def drop() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.close()
+
+        threading.Thread(target=drop, daemon=True).start()
+    else:
+        server.close()
+    try:
+        requests.get(f"http://127.0.0.1:{port}/v2/projects/p/locations/r/services/s", timeout=10)
+    except requests.exceptions.RequestException as exc:
+        return exc
+    finally:
+        server.close()
+    raise AssertionError("the request was answered")
+
+
+def test_a_dropped_connection_is_retried_and_a_refused_one_is_not() -> None:
+    from prefect.states import Failed
+
+    from stagecheck.clients.cloudrun import describe_api_error
+
+    dropped, refused = _transport_error(answer_then_drop=True), _transport_error(answer_then_drop=False)
+    assert is_transient(dropped) is True and is_transient(refused) is False
+    for exc, expected in ((dropped, True), (refused, False)):
+        error = describe_api_error(exc, "update service s")
+        assert error.transient is expected and "unreachable" in error.message
+        assert retry_on_transient_api_answer(None, None, Failed(data=exc)) is expected  # type: ignore[arg-type]
