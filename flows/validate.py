@@ -605,7 +605,7 @@ async def validate(
     if tree is not None:  # from here on every repository path points into the commit's tree
         settings, chosen = tree.settings, list(tree.services)
     syntax = await gate_value(await check_syntax(settings.repo_root, settings.syntax)) if tree else StageResult(
-        name="syntax", status=Status.SKIP, summary="not run: the commit was not checked out")
+        name=Stage.SYNTAX, status=Status.SKIP, summary="not run: the commit was not checked out")
     clients = Clients.from_settings(settings)
     commit: str | StageError = tree.checkout.sha if tree else StageError(checked.summary)
     await _rename_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha))

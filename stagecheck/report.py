@@ -18,6 +18,7 @@ from stagecheck.evidence import BakeData, LogsData, ProbeData, SignatureGroupDat
 from stagecheck.log_query import CONSOLE_BASE, console_logs_url
 from stagecheck.model import Criterion, ServiceReport, StageResult, Status, TrafficTarget, Verdict
 from stagecheck.redact import redact, redact_obj
+from stagecheck.stages import Stage
 from stagecheck.verdict import collect_criteria
 
 REPORT_SCHEMA_VERSION = 1
@@ -270,7 +271,7 @@ def _probes(stage: StageResult) -> list[ProbeData]:
 def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Service health", ""]
     probe_stages = [
-        s for s in report.stages if s.name.startswith("probe") or s.name in ("smoke", "websocket")
+        s for s in report.stages if s.name.startswith("probe") or s.name in (Stage.SMOKE, "websocket")
     ]
     rows = [_probe_row(stage, probe, out) for stage in probe_stages for probe in _probes(stage)]
     if rows:
@@ -302,7 +303,7 @@ def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
 
 def _bake(report: ServiceReport, out: _Out, h: str) -> list[str]:
     """What the bake window watched, for how long, and when a failure was first seen."""
-    stages = [s for s in report.stages if s.name == "bake"]
+    stages = [s for s in report.stages if s.name == Stage.BAKE]
     lines = [f"{h}# Bake window (watched while serving)", ""]
     if not stages:
         return [*lines, "_The release was not watched after the traffic shift (no canary hold, bake_s = 0, or "
@@ -346,7 +347,7 @@ def _group_lines(groups: Sequence[SignatureGroupData], out: _Out, limit: int = 1
 
 def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Logs analysis", ""]
-    stage = report.stage("logs")
+    stage = report.stage(Stage.LOGS)
     if stage is None or stage.status is Status.SKIP:
         why = stage.summary if stage is not None else "the stage did not run"
         return [*lines, f"_Logs were not analysed: {out.text(why)}._"]

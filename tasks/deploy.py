@@ -183,7 +183,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
                                                            f"{name}; not created again"))
             outcome.traffic_moved = True
             plan_note = f"first deployment: {name} gets 100 % once Ready"
-        shown = WaitProgress(progress_key(service.name, "deploy"),
+        shown = WaitProgress(progress_key(service.name, Stage.DEPLOY),
                              f"deploy: waiting for {name} to become Ready (deadline {settings.deploy_timeout_s:g} s)")
         await shown.start()
 

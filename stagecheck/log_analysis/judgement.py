@@ -11,8 +11,9 @@ from stagecheck.log_analysis.signatures import LogSummary, SignatureGroup
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.settings import LogRules
+from stagecheck.stages import Stage
 
-STAGE_NAME = "logs"
+STAGE_NAME = Stage.LOGS
 MAX_EVIDENCE_GROUPS = 25
 
 
