@@ -14,7 +14,6 @@ import asyncio
 import os
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar, cast
-from uuid import UUID
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
@@ -29,6 +28,7 @@ from stagecheck.concurrency import (
     limit_name,
     lock_failed,
     service_slot,
+    this_flow_run,
 )
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
@@ -172,7 +172,7 @@ class ServiceValidation:
         if self.settings.dry_run:
             return True
         result, plan = await gate_value(await recover_service(self.clients.cloudrun, self.svc.name,
-                                                              self.settings.deploy_timeout_s, _current_run()[0]))
+                                                              self.settings.deploy_timeout_s, this_flow_run()[0]))
         if plan.action is RecoveryAction.NOTHING and result.status is not Status.FAIL:
             return True
         if plan.action is RecoveryAction.UNKNOWN:  # the API failed: the inspect gate reports it; a record this
@@ -181,7 +181,7 @@ class ServiceValidation:
 
     async def _write_rollout_record(self, snapshot: ServiceSnapshot, revision: str) -> bool:
         """The durable record of this release, on the service, before its first traffic change."""
-        run_id, run_name_ = _current_run()
+        run_id, run_name_ = this_flow_run()
         record = RolloutRecord(service=self.svc.name, candidate=revision, tag=self.tag, before=snapshot.serving,
                                step=0, flow_run_id=str(run_id) if run_id else None, flow_run_name=run_name_,
                                started_at=datetime.now(UTC), process=this_process())
@@ -499,16 +499,6 @@ class ServiceValidation:
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
         )
-
-
-def _current_run() -> tuple[UUID | None, str | None]:
-    """(id, name) of the flow run this code runs in, or (None, None)."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return None, None
-    return context.flow_run.id, context.flow_run.name
 
 
 def _flow_run_url() -> str | None:

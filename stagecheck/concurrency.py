@@ -133,7 +133,7 @@ async def _record_holder(service: str, lease_id: UUID | None) -> None:
         return
     from prefect.variables import Variable
 
-    me = _this_flow_run_info()
+    me = this_flow_run()
     holder = SlotHolder(lease_id=lease_id, flow_run_id=me[0], flow_run_name=me[1], since=datetime.now(UTC),
                         process=this_process())
     try:
@@ -250,7 +250,8 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_logger("stagecheck.concurrency")
 
 
-def _this_flow_run_info() -> tuple[UUID | None, str | None]:
+def this_flow_run() -> tuple[UUID | None, str | None]:
+    """(id, name) of the flow run this code runs in, or (None, None) outside one."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
@@ -273,12 +274,8 @@ def slot_timeout_message(service: str, timeout_s: float, holders: list[str] | No
 
 
 def _this_flow_run() -> ConcurrencyLeaseHolder | None:
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is None or ctx.flow_run is None:
-        return None
-    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+    run_id, _ = this_flow_run()
+    return None if run_id is None else ConcurrencyLeaseHolder(type="flow_run", id=run_id)
 
 
 async def slot_holders(service: str) -> list[str] | None:
