@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 CONSOLE_BASE = "https://console.cloud.google.com"
+RESOURCE_TYPE = 'resource.type="cloud_run_revision"'
 
 
 def revision_terms(*, region: str, service: str, revision: str) -> tuple[str, ...]:
     """The terms selecting one Cloud Run revision's entries (they are ANDed)."""
     return (
-        'resource.type="cloud_run_revision"',
+        RESOURCE_TYPE,
         f'resource.labels.service_name="{service}"',
         f'resource.labels.revision_name="{revision}"',
         f'resource.labels.location="{region}"',
@@ -24,16 +25,22 @@ def timestamp_term(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_ts = timestamp_term
+def window_terms(*, region: str, service: str, revision: str, start: datetime,
+                 end: datetime | None = None) -> list[str]:
+    """The terms of one revision's entries in a time window, the resource type left out (a filter ORing
+    several windows states it once)."""
+    terms = [*revision_terms(region=region, service=service, revision=revision)[1:],
+             f'timestamp>="{timestamp_term(start)}"']
+    if end is not None:
+        terms.append(f'timestamp<="{timestamp_term(end)}"')
+    return terms
 
 
 def revision_filter(*, project: str, region: str, service: str, revision: str,
                     start: datetime, end: datetime | None = None) -> str:
     """The Logging API filter for one revision's entries in a time window."""
-    terms = [*revision_terms(region=region, service=service, revision=revision), f'timestamp>="{_ts(start)}"']
-    if end is not None:
-        terms.append(f'timestamp<="{_ts(end)}"')
-    return " AND ".join(terms)
+    return " AND ".join([RESOURCE_TYPE, *window_terms(region=region, service=service, revision=revision,
+                                                       start=start, end=end)])
 
 
 def console_logs_url(*, project: str, region: str, service: str, revision: str,

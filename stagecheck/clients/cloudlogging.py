@@ -26,13 +26,8 @@ from google.api_core.client_options import ClientOptions
 from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
 from stagecheck.clients.identity import api_credentials
 from stagecheck.errors import Api
-from stagecheck.log_query import revision_filter
-from stagecheck.log_query import timestamp_term as timestamp
+from stagecheck.log_query import RESOURCE_TYPE, revision_filter, timestamp_term, window_terms
 from stagecheck.settings import Settings
-
-
-def _ts(when: datetime) -> str:
-    return timestamp(when)
 
 
 @dataclass(frozen=True)
@@ -58,8 +53,8 @@ class RevisionWindow:
 
 
 def _ns_of(when: datetime) -> int:
-    """The instant as integer nanoseconds since the epoch, truncated to the microsecond like `_ts`."""
-    return _ns(_ts(when)) or 0
+    """The instant as integer nanoseconds since the epoch, truncated to the microsecond like the filter's."""
+    return _ns(timestamp_term(when)) or 0
 
 
 def _ns(stamp: str) -> int | None:
@@ -81,16 +76,9 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\
 
 def coalesced_filter(windows: Sequence[RevisionWindow]) -> str:
     """Pure: one Logs Explorer query matching every window's entries (an OR of the revision filters)."""
-    def one(w: RevisionWindow) -> str:  # the revision's own filter (stagecheck.log_query), without the shared type
-        own = revision_filter(project="", region=w.region, service=w.service, revision=w.revision,
-                              start=w.start, end=w.end)
-        return "(" + own.removeprefix(f"{_RESOURCE_TYPE} AND ") + ")"
-
-    either = " OR ".join(one(w) for w in windows)
-    return f"{_RESOURCE_TYPE} AND ({either})"
-
-
-_RESOURCE_TYPE = 'resource.type="cloud_run_revision"'
+    either = " OR ".join("(" + " AND ".join(window_terms(region=w.region, service=w.service, revision=w.revision,
+                                                         start=w.start, end=w.end)) + ")" for w in windows)
+    return f"{RESOURCE_TYPE} AND ({either})"
 
 
 RETRIED = (gexc.TooManyRequests, gexc.ServiceUnavailable)
