@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import flow, get_client
 from prefect.states import Crashed
@@ -22,9 +23,8 @@ from stagecheck.concurrency import (
 from stagecheck.liveness import ProcessRef
 
 
-async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api: None) -> None:
-    service = f"crash-{uuid.uuid4().hex[:8]}"
-    await ensure_service_limits([service])
+def _hold_slot(service: str) -> tuple[asyncio.Event, asyncio.Event, asyncio.Future[Any]]:
+    """A flow run that takes the service's slot, sets `holding`, and keeps the slot until `release` is set."""
     holding, release = asyncio.Event(), asyncio.Event()
 
     @flow(name=f"holder-{service}", persist_result=False)
@@ -33,7 +33,13 @@ async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api
             holding.set()
             await release.wait()
 
-    held = asyncio.ensure_future(holder(return_state=True))
+    return holding, release, asyncio.ensure_future(holder(return_state=True))
+
+
+async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api: None) -> None:
+    service = f"crash-{uuid.uuid4().hex[:8]}"
+    await ensure_service_limits([service])
+    holding, release, held = _hold_slot(service)
     try:
         await asyncio.wait_for(holding.wait(), timeout=60)
         recorded = await read_holder(service)
@@ -98,15 +104,7 @@ async def test_a_waiting_run_says_at_once_whom_it_waits_for_and_a_live_holder_is
 
     service = f"live-{uuid.uuid4().hex[:8]}"
     await ensure_service_limits([service])
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    @flow(name=f"holder-{service}", persist_result=False)
-    async def holder() -> None:
-        async with service_slot(service):
-            holding.set()
-            await release.wait()
-
-    held = asyncio.ensure_future(holder(return_state=True))
+    holding, release, held = _hold_slot(service)
     recorder = _Recorder()
     token = current_progress.set(recorder)
     try:
