@@ -6,6 +6,7 @@ The image is `FROM scratch` plus a static busybox, so nothing is pulled: the bui
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
@@ -74,7 +75,7 @@ def ensure_build_context(context: Path = SAMPLE_SERVICE_DIR, busybox: Path = HOS
             "install busybox-static (run `make setup`)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_suffix(f".partial-{os.getpid()}")  # test workers may copy at the same time
     shutil.copy2(busybox, partial)
     partial.replace(target)
     return context
