@@ -15,7 +15,7 @@ import os
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar, cast
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import Field, ValidationError
@@ -28,6 +28,7 @@ from stagecheck.concurrency import (
     limit_name,
     lock_failed,
     service_slot,
+    service_tag,
     this_flow_run,
 )
 from stagecheck.cost import estimate_revision_cost
@@ -146,31 +147,31 @@ class ServiceValidation:
         return with_api_retries(stage_task, self.settings.api_retries)
 
     async def run(self, syntax: StageResult) -> ServiceReport:
-        with tags(f"service:{self.svc.name}"):
-            await self._ensure_limit()
-            try:
-                async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
-                    self.started_at = datetime.now(UTC)
-                    if await self._recover_first():
-                        image, revision = await self._stages(syntax)
-                    else:
-                        self.record(syntax)
-                        image, revision = None, None
-                    await self._settle_rollout_record()
-            except ServiceLockError as exc:
-                if self.checkout is not None:
-                    self.record(self.checkout)
-                self.record(syntax)
-                self.record(lock_failed(self.svc.name, exc))
-                image, revision = None, None
+        if self.settings.dry_run:  # builds only, moves nothing on Cloud Run: no slot to take, nothing to wait for
+            self.started_at = datetime.now(UTC)
+            return self._report(*await self._stages(syntax))
+        await self._ensure_limit()
+        try:
+            async with service_slot(self.svc.name, self.settings.slot_wait_s):  # one validation per service at a time
+                self.started_at = datetime.now(UTC)
+                if await self._recover_first():
+                    image, revision = await self._stages(syntax)
+                else:
+                    self.record(syntax)
+                    image, revision = None, None
+                await self._settle_rollout_record()
+        except ServiceLockError as exc:
+            if self.checkout is not None:
+                self.record(self.checkout)
+            self.record(syntax)
+            self.record(lock_failed(self.svc.name, exc))
+            image, revision = None, None
         return self._report(image, revision)
 
     async def _recover_first(self) -> bool:
         """Before anything else: a rollout record a killed release left on the service is recovered (the
         recorded split restored), so this run's baseline is the release before the killed one. False when it
         could not be (the run stops: nothing moves over an unknown split)."""
-        if self.settings.dry_run:
-            return True
         result, plan = await gate_value(await recover_service(self.clients.cloudrun, self.svc.name,
                                                               self.settings.deploy_timeout_s, this_flow_run()[0]))
         if plan.action is RecoveryAction.NOTHING and result.status is not Status.FAIL:
@@ -529,17 +530,28 @@ def _initial_run_name() -> str:
     return run_name(list(params.get("services") or []), params.get("git_sha"))
 
 
-async def _rename_run(name: str) -> None:
-    """Give the running flow run its final name (service and resolved SHA) through the API."""
+def run_tags(existing: list[str], services: list[str]) -> list[str]:
+    """Pure: the flow run's tags, its own plus `service:<name>` for each service it validates."""
+    return list(dict.fromkeys([*existing, *(service_tag(s) for s in services)]))
+
+
+async def _label_run(name: str, services: list[str]) -> None:
+    """Give the running flow run its final name (service and resolved SHA) and its `service:<name>` tags, in
+    one API request. The tags are on the flow run, not on its task runs: Prefect's task engine asks the API
+    for tag concurrency slots before every tagged task run (a write on the server), and on a SQLite server
+    such a write answered 503 "database is locked" cost ~2 s of client back-off (see README, Performance)."""
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    if context is None or context.flow_run is None or context.flow_run.name == name:
+    if context is None or context.flow_run is None:
+        return
+    tags_now = run_tags(list(context.flow_run.tags or []), services)
+    if context.flow_run.name == name and tags_now == list(context.flow_run.tags or []):
         return
     async with get_client() as client:
-        await client.update_flow_run(context.flow_run.id, name=name)
-    context.flow_run.name = name
+        await client.update_flow_run(context.flow_run.id, name=name, tags=tags_now)
+    context.flow_run.name, context.flow_run.tags = name, tags_now
 
 
 @flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name)
@@ -598,7 +610,8 @@ async def validate(
         name=Stage.SYNTAX, status=Status.SKIP, summary="not run: the commit was not checked out")
     clients = Clients.from_settings(settings)
     commit: str | StageError = tree.checkout.sha if tree else StageError(checked.summary)
-    await _rename_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha))
+    await _label_run(run_name([s.name for s in chosen], commit if isinstance(commit, str) else settings.git_sha),
+                     [s.name for s in chosen])
     logger = get_run_logger()  # its lines carry the new name
     try:
         reports = list(await asyncio.gather(*(

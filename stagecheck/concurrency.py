@@ -8,10 +8,16 @@ to create it) fails the run loudly instead of limiting nothing. A second run for
 (bounded by `slot_wait_s`, saying once whom it waits for); runs for other services proceed.
 
 Prefect's API does not show who holds a lease, so the holder records itself (lease id, flow run, since
-when) in the Prefect Variable `stagecheck-slot-<service>` while it holds the slot. A waiting run (or the
-recovery flow) that finds the recorded holder's flow run ended — Crashed, Failed, Cancelled, or deleted:
-its process was killed and never released the slot — releases that lease at once, instead of after a lease
-that a server without its lease reaper (Prefect's temporary server) never expires.
+when, process) in the table artifact `stagecheck-slot-<service>` when it takes the slot, and adds a
+"released" row to it before it lets go. A waiting run (or the recovery flow) that finds the recorded
+holder's flow run ended — Crashed, Failed, Cancelled, or deleted: its process was killed and never
+released the slot — releases that lease at once, instead of after a lease that a server without its lease
+reaper (Prefect's temporary server) never expires.
+
+Why an artifact and not a Variable: creating an artifact is one INSERT on the server, while setting or
+deleting a Variable reads it first in the same transaction, and on a SQLite Prefect server such a write
+meets "database is locked" (503) whenever the server's own services commit in between — which costs the
+client's 2 s back-off at the end of every other run (README, Performance).
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ def limit_name(service: str) -> str:
     return f"{LIMIT_PREFIX}{service}"
 
 
+def service_tag(service: str) -> str:
+    """The tag of a flow run that validates the service (set once the run knows its services)."""
+    return f"service:{service}"
+
+
 async def ensure_limits(client: PrefectClient, services: Iterable[str], *, repair: bool = True) -> list[str]:
     """Create (or, with `repair`, repair to 1 active slot) the limit of each service; returns the limit names."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -74,13 +85,13 @@ async def ensure_limits(client: PrefectClient, services: Iterable[str], *, repai
 DEFAULT_SLOT_WAIT_S = 1800.0  # Settings.slot_wait_s
 LEASE_S = 300.0  # a crashed holder's slot comes free after this (the lease is no longer renewed)
 ATTEMPT_S = 3.0  # between two looks at who holds the slot while waiting for it
-HOLDER_VARIABLE_PREFIX = "stagecheck-slot-"
+HOLDER_KEY_PREFIX = "stagecheck-slot-"
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 class SlotHolder(BaseModel):
-    """Who holds a service's slot, kept in a Prefect Variable while it is held: Prefect's API does not
-    show a lease's holder, and a waiting run (or recovery) needs the lease id to release a dead holder's slot."""
+    """Who holds a service's slot, the latest row of its holder artifact while it is held: Prefect's API does
+    not show a lease's holder, and a waiting run (or recovery) needs the lease id to release a dead holder's slot."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -96,8 +107,36 @@ class SlotHolder(BaseModel):
         return f"{run}, holding it since {self.since:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def holder_variable(service: str) -> str:
-    return f"{HOLDER_VARIABLE_PREFIX}{service}"
+def holder_key(service: str) -> str:
+    """The key of the service's holder artifact (one version per take and per release of its slot)."""
+    return f"{HOLDER_KEY_PREFIX}{service}"
+
+
+HELD, RELEASED = "held", "released"
+
+
+def holder_row(holder: SlotHolder | None, lease_id: UUID, at: datetime) -> dict[str, str | int | None]:
+    """Pure: the artifact row recording a holder that took the slot with `lease_id` (or, for None, its release)."""
+    process = holder.process if holder is not None else None
+    return {"state": HELD if holder is not None else RELEASED, "lease_id": str(lease_id),
+            "flow_run_id": str(holder.flow_run_id) if holder is not None and holder.flow_run_id else None,
+            "flow_run_name": holder.flow_run_name if holder is not None else None,
+            "since": (holder.since if holder is not None else at).isoformat(),
+            "process_host": process.host if process else None, "process_pid": process.pid if process else None,
+            "process_started": process.started if process else None}
+
+
+def holder_from_row(row: object) -> SlotHolder | None:
+    """Pure: the holder a row records; None for a release row or a row that is not one of ours."""
+    if not isinstance(row, dict) or row.get("state") != HELD:
+        return None
+    try:
+        process = (ProcessRef(host=row["process_host"], pid=row["process_pid"], started=row.get("process_started"))
+                   if row.get("process_host") and row.get("process_pid") is not None else None)
+        return SlotHolder(lease_id=row["lease_id"], flow_run_id=row.get("flow_run_id"),
+                          flow_run_name=row.get("flow_run_name"), since=row["since"], process=process)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def stale_holder(holder: SlotHolder, holder_state: str | None, *, run_found: bool, me: UUID | None,
@@ -118,37 +157,57 @@ def stale_holder(holder: SlotHolder, holder_state: str | None, *, run_found: boo
 
 
 async def read_holder(service: str) -> SlotHolder | None:
-    """The recorded holder of the service's slot; None when none is recorded (or it is unreadable)."""
-    from prefect.variables import Variable
+    """The recorded holder of the service's slot (the latest row of its artifact); None when the slot was
+    released since, nothing is recorded, or the record is unreadable."""
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
     try:
-        value = await Variable.aget(holder_variable(service))
-        return SlotHolder.model_validate(value) if value is not None else None
+        async with get_client() as client:
+            latest = await client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[holder_key(service)])), limit=1)
+        if not latest:
+            return None
+        rows = json.loads(latest[0].data) if isinstance(latest[0].data, str) else latest[0].data
+        return holder_from_row(rows[0]) if isinstance(rows, list) and rows else None
     except Exception:  # unreadable or malformed: the wait falls back to the lease and the message says less
         return None
+
+
+async def _write_row(service: str, row: dict[str, str | int | None], description: str) -> None:
+    """One more version of the holder artifact: a table of one row (what the UI shows), of this flow run."""
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    async with get_client() as client:
+        await client.create_artifact(ArtifactCreate(key=holder_key(service), type="table", description=description,
+                                                    data=json.dumps([row]), flow_run_id=this_flow_run()[0]))
 
 
 async def _record_holder(service: str, lease_id: UUID | None) -> None:
     if lease_id is None:
         return
-    from prefect.variables import Variable
-
     me = this_flow_run()
     holder = SlotHolder(lease_id=lease_id, flow_run_id=me[0], flow_run_name=me[1], since=datetime.now(UTC),
                         process=this_process())
     try:
-        await Variable.aset(holder_variable(service), holder.model_dump(mode="json"), overwrite=True)
+        await _write_row(service, holder_row(holder, lease_id, holder.since),
+                         f"the slot {limit_name(service)!r} is held by {holder.describe()}")
     except Exception as exc:  # without the record a crash of this run frees the slot only when its lease expires
         _logger().warning("could not record the holder of %s: %s", limit_name(service), exc)
 
 
-async def _forget_holder(service: str, lease_id: UUID | None) -> None:
-    from prefect.variables import Variable
-
+async def forget_holder(service: str, lease_id: UUID | None) -> None:
+    """Record that the holder with `lease_id` let go of the slot (when it is still the one recorded)."""
     holder = await read_holder(service)
-    if holder is not None and holder.lease_id == lease_id:
+    if holder is not None and lease_id is not None and holder.lease_id == lease_id:
         try:
-            await Variable.aunset(holder_variable(service))
+            await _write_row(service, holder_row(None, lease_id, datetime.now(UTC)),
+                             f"the slot {limit_name(service)!r} was released by {holder.describe()}")
         except Exception:  # a leftover record names a finished run: the next waiter releases nothing real
             pass
 
@@ -180,7 +239,7 @@ async def release_stale_holder(service: str, me: UUID | None = None) -> str | No
         if limit.active_slots >= limit.limit and again is not None and again.lease_id == holder.lease_id:
             await client.release_concurrency_slots(names=[limit_name(service)], slots=1,
                                                    occupancy_seconds=(datetime.now(UTC) - holder.since).total_seconds())
-    await _forget_holder(service, holder.lease_id)
+    await forget_holder(service, holder.lease_id)
     message = f"released the slot {limit_name(service)!r} held by {holder.describe()}: {why}"
     _logger().warning("%s", message)
     return message
@@ -229,7 +288,7 @@ async def service_slot(service: str, timeout_s: float = DEFAULT_SLOT_WAIT_S) -> 
                     progress().stage_started(service, f"lock: waiting up to {timeout_s:g} s for the slot, {holder}")
         lease_id = leases.cleanup_lease_ids[-1] if leases.cleanup_lease_ids else None
         await _record_holder(service, lease_id)
-        stack.push_async_callback(_forget_holder, service, lease_id)
+        stack.push_async_callback(forget_holder, service, lease_id)
         yield time.monotonic() - started
 
 
@@ -280,11 +339,10 @@ def _this_flow_run() -> ConcurrencyLeaseHolder | None:
 
 async def slot_holders(service: str) -> list[str] | None:
     """Who holds the service's slot: the recorded holder (flow run, since when), else the running flow runs
-    (other than this one) with task runs of this service.
+    (other than this one) tagged with the service.
 
-    Prefect's API does not expose a lease's holder: the holder records itself in a Variable (`SlotHolder`),
-    and a validation tags its service's task runs `service:<name>` while it holds the slot. None when the
-    API fails."""
+    Prefect's API does not expose a lease's holder: the holder records itself in an artifact (`SlotHolder`),
+    and a validation tags its flow run `service:<name>` before it takes the slot. None when the API fails."""
     recorded = await read_holder(service)
     mine = _this_flow_run()
     if recorded is not None and (mine is None or recorded.flow_run_id != mine.id):
@@ -295,19 +353,17 @@ async def slot_holders(service: str) -> list[str] | None:
         FlowRunFilterId,
         FlowRunFilterState,
         FlowRunFilterStateType,
-        TaskRunFilter,
-        TaskRunFilterTags,
+        FlowRunFilterTags,
     )
     from prefect.client.schemas.objects import StateType
 
     me = _this_flow_run()
     run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
-                               id=FlowRunFilterId(not_any_=[me.id]) if me else None)
+                               id=FlowRunFilterId(not_any_=[me.id]) if me else None,
+                               tags=FlowRunFilterTags(all_=[service_tag(service)]))
     try:
         async with get_client() as client:
-            runs = await client.read_flow_runs(
-                flow_run_filter=run_filter, limit=5,
-                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[f"service:{service}"])))
+            runs = await client.read_flow_runs(flow_run_filter=run_filter, limit=5)
     except Exception:  # the message still says what was waited for and how long
         return None
     return [f"flow run {run.name!r} ({run.id}, started {run.start_time:%Y-%m-%d %H:%M:%S} UTC)"

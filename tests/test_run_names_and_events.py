@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flows.validate import run_name
+from flows.validate import run_name, run_tags
 from stagecheck.model import RevisionInfo, ServiceReport, Verdict
 from stagecheck.settings import ServiceConfig
 from stagecheck.verdict_events import FAILED_EVENT, PASSED_EVENT, verdict_event
@@ -15,6 +15,12 @@ def test_flow_run_name_shows_services_and_short_sha() -> None:
     assert run_name(["checkout"], "1a2b3c4d5e6f") == "validate-checkout-1a2b3c4"
     assert run_name(["api", "web"], None) == "validate-api+web-HEAD"
     assert run_name([], "abcdef0123") == "validate-all-abcdef0"
+
+
+def test_flow_run_tags_add_each_service_once_and_keep_the_run_own() -> None:
+    assert run_tags(["stagecheck", "merge"], ["api", "web"]) == ["stagecheck", "merge", "service:api", "service:web"]
+    assert run_tags(["service:api"], ["api"]) == ["service:api"]  # relabelling changes nothing
+    assert run_tags([], []) == []
 
 
 def test_task_run_names_show_stage_step_and_service() -> None:

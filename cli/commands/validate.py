@@ -189,8 +189,9 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     from stagecheck.concurrency import ensure_service_limits
     from stagecheck.progress import current_progress
 
-    try:  # this run's setup: the per-service limits its flow acquires with strict=True
-        asyncio.run(ensure_service_limits(request.services or [s.name for s in settings.services]))
+    try:  # this run's setup: the per-service limits its flow acquires with strict=True (a dry run takes none)
+        if not request.dry_run:
+            asyncio.run(ensure_service_limits(request.services or [s.name for s in settings.services]))
     except Exception as exc:
         print(f"stagecheck validate: cannot set up the per-service concurrency limits: {exc}", file=sys.stderr)
         return 1

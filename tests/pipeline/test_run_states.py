@@ -64,9 +64,13 @@ async def test_failed_gate_ends_its_task_run_failed_and_runs_are_named(
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
     assert flow_run.name == f"validate-{service}-{sha[:7]}"
+    assert f"service:{service}" in flow_run.tags  # the run is found by its service (UI filter, slot holder)
     assert flow_run.state is not None and flow_run.state.is_failed()
 
-    states = {t.name: t.state for t in await _task_runs(flow_run_id)}
+    task_runs = await _task_runs(flow_run_id)
+    # untagged task runs: Prefect asks the API for tag concurrency slots before every tagged task run
+    assert [t.name for t in task_runs if t.tags] == []
+    states = {t.name: t.state for t in task_runs}
     failing = f"probe-serving [50 %] · {service}"
     assert failing in states, sorted(states)
     assert states[failing].is_failed()

@@ -4,17 +4,23 @@ released at once by the next run waiting for it, instead of after a lease a serv
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.states import Crashed
 
 from stagecheck.concurrency import (
     LEASE_S,
     SlotHolder,
     ensure_service_limits,
+    holder_from_row,
+    holder_key,
+    holder_row,
     limit_name,
     read_holder,
     service_slot,
@@ -57,6 +63,16 @@ async def test_a_crashed_holders_slot_is_released_by_the_next_waiter(prefect_api
             async with get_client() as client:
                 assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 1
         assert await read_holder(service) is None  # a normal release forgets the holder
+        async with get_client() as client:  # the holder artifact's history, oldest first
+            history = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[holder_key(service)])), sort=ArtifactSort.CREATED_DESC)
+        rows = [json.loads(str(a.data))[0] for a in reversed(history)]
+        assert [(r["state"], r["lease_id"]) for r in rows] == [
+            ("held", str(recorded.lease_id)),  # the crashed run took it
+            ("released", str(recorded.lease_id)),  # the waiter released its lease
+            ("held", str(taken.lease_id)),  # and took the slot
+            ("released", str(taken.lease_id))]  # and let go
+        assert rows[0]["flow_run_id"] == str(recorded.flow_run_id)
         async with get_client() as client:
             assert (await client.read_global_concurrency_limit_by_name(limit_name(service))).active_slots == 0
     finally:
@@ -81,6 +97,22 @@ def test_which_holders_are_stale() -> None:
     assert stale_holder(killed, "RUNNING", run_found=True, me=None, process_gone=False) is None
     assert stale_holder(killed, "RUNNING", run_found=True, me=None, process_gone=None) is None  # another host
     assert stale_holder(holder, "RUNNING", run_found=True, me=None, process_gone=True) is None  # no process known
+
+
+def test_a_holder_row_reads_back_as_the_holder_and_a_release_row_as_none() -> None:
+    lease, since = uuid.uuid4(), datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+    holder = SlotHolder(lease_id=lease, flow_run_id=uuid.uuid4(), flow_run_name="validate-web-1234567", since=since,
+                        process=ProcessRef(host="h", pid=4242, started=7))
+    row = holder_row(holder, lease, since)
+    assert row["state"] == "held" and row["lease_id"] == str(lease) and row["process_pid"] == 4242
+    assert holder_from_row(row) == holder
+    outside = SlotHolder(lease_id=lease, since=since)  # a process outside any flow run, /proc unreadable
+    assert holder_from_row(holder_row(outside, lease, since)) == outside
+    released = holder_row(None, lease, since)
+    assert released["state"] == "released" and released["lease_id"] == str(lease)
+    assert holder_from_row(released) is None
+    for foreign in ({"state": "held"}, {"state": "held", "lease_id": "not-a-uuid", "since": "x"}, ["held"], None):
+        assert holder_from_row(foreign) is None  # never trusted, never raises
 
 
 class _Recorder:

@@ -87,7 +87,7 @@ async def _window(client: Any, run_id: UUID, service: str) -> Window:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    mine = [t for t in tasks if f"service:{service}" in t.tags and t.start_time and t.end_time]
+    mine = [t for t in tasks if t.name.endswith(f" · {service}") and t.start_time and t.end_time]
     assert mine, f"run {run_id} has no finished task runs for {service}"
     return Window(start=min(t.start_time for t in mine), end=max(t.end_time for t in mine))
 
