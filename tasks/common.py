@@ -31,14 +31,22 @@ if TYPE_CHECKING:  # the API client modules load google.cloud.run_v2 (~0.3 s): i
 class Clients:
     """The outside world, built once from Settings and shared by every service of a run. The Cloud Run
     and Cloud Logging clients are built (and their libraries imported) on first use: a dry run and the
-    syntax check never load them."""
+    syntax check never load them; nor does a dry run build the probes' HTTP client (its TLS context)."""
 
     settings: Settings
     images: Images
-    http: httpx.AsyncClient
+    _http: httpx.AsyncClient | None = field(default=None, repr=False)
     _cloudrun: CloudRun | None = field(default=None, repr=False)
     _logs: LogReader | None = field(default=None, repr=False)
     _tokens: IdTokens | None = field(default=None, repr=False)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The probes' HTTP client (one pool for every probe of the run)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                           headers={"User-Agent": "stagecheck-probe/0.1"})
+        return self._http
 
     @property
     def cloudrun(self) -> CloudRun:
@@ -74,15 +82,11 @@ class Clients:
             token = block_access_token(settings.gcp_credentials_block)
         images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
         images.pushed = PushedImageRecords(settings.result_storage)
-        return cls(
-            settings=settings,
-            images=images,
-            http=httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                   headers={"User-Agent": "stagecheck-probe/0.1"}),
-        )
+        return cls(settings=settings, images=images)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
         await self.images.aclose()
 
 

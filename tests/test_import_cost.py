@@ -45,3 +45,19 @@ def test_a_release_loads_the_api_libraries_when_it_first_uses_them() -> None:
 def test_the_syntax_check_command_loads_neither_prefect_nor_the_clients() -> None:
     loaded = loaded_after("import cli.commands.check_syntax, cli.main")
     assert [m for m, on in loaded.items() if on] == []
+
+
+async def test_the_probe_client_is_built_on_first_use_and_closed_only_then() -> None:
+    """A dry run never probes: it builds no probes' HTTP client (its TLS context: ~50 ms of CPU)."""
+    from stagecheck.settings import ServiceConfig, Settings
+    from tasks.common import Clients
+
+    clients = Clients.from_settings(Settings(project="import-proj", region="europe-west1", registry="127.0.0.1:5000/x",
+                                             services=(ServiceConfig(name="shop"),)))
+    assert clients._http is None
+    await clients.aclose()  # nothing built, nothing to close
+    again = Clients.from_settings(clients.settings)
+    http = again.http
+    assert again.http is http and again._http is http and not http.is_closed
+    await again.aclose()
+    assert http.is_closed
