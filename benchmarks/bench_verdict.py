@@ -22,7 +22,8 @@ first), interleaved, median of --repeat:
                                   temporary server as before
 
 Per run: wall time, the sum of the stage times in the JSON report (stage work), and the orchestration
-overhead (wall - stage work; for several services, wall - the slowest service's stage work). Also the
+overhead (wall - stage work; for several services, wall - the slowest service's stage work). Beside them,
+the Prefect floor: a fresh process running a flow of two empty tasks on the same server, interleaved. Also the
 import cost of the command (python -X importtime) and the peak RSS of the validate process.
 """
 
@@ -131,6 +132,34 @@ def run_validate(config: Path, state: Path, env: dict[str, str], dry_run: bool, 
         stages = stages or durations
         per_service[report["service"]] = durations
     return Outcome(wall, max(works), stages, per_service, verdicts, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+
+
+FLOOR_FLOW = """
+import asyncio
+from prefect import flow, task
+
+@task
+async def stage(n: int) -> int:
+    return n
+
+@flow(persist_result=False)
+async def floor() -> int:
+    return sum([await stage(1), await stage(2)])
+
+asyncio.run(floor(return_state=True))
+"""
+
+
+def run_floor(env: dict[str, str]) -> tuple[float, float]:
+    """The Prefect floor: a fresh process that imports Prefect and runs a flow of two empty async tasks
+    against the same server (what any Prefect-native command pays before doing any work): (wall s, CPU s)."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-c", FLOOR_FLOW], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("the floor flow failed")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def start_prefect_server(home: Path) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -258,11 +287,14 @@ def main() -> int:
 
             runs = [(f"{CASES[k][0]}", configs[CASES[k][1]], env_of(k), CASES[k][3]) for k in keys]
             results: dict[tuple[str, str], list[Outcome]] = {(c, r[0]): [] for r in runs for c in codes}
+            floors: list[tuple[float, float]] = []
             load = [os.getloadavg()[0]]
             for _label, config, env, dry in runs:  # warm-up: image layers, caches, the Prefect DBs
                 for code in codes.values():
                     run_validate(config, state, env, dry, work / "reports", code)
+            run_floor(configured)
             for _ in range(args.repeat):
+                floors.append(run_floor(configured))
                 for label, config, env, dry in runs:
                     for name, code in codes.items():
                         results[(name, label)].append(run_validate(config, state, env, dry, work / "reports", code))
@@ -284,6 +316,9 @@ def main() -> int:
               f"{med([o.stage_work_s for o in outcomes]):14.2f}"
               f"{med([o.overhead_s for o in outcomes]):12.2f}{med([o.cpu_s for o in outcomes]):8.2f}"
               f"{max(o.max_rss_mb for o in outcomes):13.0f}  {' '.join(sorted(set(outcomes[-1].verdicts)))}")
+
+    print(f"  {'prefect floor':<20}{'2 empty tasks, configured server':<32}{med([w for w, _ in floors]):8.2f}"
+          f"{0:14.2f}{med([w for w, _ in floors]):12.2f}{med([c for _, c in floors]):8.2f}")
 
     def wall(name: str, key: str) -> float:
         return med([o.wall_s for o in results[(name, CASES[key][0])]])
