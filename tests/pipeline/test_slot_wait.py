@@ -29,6 +29,17 @@ async def _inspect_stand_in() -> None:
     """A task run inside the slot, as the real walk's stages are."""
 
 
+async def _give_up_waiting(service: str, holding: asyncio.Event, release: asyncio.Event,
+                           timeout_s: float) -> ServiceLockError:
+    """Once the holder holds the slot: wait `timeout_s` for it, give up, then let the holder go."""
+    await holding.wait()
+    with pytest.raises(ServiceLockError) as info:
+        async with service_slot(service, timeout_s=timeout_s):
+            pass
+    release.set()
+    return info.value
+
+
 async def test_slot_wait_gives_up_naming_the_slot_the_time_and_the_holder(prefect_api: None) -> None:
     service = f"slot-{uuid.uuid4().hex[:8]}"
     await ensure_service_limits([service])
@@ -41,15 +52,8 @@ async def test_slot_wait_gives_up_naming_the_slot_the_time_and_the_holder(prefec
             holding.set()
             await release.wait()
 
-    async def waiter() -> ServiceLockError:
-        await holding.wait()
-        with pytest.raises(ServiceLockError) as info:
-            async with service_slot(service, timeout_s=1.5):
-                pass
-        release.set()
-        return info.value
-
-    holder_state, error = await asyncio.wait_for(asyncio.gather(holder(return_state=True), waiter()), timeout=120)
+    holder_state, error = await asyncio.wait_for(asyncio.gather(
+        holder(return_state=True), _give_up_waiting(service, holding, release, 1.5)), timeout=120)
     message = str(error)
     assert f"waited 1.5 s for the concurrency slot {limit_name(service)!r}" in message
     assert "held by flow run '" in message
@@ -81,19 +85,12 @@ async def test_without_the_holder_record_the_wait_names_the_running_flow_run_tag
     async def bystander() -> None:  # running at the same time, tagged with another service
         await release.wait()
 
-    async def waiter() -> ServiceLockError:
-        await holding.wait()
-        with pytest.raises(ServiceLockError) as info:
-            async with service_slot(service, timeout_s=1.0):
-                pass
-        release.set()
-        return info.value
-
     with tags(service_tag(service)):  # a task copies the context: the flow run is created with the tag
         held = asyncio.ensure_future(holder(return_state=True))
     with tags(service_tag(f"{service}-other")):
         other = asyncio.ensure_future(bystander(return_state=True))
-    holder_state, _, error = await asyncio.wait_for(asyncio.gather(held, other, waiter()), timeout=120)
+    holder_state, _, error = await asyncio.wait_for(asyncio.gather(
+        held, other, _give_up_waiting(service, holding, release, 1.0)), timeout=120)
     message = str(error)
     assert "held by flow run '" in message
     assert str(holder_state.state_details.flow_run_id) in message
