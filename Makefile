@@ -28,7 +28,7 @@ BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp
 APT_PACKAGES := docker.io docker-registry busybox-static
-PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests
+PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests benchmarks
 # mypy refuses a directory without Python files: check only the packages that have some.
 MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
 

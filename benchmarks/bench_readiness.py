@@ -42,6 +42,7 @@ from google.cloud import run_v2  # noqa: E402
 from benchmarks._infra import running_infra  # noqa: E402
 from localenv.control import SandboxInfo, start, stop  # noqa: E402
 from stagecheck.clients.cloudrun import CloudRun  # noqa: E402
+from stagecheck.clients.identity import IdTokens  # noqa: E402
 from stagecheck.model import TrafficTarget  # noqa: E402
 from stagecheck.prober import probe_url  # noqa: E402
 from stagecheck.settings import Endpoints, ProbeMode, ProbePolicy, Settings, UrlKind  # noqa: E402
@@ -87,10 +88,11 @@ class PortBook:
         while True:
             try:
                 status = (await self.admin.get("/sandbox/v1/status")).json()
-                for instance in status.get("instances", []):
-                    if instance.get("port") and instance["revision"] not in self.ports:
-                        self.ports[instance["revision"]] = instance["port"]
-                        self.changed.set()
+                for revision in status.get("instances", []):  # per revision: its instances (scale-out)
+                    for instance in revision.get("instances", []):
+                        if instance.get("port") and instance["revision"] not in self.ports:
+                            self.ports[instance["revision"]] = instance["port"]  # the first one started
+                            self.changed.set()
             except (httpx.HTTPError, ValueError):
                 pass
             await asyncio.sleep(0.05)
@@ -117,7 +119,7 @@ async def watch_serving(book: PortBook, revision: str, started: float) -> float:
 
 
 async def one_deploy(
-    cloudrun: CountingCloudRun, book: PortBook, image: str, delay_s: float, policy: ProbePolicy
+    cloudrun: CountingCloudRun, book: PortBook, image: str, delay_s: float, policy: ProbePolicy, tokens: IdTokens
 ) -> Observation:
     service = f"bench-ready-{uuid.uuid4().hex[:6]}"
     revision = f"{service}-r1"
@@ -135,8 +137,10 @@ async def one_deploy(
     ready_s = time.monotonic() - started
     svc = await cloudrun.finish(op, f"deploy {revision}", timeout_s=60)
     prober_started = time.monotonic()
+    headers = await tokens.headers(svc.uri)  # the service is private: an ID token for its URL, as the pipeline's
     async with httpx.AsyncClient(trust_env=False) as client:
-        result = await probe_url(client, svc.uri + "/health", kind=UrlKind.SERVICE, mode=ProbeMode.REQUIRED, policy=policy)
+        result = await probe_url(client, svc.uri + "/health", kind=UrlKind.SERVICE, mode=ProbeMode.REQUIRED, policy=policy,
+                                 headers=headers)
     first = next(a for a in result.attempts if a.status == 200)
     healthy_s = prober_started - started + first.at_s + first.latency_s
     direct_s = await asyncio.wait_for(serving, timeout=60)
@@ -159,9 +163,11 @@ def fixed_loop_detection(serving_s: float, first_wait_s: float = 10.0, every_s: 
 
 async def run_all(info: SandboxInfo, image: str, deploys: int, concurrency: int, seed: int) -> list[Observation]:
     settings = Settings.model_construct(
-        project=info.project, region=info.region, registry=info.registry, services=(), endpoints=Endpoints(run_api=info.run_api, anonymous=True)
+        project=info.project, region=info.region, registry=info.registry, services=(),
+        endpoints=Endpoints(run_api=info.run_api, credentials_file=info.credentials_file)
     )
     cloudrun = CountingCloudRun(settings)
+    tokens = IdTokens(info.credentials_file)
     policy = ProbePolicy()  # the defaults the pipeline uses
     rng = random.Random(seed)
     delays = [rng.uniform(0.0, 10.0) for _ in range(deploys)]
@@ -172,7 +178,7 @@ async def run_all(info: SandboxInfo, image: str, deploys: int, concurrency: int,
 
         async def guarded(delay: float) -> Observation:
             async with gate:
-                return await one_deploy(cloudrun, book, image, delay, policy)
+                return await one_deploy(cloudrun, book, image, delay, policy, tokens)
 
         try:
             return await asyncio.gather(*(guarded(d) for d in delays))

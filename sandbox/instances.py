@@ -374,15 +374,18 @@ class RevisionInstance:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> StartFailure | None:
-        """Rollout: the first instance must become ready (its failure is the revision's); then the further
-        warm instances start together (a failure among them is logged, the revision stays Ready)."""
+        """Rollout: the first instance must become ready (its failure is the revision's; the revision is
+        Ready as soon as it is, as Cloud Run's is once one instance passed its startup probe); the further
+        warm instances then start in the background (a failure among them is logged, the revision stays
+        Ready; waiting for them would put Ready one startup time late)."""
         self._stopping = False
         self._prune()
         first = next((i for i in self.instances if i.state != "STOPPED"), None) or self._new_instance()
         failure = await first.start()
         if failure is None:
             missing = self.warm_instances - len([i for i in self.instances if i.state != "STOPPED"])
-            await asyncio.gather(*(asyncio.shield(self._spawn().launch()) for _ in range(max(0, missing))))
+            for _ in range(max(0, missing)):
+                self._spawn()
         return failure
 
     def _spawn(self) -> Instance:

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from sandbox.errors import ApiError, api_error_handler
 from sandbox.faults import FaultInjector, fault_routes
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
-from sandbox.logapi import logging_routes
+from sandbox.logapi import ListQuota, logging_routes
 from sandbox.logstore import LogStore
 
 
@@ -61,10 +61,13 @@ def _no_services(project: str, location: str, service_id: str) -> Any:
 
 
 @contextmanager
-def serve_logging(project: str, *, startup_timeout_s: float = 10.0) -> Iterator[LoggingSandbox]:
+def serve_logging(project: str, *, startup_timeout_s: float = 10.0,
+                  quota: ListQuota | None = None) -> Iterator[LoggingSandbox]:
+    """`quota`: the entries.list quota (default: Cloud Logging's 60 per minute per project)."""
     store, faults, iam = LogStore(project), FaultInjector(), Iam(project)
     app = Starlette(
-        routes=[*logging_routes(store, faults), *fault_routes(faults), *iam_routes(iam, _no_services, faults.apply)],
+        routes=[*logging_routes(store, faults, quota), *fault_routes(faults),
+                *iam_routes(iam, _no_services, faults.apply)],
         exception_handlers={ApiError: api_error_handler},
     )
     app.add_middleware(ApiAuthMiddleware, iam=iam)  # the Logging API wants credentials, as Google's does

@@ -61,6 +61,23 @@ def test_cold_start_is_held_then_429_then_200(
     assert [i["state"] for i in instances_of(run_clients, name) if i["revision"] in svc.latest_ready_revision] == ["READY"]
 
 
+def test_a_revision_is_ready_once_its_first_instance_is_while_the_second_still_warms_up(
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str]
+) -> None:
+    """Cloud Run's revision is Ready once one instance passed its startup probe; the sandbox's second warm
+    instance starts after it, in the background (a rollout that waited for it was Ready a startup late)."""
+    name = new_service("warmup")
+    svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "4"})
+    revision = svc.latest_ready_revision.rsplit("/", 1)[-1]
+
+    def states() -> list[str]:
+        return sorted(i["state"] for r in instances_of(run_clients, name) if r["revision"] == revision
+                      for i in r["instances"])
+
+    assert states() == ["READY", "STARTING"]  # at Ready: one serves, the other is 4 s from listening
+    wait_for(lambda: states() == ["READY", "READY"], timeout=30)
+
+
 def test_a_crashed_instance_restarts_on_the_next_request(
     run_clients: RunClients, sample_image, new_service: Callable[[str], str]
 ) -> None:
@@ -118,7 +135,11 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_state_dir: Path, docker_en
     clients = clients_for(info)
     deploy(clients, "lifecycle-svc", sample_image.ref)
 
-    status = cli("status", *common, env=env)
+    def status_with_both_warm_instances() -> Any:  # the second warm instance starts after Ready
+        status = cli("status", *common, env=env)
+        return status if "containers: 2" in status.stdout else None
+
+    status = wait_for(status_with_both_warm_instances, timeout=30, interval=0.5)
     assert status.returncode == 0
     assert "lifecycle-svc" in status.stdout and "containers: 2" in status.stdout  # two warm instances
 
@@ -150,7 +171,7 @@ def test_down_cleans_up_after_a_dead_server(own_state_dir: Path, docker_env, sam
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
         label: dict[str, str | list[str] | bool] = {"label": f"stagecheck.sandbox={info.instance_id}"}
-        assert len(client.containers.list(all=True, filters=label)) == 2  # the revision's two warm instances
+        wait_for(lambda: len(client.containers.list(all=True, filters=label)) == 2, timeout=30)  # both warm ones
         stop(own_state_dir)
         assert client.containers.list(all=True, filters=label) == []
     finally:

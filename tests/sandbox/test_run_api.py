@@ -12,7 +12,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
-from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
+from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
@@ -127,8 +127,9 @@ def test_env_secret_placeholder_and_memory_limit_reach_the_container(
 
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
-        containers = client.containers.list(filters={"label": f"stagecheck.service={name}"})
-        assert len(containers) == 2  # the revision's two warm instances, each its own container
+        # the revision's two warm instances, each its own container (the second starts once it is Ready)
+        containers = wait_for(lambda: (found := client.containers.list(
+            filters={"label": f"stagecheck.service={name}"})) and len(found) == 2 and found, timeout=30)
         ports = set()
         for found in containers:
             env = dict(item.split("=", 1) for item in found.attrs["Config"]["Env"])
@@ -228,7 +229,8 @@ def test_delete_service_stops_its_containers(
     svc = deploy(run_clients, name, sample_image.ref)
     client = docker.DockerClient(base_url=docker_env.docker_host)
     try:
-        assert len(client.containers.list(filters={"label": f"stagecheck.service={name}"})) == 2  # two warm instances
+        wait_for(lambda: len(client.containers.list(filters={"label": f"stagecheck.service={name}"})) == 2,
+                 timeout=30)  # two warm instances
         deleted = run_clients.services.delete_service(name=svc.name).result(polling=FAST_POLL, timeout=30)
         assert deleted.name == svc.name
         assert client.containers.list(all=True, filters={"label": f"stagecheck.service={name}"}) == []
