@@ -35,7 +35,7 @@ _LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATE
 _REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 _SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 _FAILED = run_v2.Condition.State.CONDITION_FAILED
-_OP_POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.2, maximum=2.0, multiplier=1.5)
+_OP_POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.1, maximum=2.0, multiplier=1.5)
 _READ_RETRY = Retry(initial=0.2, maximum=2.0, multiplier=2.0, timeout=15.0,
                     predicate=lambda e: isinstance(e, gexc.ServiceUnavailable | gexc.TooManyRequests))
 
