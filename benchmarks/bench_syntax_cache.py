@@ -99,11 +99,13 @@ def git(cwd: Path, *args: str) -> None:
 
 
 def fresh_copy(base: Path, dest: Path, mode: str) -> Path:
-    """New paths, new mtimes: `cp -r` (plain) or `git clone` (git; a fresh checkout and index)."""
+    """New paths, new mtimes: `cp -r` (plain: without the base's `.git`, so the copy is not a checkout)
+    or `git clone` (git; a fresh checkout and index)."""
     if mode == "git":
         subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(base), str(dest)], check=True)
     else:
         subprocess.run(["cp", "-r", str(base), str(dest)], check=True)
+        shutil.rmtree(dest / ".git")
     return dest
 
 
