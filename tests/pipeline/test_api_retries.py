@@ -107,23 +107,33 @@ def _pending(run_clients: Any) -> list[dict[str, Any]]:
 
 
 
+async def _release_meeting_update_faults(scenario: Any, run_clients: Any, sample_image: Any, service: str, *,
+                                        count: int, status: int, message: str) -> tuple[str, Any, list[dict[str, Any]]]:
+    """A straight release of a service already serving, whose first `count` UpdateService calls are answered
+    `status`: (the revision serving before, the run, the faults still pending when it ended)."""
+    before = baseline(run_clients, service, sample_image.digest_ref)
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]", extra=FAST_RETRIES)
+    scenario.commit()
+    run_clients.admin("POST", "/sandbox/v1/faults", {"method": "Services.UpdateService", "count": count,
+                                                     "status": status, "message": message})
+    try:
+        run = await run_flow(scenario, config)
+        return before, run, _pending(run_clients)
+    finally:
+        run_clients.admin("DELETE", "/sandbox/v1/faults?method=Services.UpdateService")
+
+
 @pytest.mark.docker
 @pytest.mark.sandbox
 async def test_a_burst_of_503s_from_the_cloud_run_api_is_retried_by_prefect_and_the_release_passes(
         prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
     service = created("rt503")
-    before = baseline(run_clients, service, sample_image.digest_ref)
-    scenario.add_service("svc")
-    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]", extra=FAST_RETRIES)
-    scenario.commit()
     # the deploy's PATCH (the first UpdateService of the run) meets two 503s in a row
-    run_clients.admin("POST", "/sandbox/v1/faults", {"method": "Services.UpdateService", "count": 2, "status": 503,
-                                                     "message": "The service is currently unavailable."})
-    try:
-        run = await run_flow(scenario, config)
-        assert _pending(run_clients) == []  # both 503s were met
-    finally:
-        run_clients.admin("DELETE", "/sandbox/v1/faults?method=Services.UpdateService")
+    before, run, pending = await _release_meeting_update_faults(
+        scenario, run_clients, sample_image, service, count=2, status=503,
+        message="The service is currently unavailable.")
+    assert pending == []  # both 503s were met
     report = run.report(service)
     assert report["verdict"] == "pass", report["reasons"]
     candidate = report["revision"]["name"]
@@ -144,17 +154,10 @@ async def test_a_burst_of_503s_from_the_cloud_run_api_is_retried_by_prefect_and_
 async def test_a_403_from_the_cloud_run_api_is_not_retried(
         prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
     service = created("rt403")
-    before = baseline(run_clients, service, sample_image.digest_ref)
-    scenario.add_service("svc")
-    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]", extra=FAST_RETRIES)
-    scenario.commit()
     # one 403 only: a retry would have passed
-    run_clients.admin("POST", "/sandbox/v1/faults", {"method": "Services.UpdateService", "count": 1, "status": 403,
-                                                     "message": "Permission 'run.services.update' denied"})
-    try:
-        run = await run_flow(scenario, config)
-    finally:
-        run_clients.admin("DELETE", "/sandbox/v1/faults?method=Services.UpdateService")
+    before, run, _ = await _release_meeting_update_faults(
+        scenario, run_clients, sample_image, service, count=1, status=403,
+        message="Permission 'run.services.update' denied")
     report = run.report(service)
     assert report["verdict"] == "fail" and report["decided_by"] == "deploy"
     assert "permission denied by the Cloud Run API" in run.stage(service, "deploy")["summary"]
