@@ -35,6 +35,7 @@ from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.evidence import BakeData
 from stagecheck.liveness import this_process
+from stagecheck.log_analysis.explanation import failure_time, needs_explaining
 from stagecheck.model import (
     Criterion,
     Evidence,
@@ -77,7 +78,7 @@ from tasks.checkout import checkout_commit
 from tasks.common import Clients, FailedGate
 from tasks.deploy import DeployOutcome, deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
-from tasks.logs import analyse_logs
+from tasks.logs import analyse_logs, explain_failure
 from tasks.notify import notify_failure
 from tasks.probe import probe_urls
 from tasks.push import push_image
@@ -124,6 +125,7 @@ class ServiceValidation:
         self.last_probe_at: datetime | None = None
         self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
         self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
+        self.failed_at: datetime | None = None  # when the first failed gate saw its failure
 
     @property
     def tag(self) -> str:
@@ -136,6 +138,8 @@ class ServiceValidation:
     def record(self, result: StageResult) -> bool:
         """Keep a stage result; True when its gate passed."""
         self.stages.append(result)
+        if result.status is Status.FAIL and self.failed_at is None:
+            self.failed_at = failure_time(result)
         progress().stage_finished(self.svc.name, result)
         return result.status is not Status.FAIL
 
@@ -245,6 +249,7 @@ class ServiceValidation:
         if not ok or revision is None:
             return image, revision
         if not await self._probe_tagged(snapshot, outcome, revision.name):
+            await self._explain_failure(snapshot, outcome, revision)
             return image, revision
         if (await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
                 and await self._smoke(outcome, revision.name)
@@ -253,7 +258,22 @@ class ServiceValidation:
         else:
             failed = next(s.name for s in reversed(self.stages) if s.status is Status.FAIL)
             await self._rollback_if_moved(True, revision.name, failed)
+            await self._explain_failure(snapshot, outcome, revision)
         return image, revision
+
+    async def _explain_failure(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: RevisionInfo) -> None:
+        """After a gate failed once the candidate served (and traffic was restored): what the candidate logged
+        around the failure, named in the failing stage's evidence and the report's reasons."""
+        failed = next((s for s in self.stages if s.status is Status.FAIL), None)  # the gate, not its rollback
+        if failed is None or not needs_explaining(failed):
+            return
+        causes, evidence = await explain_failure(
+            self.clients.logs, service=self.svc.name, revision=revision.name,
+            previous_revision=snapshot.previous.name if snapshot.previous else None,
+            start=revision.created_at or outcome.started_at or self.started_at,
+            failed_at=self.failed_at or datetime.now(UTC), rules=self.settings.logs, probes=self.settings.probes)
+        failed.causes.extend(causes)
+        failed.evidence.extend(evidence)
 
     def _commit_identified(self) -> bool:
         """The commit to validate is known (a dirty or foreign checkout fails the build gate before any build)."""

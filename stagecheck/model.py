@@ -46,6 +46,8 @@ class StageResult(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     criteria: list[Criterion] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
+    # what the revision logged around a failure (crash / new ERROR signatures, one line each): the report's reasons
+    causes: list[str] = Field(default_factory=list)
     # failed by a transient API answer (not reported; Prefect's retry condition reads it: stagecheck.retry_policy)
     _transient: bool = PrivateAttr(default=False)
 

@@ -51,7 +51,7 @@ def decide(
     """(verdict, the stage that decided a failure, reasons, warnings).
 
     `stages` are in pipeline order (the order they ran). Reasons are "<stage>: <summary>" for every
-    FAILed stage, then "stage X did not run: ..." for each required stage missing or skipped.
+    FAILed stage (each followed by "<stage>: the revision logged <cause>" for its `causes`), then "stage X did not run: ..." for each required stage missing or skipped.
     Warnings are "<stage>: <summary>" for WARN stages and "<stage>: <criterion>: <observed>" for WARN
     criteria of stages that did not WARN themselves.
     """
@@ -63,6 +63,7 @@ def decide(
         if stage.status is Status.FAIL:
             decided_by = decided_by or stage.name
             reasons.append(f"{stage.name}: {stage.summary}")
+            reasons.extend(f"{stage.name}: the revision logged {cause}" for cause in stage.causes)
         elif stage.status is Status.WARN:
             warnings.append(f"{stage.name}: {stage.summary}")
         if stage.status is not Status.WARN:

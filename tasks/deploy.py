@@ -4,8 +4,10 @@ The serving split is remembered first and sent back pinned (LATEST resolved to i
 creating the revision never moves traffic. The first deployment of a service has nothing serving
 to protect: the new revision gets 100 % once Ready (and the report says so).
 
-The candidate's template is a copy of the service's current one (read at deploy time) with only
-image, env, port, resources, revision name and labels changed, sent with `update_mask`
+The candidate's template is a copy of the SERVING revision's configuration (read at deploy time; not
+the service's template, which after a failed release is the failed candidate's) with only image, env
+(stagecheck.managed_env: variables an earlier release set and the config dropped are removed), port,
+resources, revision name and labels changed, sent with `update_mask`
 "template,traffic" and the service's etag: a concurrent change is re-read and retried, a taken
 revision name gets one new suffix (stagecheck/clients/cloudrun.py: build_template, update_with_retry)."""
 
@@ -23,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.clients.progress_artifact import WaitProgress, percent, progress_key
 from stagecheck.errors import StageError
+from stagecheck.managed_env import managed_names, plan_env
 from stagecheck.model import Criterion, Evidence, RevisionInfo, StageResult, Status, TrafficTarget
 from stagecheck.redact import redact
 from stagecheck.report import console_logs_url
@@ -95,6 +98,31 @@ class DeployOutcome:
     log_url: str = ""  # the candidate's logs in the console
 
 
+def template_evidence(base: run_v2.RevisionTemplate, built: run_v2.RevisionTemplate, service: ServiceConfig, *,
+                      serving: str | None, service_template: str) -> Evidence:
+    """Where the candidate's template came from and what the release did to the variables."""
+    from stagecheck.clients.cloudrun import configured_env, ingress_index, template_facts
+
+    containers = list(base.containers)
+    current_env = [e.name for e in containers[ingress_index(containers)].env] if containers else []
+    plan = plan_env(current_env, managed_names(dict(base.annotations)), configured_env(service))
+    if serving is None:
+        origin = f"template copied from the service's (revision {service_template or 'latest'})"
+    else:
+        origin = f"template copied from the serving revision {serving}"
+        if service_template and service_template != serving:
+            origin += f" (the service's template is {service_template}'s, not copied)"
+    changes = "; changed: image, env, port, resources, revision name, labels"
+    if plan.removed:
+        changes += f"; variables removed (set by an earlier release, gone from the config): {', '.join(plan.removed)}"
+    if plan.kept:
+        changes += f"; variables set outside stagecheck kept: {', '.join(plan.kept)}"
+    return Evidence(kind="template", summary=origin + changes,
+                    data={"kept_from": serving or service_template, "service_template": service_template,
+                          "env_removed": list(plan.removed), "env_kept": list(plan.kept),
+                          "env_configured": list(plan.configured), "candidate": template_facts(built)})
+
+
 def _tag_uri(service: object, tag: str) -> str | None:
     for status in getattr(service, "traffic_statuses", []):
         if status.tag == tag and status.uri:
@@ -106,7 +134,7 @@ def _tag_uri(service: object, tag: str) -> str | None:
 async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: ServiceConfig, *, image: str,
                           git_sha: str, tag: str, snapshot: ServiceSnapshot) -> tuple[StageResult, DeployOutcome]:
     """Create the candidate revision with no traffic and its tag (the serving split sent back pinned; a first
-    deployment gets 100 %), from the service's current template; wait until it is Ready."""
+    deployment gets 100 %), from the serving revision's configuration; wait until it is Ready."""
     from stagecheck.clients.cloudrun import (
         DEPLOY_MASK,
         RevisionNameConflict,
@@ -114,6 +142,7 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
         revision_info,
         split_from_proto,
         template_facts,
+        template_from_revision,
     )
 
     first_name = revision_name(service.name, git_sha[:7], run_suffix())
@@ -131,20 +160,21 @@ async def deploy_revision(cloudrun: CloudRun, settings: Settings, service: Servi
             current = await cloudrun.get_service(service.name)
             if current is None:
                 raise StageError(f"service {service.name} disappeared since it was inspected")
+            # the release starts from the revision that SERVES, not from the service's template (after a failed
+            # release that template is the failed candidate's, and copying it would carry that failure on)
+            serving_rev = (await cloudrun.get_revision(service.name, snapshot.previous.name)
+                           if snapshot.previous is not None else None)
             for attempt in range(2):  # a revision-name conflict gets one new suffix
                 split = with_tagged_candidate(snapshot.serving, name, tag)
 
                 def build(cur: run_v2.Service, rev_name: str = name,
                           split: list[TrafficTarget] = split) -> tuple[run_v2.RevisionTemplate, list[TrafficTarget]]:
-                    # the CURRENT template (read now, re-read after an etag mismatch), changed only where needed
-                    built = build_template(service, image=image, revision=rev_name, labels=labels,
-                                           current=cur.template)
+                    base = template_from_revision(serving_rev, cur.template) if serving_rev is not None else cur.template
+                    built = build_template(service, image=image, revision=rev_name, labels=labels, current=base)
                     notes[:] = [n for n in notes if n.kind != "template"]
-                    notes.append(Evidence(
-                        kind="template",
-                        summary=f"template copied from the service's (revision {cur.template.revision or 'latest'}); "
-                                "changed: image, env, port, resources, revision name, labels",
-                        data={"kept_from": cur.template.revision, "candidate": template_facts(built)}))
+                    notes.append(template_evidence(base, built, service, serving=snapshot.previous.name
+                                                   if serving_rev is not None and snapshot.previous else None,
+                                                   service_template=cur.template.revision))
                     return built, split
 
                 try:

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.errors import StageError
 from stagecheck.log_analysis import (
     LogRecord,
+    SignatureGroup,
     compare,
     judge_logs,
     judge_logs_unavailable,
@@ -20,6 +21,7 @@ from stagecheck.log_analysis import (
     record_from_entry_dict,
     summarise,
 )
+from stagecheck.log_analysis.explanation import cause_evidence, cause_lines, failure_causes
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.settings import LogRules, ProbePolicy
 from stagecheck.stages import Stage
@@ -105,3 +107,60 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
 
     result, _ = await guarded(Stage.LOGS, body, None)
     return gate(result, result)
+
+
+async def read_until_explained(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
+                               start: datetime, failed_at: datetime, rules: LogRules,
+                               probes: ProbePolicy) -> tuple[list[SignatureGroup], int]:
+    """The new crash / ERROR signatures the revision logged up to shortly after `failed_at` (new: not on the
+    previous revision), and the entries.list requests it took. Reads newest first, again (backing off) until
+    a signature is found, an entry stamped after the failure shows ingestion has caught up, or
+    `rules.settle_s` passes; every read takes a slot of the project's read budget like any other."""
+    from stagecheck.clients.cloudlogging import PAGE_SIZE_MAX
+
+    deadline = time.monotonic() + rules.settle_s
+    interval, requests = 0.5, 0
+    page = min(PAGE_SIZE_MAX, rules.max_entries)
+    previous = None
+    if previous_revision:
+        window = previous_window((start, failed_at))
+        prev = await reader.read_revision(service=service, revision=previous_revision, start=window[0],
+                                          end=window[1], max_entries=rules.max_entries, newest_first=True,
+                                          deadline=deadline)
+        requests += prev.requests
+        previous = summarise(_records(prev.entries), revision=previous_revision, window=window,
+                             retry_statuses=probes.retry_statuses)
+    while True:
+        asked = time.monotonic()
+        end = datetime.now(UTC)
+        read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
+                                          max_entries=page, newest_first=True, deadline=deadline)
+        requests += read.requests
+        records = _records(read.entries)
+        current = summarise(records, revision=revision, window=(start, end), retry_statuses=probes.retry_statuses)
+        causes = failure_causes(compare(current, previous, rules), failed_at)
+        caught_up = any(r.timestamp >= failed_at for r in records)
+        if causes or caught_up or read.declined or time.monotonic() >= deadline:
+            return causes, requests
+        pause = interval - (time.monotonic() - asked)
+        await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        interval = min(interval * 2, 4.0)
+
+
+@task(name="failure-logs", cache_policy=NO_CACHE, task_run_name="failure-logs: {revision}")
+async def explain_failure(reader: LogReader, *, service: str, revision: str, previous_revision: str | None,
+                          start: datetime, failed_at: datetime, rules: LogRules,
+                          probes: ProbePolicy) -> tuple[list[str], list[Evidence]]:
+    """After a gate failed once the candidate had served: read its logs once more (within the project's read
+    budget) and name the crash or new ERROR signatures it logged around the failure, for the failing stage's
+    evidence and the report's reasons. A read that fails names itself as the only evidence."""
+    try:
+        causes, requests = await read_until_explained(
+            reader, service=service, revision=revision, previous_revision=previous_revision, start=start,
+            failed_at=failed_at, rules=rules, probes=probes)
+    except StageError as exc:  # the failure stands as it is; the report says the logs could not be read
+        return [], [Evidence(kind="note", summary=f"the revision's logs could not be read after the failure: {exc}")]
+    if not causes:
+        return [], [Evidence(kind="note", summary=f"no new crash or {rules.severity_threshold}+ signature in "
+                                                  f"{revision}'s logs up to the failure ({requests} read(s))")]
+    return cause_lines(causes), cause_evidence(causes)

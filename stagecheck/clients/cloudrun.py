@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -26,6 +26,13 @@ from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
 from stagecheck.clients.api_errors import api_message as _message
 from stagecheck.clients.identity import api_credentials
 from stagecheck.errors import Api, StageError
+from stagecheck.managed_env import (
+    MANAGED_ENV_ANNOTATION,
+    managed_names,
+    managed_value,
+    plan_env,
+    user_keys,
+)
 from stagecheck.model import RevisionInfo, TrafficTarget
 from stagecheck.settings import ServiceConfig, Settings
 
@@ -133,20 +140,48 @@ def revision_info(rev: run_v2.Revision) -> RevisionInfo:
     )
 
 
-def merge_env(current: Sequence[run_v2.EnvVar], svc: ServiceConfig) -> list[run_v2.EnvVar]:
-    """The service's variables, with the config's `env` and `secrets` overriding by name.
+def merge_env(current: Sequence[run_v2.EnvVar], svc: ServiceConfig,
+              managed_before: Collection[str] = ()) -> list[run_v2.EnvVar]:
+    """The serving revision's variables with the config's `env` and `secrets` applied (stagecheck.managed_env).
 
-    Variables the config does not name stay as the service has them (in their order); a config
-    variable replaces one of the same name whether plain or secret; new ones are appended (plain,
-    then secrets, each sorted). Removing a variable from the config does not remove it from the
-    service (stagecheck cannot tell it from one a person set)."""
+    A config variable replaces one of the same name whether plain or secret; new ones are appended (plain,
+    then secrets, each sorted). A variable in `managed_before` (set by an earlier release: the serving
+    revision's `stagecheck.dev/managed-env` annotation) that the config no longer names is removed; any
+    other variable stays as it is, in its order (set outside stagecheck)."""
     ours: dict[str, run_v2.EnvVar] = {k: run_v2.EnvVar(name=k, value=v) for k, v in sorted(svc.env.items())}
     for name, ref in sorted(svc.secrets.items()):
         secret, version = ref.rsplit(":", 1)
         ours[name] = run_v2.EnvVar(name=name, value_source=run_v2.EnvVarSource(
             secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version)))
-    out = [ours.pop(var.name) if var.name in ours else run_v2.EnvVar(var) for var in current]
+    plan = plan_env([var.name for var in current], managed_before, list(ours))
+    out = [ours.pop(var.name) if var.name in ours else run_v2.EnvVar(var) for var in current
+           if var.name not in plan.removed]
     return [*out, *ours.values()]
+
+
+def configured_env(svc: ServiceConfig) -> list[str]:
+    """The variable names the config sets (env, then secrets), as merge_env appends them."""
+    return [*sorted(svc.env), *sorted(n for n in svc.secrets if n not in svc.env)]
+
+
+def template_from_revision(rev: run_v2.Revision, current: run_v2.RevisionTemplate | None = None
+                           ) -> run_v2.RevisionTemplate:
+    """The template that would create `rev` again: every RevisionTemplate field a Revision carries (its
+    containers, volumes, scaling, service account, VPC access, timeout, concurrency, execution environment,
+    encryption key, session affinity, labels, annotations...), the system-namespace labels and annotations
+    a revision may carry dropped (the API rejects them on a template). `health_check_disabled`, which a
+    Revision does not carry, comes from the service's `current` template."""
+    tpl = run_v2.RevisionTemplate()
+    for name in run_v2.RevisionTemplate.meta.fields:
+        if name in ("revision", "labels", "annotations", "health_check_disabled"):
+            continue
+        if name in run_v2.Revision.meta.fields and name in rev:
+            setattr(tpl, name, getattr(rev, name))
+    tpl.labels = user_keys(dict(rev.labels))
+    tpl.annotations = user_keys(dict(rev.annotations))
+    if current is not None:
+        tpl.health_check_disabled = current.health_check_disabled
+    return tpl
 
 
 def ingress_index(containers: Sequence[run_v2.Container]) -> int:
@@ -156,8 +191,9 @@ def ingress_index(containers: Sequence[run_v2.Container]) -> int:
 
 def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dict[str, str],
                    current: run_v2.RevisionTemplate | None = None) -> run_v2.RevisionTemplate:
-    """The candidate's template: a copy of the service's `current` one with only image, env, port,
-    resources, revision name and labels changed (scaling only when the config sets it explicitly).
+    """The candidate's template: a copy of `current` (the serving revision's, see template_from_revision)
+    with only image, env, port, resources, revision name, labels and the managed-env annotation changed
+    (scaling only when the config sets it explicitly).
 
     An update replaces the whole template, so everything else the service runs with — service
     account, VPC access, volumes and mounts, timeout, concurrency, probes, execution environment,
@@ -172,7 +208,8 @@ def build_template(svc: ServiceConfig, *, image: str, revision: str, labels: dic
     containers = [run_v2.Container(c) for c in tpl.containers] or [run_v2.Container()]
     main = containers[ingress_index(containers)]
     main.image = image
-    main.env = merge_env(list(main.env), svc)
+    main.env = merge_env(list(main.env), svc, managed_names(dict(tpl.annotations)))
+    tpl.annotations = {**dict(tpl.annotations), MANAGED_ENV_ANNOTATION: managed_value(configured_env(svc))}
     if main.ports:
         main.ports[0].container_port = svc.port
     else:

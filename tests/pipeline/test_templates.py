@@ -92,8 +92,11 @@ def test_build_template_copies_the_current_template_and_changes_only_what_a_depl
         ("DB_PASSWORD", "", "db")]
     # kept: everything else
     for fld in ("service_account", "vpc_access", "volumes", "timeout", "max_instance_request_concurrency",
-                "execution_environment", "session_affinity", "encryption_key", "scaling", "annotations"):
+                "execution_environment", "session_affinity", "encryption_key", "scaling"):
         assert getattr(t, fld) == getattr(current, fld), fld
+    # the annotations are kept, plus the record of the variables the config set (stagecheck.managed_env)
+    assert dict(t.annotations) == {"example.com/owner": "payments",
+                                   "stagecheck.dev/managed-env": "ADDED,DB_PASSWORD,GREETING"}
     assert main.volume_mounts == current.containers[1].volume_mounts
     assert main.startup_probe == current.containers[1].startup_probe
     assert main.liveness_probe == current.containers[1].liveness_probe

@@ -28,6 +28,9 @@ for name in STARTUP_DELAY_S CRASH_AFTER_S ERROR_RATE ERROR_AFTER_S TRACEBACK_EVE
     eval "value=\${$name:-0}"
     is_number "$value" || fail "$name must be a non-negative number (got '$value')"
 done
+case ${HEALTH_FAIL_AFTER_S:-0} in
+    *[!0-9]*) fail "HEALTH_FAIL_AFTER_S must be a whole number of seconds (got '$HEALTH_FAIL_AFTER_S')" ;;
+esac
 
 if [ "${CRASH_ON_START:-0}" = 1 ]; then
     # What a Python service that cannot import a dependency prints before dying.

@@ -35,9 +35,14 @@ reason() {
 
 case "$method $path" in
     "GET /health" | "HEAD /health" | "GET /api/health" | "HEAD /api/health")
-        centiseconds; seconds $((REPLY - SAMPLE_STARTED_CS)); uptime=$REPLY
-        reason "$HEALTH_HTTP_STATUS"
-        respond "$HEALTH_HTTP_STATUS" "$REPLY" application/json \
+        centiseconds; elapsed=$((REPLY - SAMPLE_STARTED_CS)); seconds $elapsed; uptime=$REPLY
+        code=$HEALTH_HTTP_STATUS
+        if [ "${HEALTH_FAIL_AFTER_S:-0}" != 0 ] && [ "$elapsed" -ge $((HEALTH_FAIL_AFTER_S * 100)) ]; then
+            code=500  # a dependency lost after N seconds: the app logs why as it answers
+            log ERROR "health check failed: database connection refused (db-primary:5432)"
+        fi
+        reason "$code"
+        respond "$code" "$REPLY" application/json \
             "{\"status\":\"$HEALTH_STATUS\",\"service\":\"$SAMPLE_SERVICE\",\"revision\":\"$SAMPLE_REVISION\",\"uptime_s\":$uptime}"
         ;;
     "GET /slow")
