@@ -309,10 +309,12 @@ class RevisionInstance:
         max_instances: int = DEFAULT_MAX_INSTANCES,
         concurrency: int = 80,
         warm_instances: int = 2,
+        request_timeout_s: float = 300.0,
     ) -> None:
         self.service = service
         self.revision = revision
         self.spec = spec
+        self.request_timeout_s = request_timeout_s  # template.timeout: past it the front end answers 504
         self.max_instances = max(1, max_instances)
         self.concurrency = max(1, concurrency)
         self.warm_instances = max(1, min(warm_instances, self.max_instances))

@@ -297,6 +297,7 @@ class Orchestrator:
             concurrency=model.as_int(rev.template.get("maxInstanceRequestConcurrency"),
                                      "maxInstanceRequestConcurrency") or 80,
             warm_instances=self.behavior(svc.service_id).warm_instances,
+            request_timeout_s=model.parse_duration_s(rev.template.get("timeout", "300s"), "timeout"),
         )
         self.log.system(svc.service_id, rev.name, "INFO", f"Created revision {rev.name}.")
 
