@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported w
     from stagecheck.clients.identity import IdTokens
 
 PAGE = 1000  # entries per incremental read (one entries.list request)
+DEFAULT_REQUEST_TIMEOUT_S = 300.0  # Cloud Run's default `timeout`: how late a request entry can be written
 
 
 async def _pause(done: asyncio.Event, seconds: float) -> None:
@@ -50,9 +51,14 @@ async def _pause(done: asyncio.Event, seconds: float) -> None:
 async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: str, service: str, revision: str,
                         previous_revision: str | None, since: datetime, targets: list[ProbeTarget],
                         duration_s: float, interval_s: float, probes: ProbePolicy, rules: LogRules,
-                        tokens: IdTokens | None = None) -> StageResult:
+                        tokens: IdTokens | None = None,
+                        overlap_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> StageResult:
     """Watch the serving release for `duration_s`: probes every `interval_s`, log reads as often as the
-    project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate."""
+    project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate.
+
+    A request entry is stamped when the request arrived and written after the answer, so a slow one (a
+    504 at the request timeout) lands behind entries already read: each read starts `overlap_s` (the
+    revision's request timeout) before the newest entry seen, and entries are de-duplicated on insertId."""
     watched = [t for t in targets if t.mode != ProbeMode.OFF]
     watch = BakeWatch(label=label, planned_s=duration_s, started_at=datetime.now(UTC),
                       urls=[safe_url(t.url) for t in watched])
@@ -95,7 +101,8 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                                           deadline=ends)
         watch.log_reads += read.requests
         watch.log_retries += read.retried
-        return summarise([record_from_entry_dict(e) for e in read.entries], revision=previous_revision,
+        return summarise([record_from_entry_dict(e, rules.severity_fields) for e in read.entries],
+                         revision=previous_revision,
                          window=(since - length, since), retry_statuses=probes.retry_statuses), not read.declined
 
     async def log_loop() -> None:
@@ -103,18 +110,24 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
         if not complete:  # without the whole baseline every old signature would look new: the logs stage judges
             return
         records: dict[str, LogRecord] = {}
-        cursor = since
+        newest = since
+        resume: datetime | None = None  # paging through a backlog (the last read was a full page)
         while not done.is_set():
-            read = await reader.read_revision(service=service, revision=revision, start=cursor, max_entries=PAGE,
+            start = resume if resume is not None else max(since, newest - timedelta(seconds=overlap_s))
+            read = await reader.read_revision(service=service, revision=revision, start=start, max_entries=PAGE,
                                               deadline=ends)
             watch.log_reads += read.requests
             watch.log_retries += read.retried
             if read.declined:  # no read slot left before the watch ends: the logs stage reads what follows
                 return
+            page_last = start
             for entry in read.entries:
-                record = record_from_entry_dict(entry)
+                record = record_from_entry_dict(entry, rules.severity_fields)
                 records.setdefault(record.insert_id or f"{record.timestamp.isoformat()} {record.message}", record)
-                cursor = max(cursor, record.timestamp)  # timestamp >= cursor: the last ones are read again, deduped
+                newest = max(newest, record.timestamp)
+                page_last = max(page_last, record.timestamp)
+            # a full page: read on from its last entry (timestamp >= it: re-read, deduped); else re-read the overlap
+            resume = page_last if read.truncated and page_last > start else None
             watch.log_entries = len(records)
             current = summarise(records.values(), revision=revision, window=(since, datetime.now(UTC)),
                                 retry_statuses=probes.retry_statuses)
@@ -127,7 +140,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 firsts = [g.first_seen for g in comparison.new]
                 found("logs", reason, min(firsts) if firsts else None)
                 return
-            if not read.truncated:  # a full page: more is waiting, read on at once
+            if resume is None:  # after a full page more is waiting: read on at once
                 await _pause(done, interval_s)
 
     async def guard(loop: Callable[[], Awaitable[None]]) -> None:
