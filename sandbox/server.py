@@ -143,6 +143,18 @@ class SandboxServer:
             self.empty_pages.every = every
             return JSONResponse({"empty_page_every": every})
 
+        async def scale_in(request: Request) -> Response:
+            """{"instances": N, "revision": optional}: stop N idle instances as Cloud Run's scale-in does."""
+            body = await _json(request)
+            body = body if isinstance(body, dict) else {}
+            count, revision = body.get("instances", 1), body.get("revision")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ApiError(400, "instances must be an integer >= 1", field="instances")
+            if revision is not None and not isinstance(revision, str):
+                raise ApiError(400, "revision must be a string", field="revision")
+            stopped = await self.orch.scale_in(request.path_params["service"], revision, count)
+            return JSONResponse({"stopped": stopped})
+
         async def get_behavior(request: Request) -> Response:
             return JSONResponse(asdict(self.orch.behavior(request.path_params["service"])))
 
@@ -171,6 +183,7 @@ class SandboxServer:
             Route("/sandbox/v1/lb", get_lb, methods=["GET"]),
             Route("/sandbox/v1/lb", put_lb, methods=["PUT"]),
             Route("/sandbox/v1/logging", put_logging, methods=["PUT"]),
+            Route("/sandbox/v1/services/{service}/scale-in", scale_in, methods=["POST"]),
             Route("/sandbox/v1/services/{service}/behavior", get_behavior, methods=["GET"]),
             Route("/sandbox/v1/services/{service}/behavior", put_behavior, methods=["PUT"]),
         ]

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported w
 
 PAGE = 1000  # entries per incremental read (one entries.list request)
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # Cloud Run's default `timeout`: how late a request entry can be written
+# entries arrive in Logging a little after they are written: entries.tail buffers 2 s by default "to prevent
+# out of order results due to late arriving log entries" (TailLogEntriesRequest.buffer_window)
+INGESTION_MARGIN_S = 2.0
 
 
 async def _pause(done: asyncio.Event, seconds: float) -> None:
@@ -57,8 +60,9 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
     project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate.
 
     A request entry is stamped when the request arrived and written after the answer, so a slow one (a
-    504 at the request timeout) lands behind entries already read: each read starts `overlap_s` (the
-    revision's request timeout) before the newest entry seen, and entries are de-duplicated on insertId."""
+    504 at the request timeout) lands behind entries already read: each pass of reads starts `overlap_s`
+    (the revision's request timeout, plus an ingestion margin) before the previous pass began, and
+    entries are de-duplicated on insertId."""
     watched = [t for t in targets if t.mode != ProbeMode.OFF]
     watch = BakeWatch(label=label, planned_s=duration_s, started_at=datetime.now(UTC),
                       urls=[safe_url(t.url) for t in watched])
@@ -110,10 +114,16 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
         if not complete:  # without the whole baseline every old signature would look new: the logs stage judges
             return
         records: dict[str, LogRecord] = {}
-        newest = since
+        lookback = timedelta(seconds=overlap_s + INGESTION_MARGIN_S)
+        settled_to = since  # entries stamped before this were all written when the last pass began
         resume: datetime | None = None  # paging through a backlog (the last read was a full page)
+        pass_began = datetime.now(UTC)
         while not done.is_set():
-            start = resume if resume is not None else max(since, newest - timedelta(seconds=overlap_s))
+            if resume is None:  # a new pass: from the request timeout (and the ingestion margin) back
+                pass_began = datetime.now(UTC)
+                start = max(since, settled_to)
+            else:
+                start = resume
             read = await reader.read_revision(service=service, revision=revision, start=start, max_entries=PAGE,
                                               deadline=ends)
             watch.log_reads += read.requests
@@ -121,13 +131,15 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
             if read.declined:  # no read slot left before the watch ends: the logs stage reads what follows
                 return
             page_last = start
-            for entry in read.entries:
+            for entry in read.entries:  # de-duplicated on insertId: the overlap is read again each pass
                 record = record_from_entry_dict(entry, rules.severity_fields)
                 records.setdefault(record.insert_id or f"{record.timestamp.isoformat()} {record.message}", record)
-                newest = max(newest, record.timestamp)
                 page_last = max(page_last, record.timestamp)
-            # a full page: read on from its last entry (timestamp >= it: re-read, deduped); else re-read the overlap
+            # a full page: read on from its last entry (timestamp >= it); else the pass is over: any request
+            # that arrived `overlap_s` before it began has been answered and written (a 504 at the timeout too)
             resume = page_last if read.truncated and page_last > start else None
+            if resume is None:
+                settled_to = pass_began - lookback
             watch.log_entries = len(records)
             current = summarise(records.values(), revision=revision, window=(since, datetime.now(UTC)),
                                 retry_statuses=probes.retry_statuses)
