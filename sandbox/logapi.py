@@ -104,19 +104,20 @@ class ListQuota:
 
 
 class EmptyPages:
-    """A switch: every `every`-th entries.list call (0: none) answers an empty page with a nextPageToken that
-    resumes where it would have started, as the API may; deterministic, so tests can count on it."""
+    """A switch: the 1st, (1 + every)-th, (1 + 2 every)-th ... entries.list call after it is set (every 0:
+    none) answers an empty page with a nextPageToken that resumes where it would have started, as the API
+    may; deterministic, so tests can count on it."""
 
     def __init__(self, every: int = 0) -> None:
         self.every = every
-        self.calls = 0
+        self.calls = 0  # since `every` was last set
         self.answered = 0
         self._lock = threading.Lock()
 
     def next_is_empty(self) -> bool:
         with self._lock:
-            self.calls += 1
             empty = self.every > 0 and self.calls % self.every == 0
+            self.calls += 1
             self.answered += empty
             return empty
 

@@ -140,7 +140,7 @@ class SandboxServer:
             every = body.get("empty_page_every") if isinstance(body, dict) else None
             if isinstance(every, bool) or not isinstance(every, int) or every < 0:
                 raise ApiError(400, "empty_page_every must be an integer >= 0", field="empty_page_every")
-            self.empty_pages.every = every
+            self.empty_pages.every, self.empty_pages.calls = every, 0
             return JSONResponse({"empty_page_every": every})
 
         async def scale_in(request: Request) -> Response:

@@ -172,6 +172,22 @@ def test_newest_first_reads_keep_the_newest_and_say_they_were_truncated(logging_
     assert len(whole.entries) == 10 and not whole.truncated
 
 
+def test_an_empty_page_with_a_next_page_token_is_not_the_end(logging_api: LoggingSandbox) -> None:
+    """ListLogEntriesResponse: "If entries is empty, nextPageToken may still be returned, indicating that
+    more entries may exist." The sandbox answers so every other call here; the reader pages on."""
+    start = add_lines(logging_api, 10)
+    logging_api.pages.every = 2  # calls 1, 3, 5 ...: an empty page and a token
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file))
+    fast(reader)
+    read = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=100))
+    assert [e["textPayload"] for e in read.entries] == [f"line {n}" for n in range(10)]
+    assert read.requests == 2 and not read.truncated and logging_api.pages.answered == 1
+    newest = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=3,
+                                              newest_first=True))
+    assert [e["textPayload"] for e in newest.entries] == ["line 9", "line 8", "line 7"]
+    assert newest.truncated and logging_api.pages.answered == 2
+
+
 def test_the_settle_check_sees_the_last_probe_on_a_busy_revision_and_reports_the_cap(
         logging_api: LoggingSandbox) -> None:
     from sandbox.logstore import request_entry
