@@ -272,8 +272,10 @@ def summarise(
     groups: dict[str, SignatureGroup] = {}
     request_records: list[LogRecord] = []
     for record in selected:
-        if record.stream == "requests" or record.http_status is not None:
+        if record.stream == "requests":
             request_records.append(record)
+            continue
+        if record.http_status is not None:  # an app's own access-log line: Cloud Run's request entry counts it
             continue
         severity = effective_severity(record)
         by_severity[severity] = by_severity.get(severity, 0) + 1
