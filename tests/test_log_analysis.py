@@ -686,3 +686,13 @@ def test_failed_logs_gate_names_the_top_signatures_with_a_redacted_example() -> 
     assert "x2 (e.g. \"ledger write failed for token=" in result.summary
     assert "sk_live_abcdefghijklmnop1234" not in result.summary
     assert "\"Traceback: KeyError: 'discount_code'\" x1 (e.g. \"KeyError: 'discount_code'\")" in result.summary
+
+
+def test_an_apps_own_access_log_line_is_not_counted_again() -> None:
+    """An app that logs `httpRequest` in its JSON lines (the sample service does) writes a second record of
+    a request Cloud Run's request log already holds: only the platform's entry counts."""
+    platform = rec(1, status=503, instance="i-1")
+    own = LogRecord(timestamp=T0 + timedelta(seconds=1), severity="ERROR", message="GET /health 503",
+                    stream="stdout", revision=NEW_REV, http_status=503, instance_id="i-1")
+    s = summarise([platform, own], revision=NEW_REV, window=WINDOW)
+    assert (s.requests, s.server_errors) == (1, 1) and s.groups == []
