@@ -8,7 +8,9 @@ every instance is at its concurrency another one starts if the maximum allows, a
 (queued) for a free slot up to the service's queue timeout, then gets 429 "The request was aborted
 because there was no available instance." (Cloud Run: queued up to 60 s, then 429). A revision
 scaled to zero starts an instance on the first request (cold start). An instance stops when the
-revision leaves traffic, when it is idle past the scale-to-zero delay, or when its container exits.
+revision leaves traffic, when it is idle past the scale-to-zero delay, on a scale-in, or when its
+container exits; the platform stops it with SIGTERM and SIGKILLs it 10 s later (container runtime
+contract), and a container failing its `livenessProbe` is restarted the same way.
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def liveness_failed_message(probe: dict[str, Any], failures: int, port: int) -> 
     where = f'path "{(probe.get("httpGet") or {}).get("path") or "/"}"' if kind == "HTTP" else f"port {port}"
     return (f"LIVENESS {kind} probe failed {failures} times consecutively for the container on {where}. "
             "The container will be restarted.")
+
+
 DEFAULT_MAX_INSTANCES = 100  # scaling.maxInstanceCount unset (google.cloud.run.v2.RevisionScaling)
 
 
