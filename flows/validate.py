@@ -124,6 +124,7 @@ class ServiceValidation:
         self.urls: dict[str, str] = {}
         self.last_probe_at: datetime | None = None
         self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
+        self.request_timeout_s = 300.0  # the revision's `timeout`: how late its request entries can be written
         self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
         self.failed_at: datetime | None = None  # when the first failed gate saw its failure
 
@@ -317,6 +318,7 @@ class ServiceValidation:
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
+            self.request_timeout_s = revision.timeout_s or self.request_timeout_s
         if outcome.traffic:
             self.traffic_after = outcome.traffic
         if outcome.service_url:
@@ -465,7 +467,7 @@ class ServiceValidation:
                                      since=self.revision_started or self.started_at, targets=targets,
                                      duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
                                      probes=self.settings.probes, rules=self.settings.logs,
-                                     tokens=self.clients.tokens))
+                                     tokens=self.clients.tokens, overlap_s=self.request_timeout_s))
         # the logs stage settles to the request log of the last probe the bake actually sent
         watched = BakeData.read(result.data)
         if watched is not None and watched.last_probe_at:

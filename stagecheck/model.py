@@ -99,6 +99,7 @@ class RevisionInfo(BaseModel):
     min_instances: int | None = None
     max_instances: int | None = None
     log_url: str | None = None
+    timeout_s: float | None = None  # the revision's request timeout (template.timeout)
 
     @property
     def startup_s(self) -> float | None:

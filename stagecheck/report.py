@@ -345,6 +345,17 @@ def _group_lines(groups: Sequence[SignatureGroupData], out: _Out, limit: int = 1
     return lines
 
 
+
+_ORIGINS = {"probe": "stagecheck's probes", "advisory": "probes of advisory URLs (not in the rate)",
+            "other": "other traffic"}
+
+
+def request_origin_lines(data: LogsData) -> list[str]:
+    """One line per request origin: stagecheck's own probes apart from other traffic."""
+    return [f"  - {_ORIGINS.get(k, k)}: {v[0]} requests, {v[1]} failed" for k, v in data.by_origin.items()
+            if len(v) == 2]
+
+
 def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Logs analysis", ""]
     stage = report.stage(Stage.LOGS)
@@ -363,8 +374,9 @@ def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
         f"compared with {out.code(previous)} over an equal window before it",
         f"- Entries: {data.total}; container/system by severity: {out.text(counts)}; "
         f"gating threshold {out.text(data.threshold)}",
-        f"- Requests: {data.requests}, 5xx: {data.server_errors} "
-        f"({data.error_rate_5xx * 100:.2f} %), cold-start 503/429 (excluded): {data.cold_start_errors}",
+        f"- Requests: {data.requests}, failed (5xx/429): {data.server_errors} of {data.counted_requests} counted "
+        f"({data.error_rate_5xx * 100:.2f} %), platform refusals (excused): {data.platform_refusals}",
+        *request_origin_lines(data),
     ]
     if data.truncated:
         lines.append("- ⚠️ The read was capped at the entry limit: older entries were not analysed")

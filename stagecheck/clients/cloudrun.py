@@ -137,6 +137,7 @@ def revision_info(rev: run_v2.Revision) -> RevisionInfo:
         cpu=limits.get("cpu"),
         min_instances=rev.scaling.min_instance_count,
         max_instances=rev.scaling.max_instance_count,
+        timeout_s=rev.timeout.total_seconds() if "timeout" in rev else None,
     )
 
 

@@ -45,6 +45,12 @@ fi
 
 children=
 on_term() {
+    if [ "${SHUTDOWN_STYLE:-}" = npm ]; then
+        # what `npm start` prints when Cloud Run stops the instance (SIGTERM), then exit(143)
+        printf 'npm error path /app\nnpm error command failed\nnpm error signal SIGTERM\nnpm error command sh -c node server.js\n' >&2
+        [ -n "$children" ] && kill $children 2>/dev/null
+        exit 143
+    fi
     log INFO "received SIGTERM, shutting down"
     [ -n "$children" ] && kill $children 2>/dev/null
     exit 0
