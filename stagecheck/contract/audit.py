@@ -16,7 +16,8 @@ from stagecheck.model import Status
 def audit(base: dict[str, Any], candidate: dict[str, Any], *, fail_on: FailOn = FailOn.ERR,
           ignore_lines: Iterable[str] = (), problems: Iterable[str] = ()) -> ContractAudit:
     """Compare two parsed documents; the findings in document order, ignored ones marked."""
-    base_ops, cand_ops = operations(base), operations(candidate)
+    leaves: dict[Any, Any] = {}
+    base_ops, cand_ops = operations(base, leaves), operations(candidate, leaves)
     findings = apply_ignore(compare(base_ops, cand_ops), ignore_lines)
     return ContractAudit(fail_on=fail_on, operations_compared=len(base_ops.keys() & cand_ops.keys()),
                          findings=findings, problems=list(problems))

@@ -17,6 +17,7 @@ A normalised schema is a plain dict (fast to build and compare): `type` (sorted 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,11 @@ from typing import Any
 Schema = dict[str, Any]
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _PARAM = re.compile(r"\{[^}/]*\}")
-_KEEP = ("format", "pattern", "maxLength", "minLength", "maxItems", "minItems", "readOnly", "writeOnly")
+_KEEP = frozenset(("format", "pattern", "maxLength", "minLength", "maxItems", "minItems", "readOnly", "writeOnly"))
+_BOUNDS = frozenset(("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum"))
+_COMBINERS = frozenset(("oneOf", "anyOf"))
+_READ = _KEEP | _BOUNDS | {"type", "nullable", "enum", "const", "properties", "required", "items",
+                           "additionalProperties", "oneOf", "anyOf", "allOf"}
 
 
 @dataclass
@@ -62,10 +67,13 @@ def path_key(path: str) -> str:
 
 
 class _Resolver:
-    def __init__(self, doc: dict[str, Any]) -> None:
+    def __init__(self, doc: dict[str, Any], leaves: dict[Any, Schema] | None = None) -> None:
         self.doc = doc
         self.memo: dict[str, Schema] = {}
         self.stack: list[str] = []
+        # flat schemas (`{"type": "integer"}`: most of a document) by their items and value types: built
+        # once, and shared by both documents of a comparison, so equal leaves compare by identity
+        self.leaves: dict[Any, Schema] = {} if leaves is None else leaves
 
     def target(self, ref: str) -> Any:
         node: Any = self.doc
@@ -87,6 +95,20 @@ class _Resolver:
             node = self.target(ref)
         return node if isinstance(node, dict) else {}
 
+    def whole(self, raw: Any) -> Schema:
+        """A schema a document names as a whole (a response's, a body's, a parameter's, a component): when
+        it refers to nothing, normalised once per JSON text for both documents of a comparison, so
+        what the two share (most of it) is built once and compares by identity."""
+        if not isinstance(raw, dict) or not raw:
+            return self.schema(raw)
+        text = json.dumps(raw, default=str)
+        if '"$ref"' in text:
+            return self.schema(raw)
+        cached = self.leaves.get(text)
+        if cached is None:
+            cached = self.leaves[text] = self.schema(raw)
+        return cached
+
     def schema(self, raw: Any) -> Schema:
         if raw is True or raw is None:
             return {}
@@ -104,52 +126,61 @@ class _Resolver:
                 return self.memo[ref]
             self.stack.append(ref)
             try:
-                out = self.schema(self.target(ref))
+                out = self.whole(self.target(ref))
             finally:
                 self.stack.pop()
             self.memo[ref] = out
             return out
-        return self._build(raw)
+        try:  # unhashable (nested dicts, enum lists): not a flat schema
+            key = (tuple(raw.items()), tuple(map(type, raw.values())))
+            cached = self.leaves.get(key)
+        except TypeError:
+            return self._build(raw)
+        if cached is None:
+            cached = self.leaves[key] = self._build(raw)
+        return cached
 
     def _build(self, raw: dict[str, Any]) -> Schema:
+        present = raw.keys() & _READ  # most schemas carry two or three of these: test only those
         out: Schema = {}
-        nullable = raw.get("nullable") is True
-        kind = raw.get("type")
-        if isinstance(kind, list):
-            nullable = nullable or "null" in kind
-            kinds = tuple(sorted(k for k in kind if k != "null")) or (("null",) if "null" in kind else ())
-        elif isinstance(kind, str):
-            kinds = (kind,)
-        else:
-            kinds = ()
-        if kinds:
-            out["type"] = kinds
-        for key in _KEEP:
-            if key in raw:
+        kept = present & _KEEP
+        if kept:
+            for key in kept:
                 out[key] = raw[key]
-        for bound, flag in (("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")):
-            exclusive = raw.get(flag)
-            if isinstance(exclusive, int | float) and not isinstance(exclusive, bool):
-                out[bound] = (exclusive, True)
-            elif isinstance(raw.get(bound), int | float):
-                out[bound] = (raw[bound], exclusive is True)
-        if isinstance(raw.get("enum"), list):
+        nullable = raw.get("nullable") is True
+        if "type" in present:
+            kind = raw["type"]
+            if isinstance(kind, list):
+                nullable = nullable or "null" in kind
+                kinds = tuple(sorted(k for k in kind if k != "null")) or (("null",) if "null" in kind else ())
+            else:
+                kinds = (kind,) if isinstance(kind, str) else ()
+            if kinds:
+                out["type"] = kinds
+        if present & _BOUNDS:
+            for bound, flag in (("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")):
+                exclusive = raw.get(flag)
+                if isinstance(exclusive, int | float) and not isinstance(exclusive, bool):
+                    out[bound] = (exclusive, True)
+                elif isinstance(raw.get(bound), int | float):
+                    out[bound] = (raw[bound], exclusive is True)
+        if "enum" in present and isinstance(raw["enum"], list):
             values = raw["enum"]
             nullable = nullable or None in values
             out["enum"] = tuple(v for v in values if v is not None)
-        if "const" in raw:
+        if "const" in present:
             out["enum"] = (raw["const"],)
-        props = raw.get("properties")
-        if isinstance(props, dict):
-            out["properties"] = {name: self.schema(sub) for name, sub in props.items()}
-        if isinstance(raw.get("required"), list):
+        if "properties" in present and isinstance(raw["properties"], dict):
+            schema = self.schema
+            out["properties"] = {name: schema(sub) for name, sub in raw["properties"].items()}
+        if "required" in present and isinstance(raw["required"], list):
             out["required"] = frozenset(raw["required"])
-        if "items" in raw and not isinstance(raw["items"], list):
+        if "items" in present and not isinstance(raw["items"], list):
             out["items"] = self.schema(raw["items"])
-        if isinstance(raw.get("additionalProperties"), dict):
+        if "additionalProperties" in present and isinstance(raw["additionalProperties"], dict):
             out["additionalProperties"] = self.schema(raw["additionalProperties"])
-        for combiner in ("oneOf", "anyOf"):
-            variants = raw.get(combiner)
+        for combiner in present & _COMBINERS:
+            variants = raw[combiner]
             if isinstance(variants, list):
                 subs = [self.schema(v) for v in variants]
                 nulls = [s for s in subs if s.get("type") == ("null",)]
@@ -159,7 +190,7 @@ class _Resolver:
                     out = merge(out, rest[0])
                 elif rest:
                     out["variants"] = tuple(rest)
-        if isinstance(raw.get("allOf"), list):
+        if "allOf" in present and isinstance(raw["allOf"], list):
             for sub in raw["allOf"]:
                 out = merge(out, self.schema(sub))
         if nullable:
@@ -193,7 +224,7 @@ def merge(a: Schema, b: Schema) -> Schema:
 def _content(resolver: _Resolver, content: Any) -> dict[str, Schema]:
     if not isinstance(content, dict):
         return {}
-    return {str(media).lower(): resolver.schema(item.get("schema") if isinstance(item, dict) else None)
+    return {str(media).lower(): resolver.whole(item.get("schema") if isinstance(item, dict) else None)
             for media, item in content.items()}
 
 
@@ -214,13 +245,14 @@ def _parameters(resolver: _Resolver, path: str, raw: list[Any]) -> dict[tuple[st
             first: Any = next(iter(param["content"].values()), {})
             schema = first.get("schema") if isinstance(first, dict) else None
         out[key] = Parameter(location=location, name=name, required=location == "path" or param.get("required") is True,
-                             schema=resolver.schema(schema))
+                             schema=resolver.whole(schema))
     return out
 
 
-def operations(doc: dict[str, Any]) -> dict[tuple[str, str], Operation]:
-    """(METHOD, path key) -> the operation, normalised."""
-    resolver = _Resolver(doc)
+def operations(doc: dict[str, Any], leaves: dict[Any, Schema] | None = None) -> dict[tuple[str, str], Operation]:
+    """(METHOD, path key) -> the operation, normalised. `leaves`: a cache of flat schemas to share with the
+    other document of a comparison (equal leaves then compare by identity)."""
+    resolver = _Resolver(doc, leaves)
     out: dict[tuple[str, str], Operation] = {}
     paths = doc.get("paths") if isinstance(doc.get("paths"), dict) else {}
     for path, raw_item in (paths or {}).items():
