@@ -29,6 +29,15 @@ for name in STARTUP_DELAY_S CRASH_AFTER_S ERROR_RATE ERROR_AFTER_S TRACEBACK_EVE
     is_number "$value" || fail "$name must be a non-negative number (got '$value')"
 done
 
+# OPENAPI_VARIANT=name: GET /openapi.json serves /app/openapi/name.json (read once, here)
+if [ -n "${OPENAPI_VARIANT:-}" ]; then
+    case $OPENAPI_VARIANT in *[!a-z0-9-]*) fail "OPENAPI_VARIANT must be a name of lowercase letters, digits and hyphens (got '$OPENAPI_VARIANT')" ;; esac
+    document="${SAMPLE_APP_DIR:-/app}/openapi/$OPENAPI_VARIANT.json"
+    [ -f "$document" ] || fail "OPENAPI_VARIANT: no document $OPENAPI_VARIANT.json in ${SAMPLE_APP_DIR:-/app}/openapi"
+    OPENAPI_BODY=$(cat "$document")
+    export OPENAPI_BODY
+fi
+
 if [ "${CRASH_ON_START:-0}" = 1 ]; then
     # What a Python service that cannot import a dependency prints before dying.
     cat >&2 <<'TRACEBACK'
