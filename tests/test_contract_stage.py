@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stagecheck.contract.findings import FailOn
+from stagecheck.contract.findings import ContractAudit, FailOn
 from stagecheck.contract.stage import Served, decide_contract
 from stagecheck.model import ServiceReport, StageResult, Status, TrafficTarget, Verdict
 from stagecheck.report import render_markdown, to_json
@@ -26,7 +26,7 @@ def served(url: str, status: int | None, variant: str | None = None, body: bytes
 
 
 def decide(base: Served, cand: Served, fail_on: FailOn = FailOn.ERR,
-           ignore: tuple[str, ...] = ()) -> tuple[StageResult, object]:
+           ignore: tuple[str, ...] = ()) -> tuple[StageResult, ContractAudit | None]:
     return decide_contract(base, cand, path="/openapi.json", baseline_revision="svc-00001-abc", fail_on=fail_on,
                            ignore_lines=ignore)
 
@@ -34,11 +34,11 @@ def decide(base: Served, cand: Served, fail_on: FailOn = FailOn.ERR,
 def test_identical_contract_passes_with_no_finding() -> None:
     result, audit = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "same-contract"))
     assert result.status is Status.PASS and audit is not None
-    assert audit.findings == [] and audit.operations_compared == 4  # type: ignore[attr-defined]
+    assert audit.findings == [] and audit.operations_compared == 4
 
 
 def test_removed_operation_fails_naming_the_rule() -> None:
-    result, audit = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "removed-operation"))
+    result, _ = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "removed-operation"))
     assert result.status is Status.FAIL
     assert "api-removed-without-deprecation: DELETE /items/{item_id}" in result.summary
     assert result.criteria[0].status is Status.FAIL
@@ -49,6 +49,7 @@ def test_ignored_removal_passes_and_the_policy_never_only_warns() -> None:
     line = "DELETE /items/{item_id} api removed without deprecation"
     result, audit = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "removed-operation"), ignore=(line,))
     assert result.status is Status.PASS and "1 ignored" in result.summary
+    assert audit is not None and [f.ignored for f in audit.findings] == [True]
     result, _ = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "removed-operation"), FailOn.NEVER)
     assert result.status is Status.WARN
 
@@ -63,8 +64,8 @@ def test_baseline_without_a_document_skips_saying_so() -> None:
 
 def test_candidate_404_where_the_baseline_had_one_is_api_contract_removed() -> None:
     result, audit = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 404))
-    assert result.status is Status.FAIL
-    assert [(f.id, f.level.value) for f in audit.findings] == [("api-contract-removed", "ERR")]  # type: ignore[attr-defined]
+    assert result.status is Status.FAIL and audit is not None
+    assert [(f.id, f.level.value) for f in audit.findings] == [("api-contract-removed", "ERR")]
 
 
 def test_unreadable_answers_fail_the_stage() -> None:
@@ -74,16 +75,16 @@ def test_unreadable_answers_fail_the_stage() -> None:
 
 def test_invalid_document_warns_and_the_release_goes_on() -> None:
     result, audit = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, "invalid"))
-    assert result.status is Status.WARN and "version" in result.summary
-    assert audit.problems == ["candidate: info: 'version' is a required property"]  # type: ignore[attr-defined]
+    assert result.status is Status.WARN and "version" in result.summary and audit is not None
+    assert audit.problems == ["candidate: info: 'version' is a required property"]
     garbage, _ = decide(served(BASE_URL, 200, "base"), served(CAND_URL, 200, body=b"{not json"))
     assert garbage.status is Status.WARN
 
 
-def _report(stage: StageResult, audit: object) -> ServiceReport:
+def _report(stage: StageResult, audit: ContractAudit | None) -> ServiceReport:
     now = datetime.now(UTC)
     return ServiceReport(service="svc", project="p", region="r", verdict=Verdict.FAIL, stages=[stage],
-                         started_at=now, finished_at=now, contract=audit)  # type: ignore[arg-type]
+                         started_at=now, finished_at=now, contract=audit)
 
 
 def test_report_lists_each_finding_outside_tables_and_json_carries_them() -> None:
