@@ -137,3 +137,33 @@ def test_contract_settings_and_their_bad_input(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace('"WARN"', '"sometimes"'))
     with pytest.raises(ConfigError, match="fail_on"):
         load_settings(config)
+
+
+async def test_document_fetch_rides_out_cold_start_answers_and_caps_the_size() -> None:
+    """A real HTTP server on 127.0.0.1: 503 twice (a cold start), then the document."""
+    import asyncio
+
+    import httpx
+
+    from stagecheck.clients.documents import fetch
+
+    answers = [b"503 Service Unavailable", b"503 Service Unavailable", b"200 OK"]
+    body = (VARIANTS / "base.json").read_bytes()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        status = answers.pop(0) if answers else b"200 OK"
+        payload = body if status == b"200 OK" else b"{}"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(trust_env=False) as http:
+        got = await fetch(http, f"http://127.0.0.1:{port}/openapi.json", retry_statuses=(503, 429), deadline_s=20)
+        assert (got.status, got.body, got.attempts) == (200, body, 3)
+        big = await fetch(http, f"http://127.0.0.1:{port}/openapi.json", max_bytes=100)
+        assert big.status is None and big.error is not None and "larger than" in big.error

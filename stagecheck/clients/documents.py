@@ -36,7 +36,7 @@ async def _once(http: httpx.AsyncClient, url: str, headers: dict[str, str], time
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > max_bytes:
-                raise ValueError(f"the document is larger than {max_bytes // (1024 * 1024)} MiB")
+                raise ValueError(f"the document is larger than {max_bytes} bytes")
             chunks.append(chunk)
         return response.status_code, b"".join(chunks)
 
