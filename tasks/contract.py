@@ -15,8 +15,9 @@ from stagecheck.clients.documents import Fetched, fetch
 from stagecheck.contract.findings import ContractAudit
 from stagecheck.contract.stage import Served, decide_contract
 from stagecheck.errors import StageError
+from stagecheck.ingress import closed_by_ingress
 from stagecheck.model import StageResult, Status
-from stagecheck.settings import ContractSettings, ProbeAuth, ProbePolicy
+from stagecheck.settings import ContractSettings, ProbeAuth, ProbePolicy, UrlKind
 from stagecheck.stages import Stage
 from tasks.base_tag import baseline_url
 from tasks.common import gate, guarded, stage_run_name
@@ -33,7 +34,7 @@ def _served(got: Fetched) -> Served:
 @task(name="contract", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.CONTRACT))
 async def audit_contract(cloudrun: CloudRun, http: httpx.AsyncClient, tokens: IdTokens | None, service: str,
                          contract: ContractSettings, probes: ProbePolicy, *, baseline_revision: str | None,
-                         candidate_url: str | None, audience: str | None, timeout_s: float
+                         candidate_url: str | None, audience: str | None, timeout_s: float, ingress: str = ""
                          ) -> tuple[StageResult, ContractAudit | None]:
     """Fetch the OpenAPI document from the serving revision (through a tag URL; `sc-base` added when it has
     none, traffic unchanged) and from the candidate's tag URL, with ID tokens as the probes send them, and
@@ -42,6 +43,10 @@ async def audit_contract(cloudrun: CloudRun, http: httpx.AsyncClient, tokens: Id
         if baseline_revision is None:
             return StageResult(name=Stage.CONTRACT, status=Status.SKIP,
                                summary="first deployment: no serving revision to compare with"), None
+        closed = closed_by_ingress(ingress, UrlKind.TAGGED)
+        if closed is not None:  # a 404 from a closed tag URL would read as "no document": say why instead
+            return StageResult(name=Stage.CONTRACT, status=Status.WARN,
+                               summary=f"not audited: the tag URLs are {closed}"), None
         if candidate_url is None:
             raise StageError("the candidate has no tag URL to read its API document from")
         ignore_lines: list[str] = []

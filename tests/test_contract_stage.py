@@ -167,3 +167,17 @@ async def test_document_fetch_rides_out_cold_start_answers_and_caps_the_size() -
         assert (got.status, got.body, got.attempts) == (200, body, 3)
         big = await fetch(http, f"http://127.0.0.1:{port}/openapi.json", max_bytes=100)
         assert big.status is None and big.error is not None and "larger than" in big.error
+
+
+async def test_tag_urls_closed_by_ingress_warn_instead_of_reading_a_404_as_no_document() -> None:
+    from stagecheck.settings import ContractSettings, ProbePolicy
+    from tasks.contract import audit_contract
+
+    result, audit = await audit_contract.fn(
+        None, None, None, "svc", ContractSettings(), ProbePolicy(), baseline_revision="svc-00001-abc",  # type: ignore[arg-type]
+        candidate_url=CAND_URL, audience=None, timeout_s=5, ingress="INGRESS_TRAFFIC_INTERNAL_ONLY")
+    assert result.status is Status.WARN and audit is None
+    assert result.summary.startswith("not audited: the tag URLs are closed by ingress internal")
+    first, _ = await audit_contract.fn(None, None, None, "svc", ContractSettings(), ProbePolicy(),  # type: ignore[arg-type]
+                                       baseline_revision=None, candidate_url=CAND_URL, audience=None, timeout_s=5)
+    assert first.status is Status.SKIP and "first deployment" in first.summary
