@@ -27,6 +27,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _PARAM = re.compile(r"\{[^}/]*\}")
 _KEEP = frozenset(("format", "pattern", "maxLength", "minLength", "maxItems", "minItems", "readOnly", "writeOnly"))
 _BOUNDS = frozenset(("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum"))
+_TEXT = json.JSONEncoder(default=str, check_circular=False)  # one encoder: json.dumps(default=...) builds one per call
 _COMBINERS = frozenset(("oneOf", "anyOf"))
 _READ = _KEEP | _BOUNDS | {"type", "nullable", "enum", "const", "properties", "required", "items",
                            "additionalProperties", "oneOf", "anyOf", "allOf"}
@@ -101,7 +102,7 @@ class _Resolver:
         what the two share (most of it) is built once and compares by identity."""
         if not isinstance(raw, dict) or not raw:
             return self.schema(raw)
-        text = json.dumps(raw, default=str)
+        text = _TEXT.encode(raw)
         if '"$ref"' in text:
             return self.schema(raw)
         cached = self.leaves.get(text)
@@ -141,7 +142,7 @@ class _Resolver:
         return cached
 
     def _build(self, raw: dict[str, Any]) -> Schema:
-        present = raw.keys() & _READ  # most schemas carry two or three of these: test only those
+        present = _READ.intersection(raw)  # most schemas carry two or three of these: test only those
         out: Schema = {}
         kept = present & _KEEP
         if kept:
@@ -245,7 +246,7 @@ def _parameters(resolver: _Resolver, path: str, raw: list[Any]) -> dict[tuple[st
             first: Any = next(iter(param["content"].values()), {})
             schema = first.get("schema") if isinstance(first, dict) else None
         out[key] = Parameter(location=location, name=name, required=location == "path" or param.get("required") is True,
-                             schema=resolver.whole(schema))
+                             schema=resolver.schema(schema))  # small: flat ones are shared by content
     return out
 
 
