@@ -31,6 +31,7 @@ from stagecheck.concurrency import (
     service_tag,
     this_flow_run,
 )
+from stagecheck.contract.findings import ContractAudit
 from stagecheck.cost import estimate_revision_cost
 from stagecheck.errors import StageError
 from stagecheck.evidence import BakeData
@@ -76,6 +77,7 @@ from tasks.bake import watch_release
 from tasks.build import build_image
 from tasks.checkout import checkout_commit
 from tasks.common import Clients, FailedGate
+from tasks.contract import audit_contract
 from tasks.deploy import DeployOutcome, deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs, explain_failure
@@ -127,6 +129,7 @@ class ServiceValidation:
         self.request_timeout_s = 300.0  # the revision's `timeout`: how late its request entries can be written
         self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
         self.failed_at: datetime | None = None  # when the first failed gate saw its failure
+        self.contract: ContractAudit | None = None  # the breaking-changes audit, when it compared
 
     @property
     def tag(self) -> str:
@@ -252,6 +255,8 @@ class ServiceValidation:
         if not await self._probe_tagged(snapshot, outcome, revision.name):
             await self._explain_failure(snapshot, outcome, revision)
             return image, revision
+        if not await self._contract(snapshot, outcome, revision.name):
+            return image, revision
         if (await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
                 and await self._smoke(outcome, revision.name)
                 and await self._logs(snapshot, outcome, revision)):
@@ -349,6 +354,20 @@ class ServiceValidation:
                                                 "to probe its tag through the load balancer)")
         if not self.record(result):
             await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.PROBE_TAGGED)
+            return False
+        return True
+
+    async def _contract(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: str) -> bool:
+        """The candidate's API contract against the serving revision's, before any traffic moves (tasks.contract);
+        a failed audit stops the release like a failed probe-tagged."""
+        self.starting(Stage.CONTRACT)
+        result, self.contract = await gate_value(await self._api(audit_contract)(
+            self.clients.cloudrun, self.clients.http, self.clients.tokens, self.svc.name, self.svc.contract,
+            self.settings.probes, baseline_revision=snapshot.previous.name if snapshot.previous else None,
+            candidate_url=outcome.tag_url, timeout_s=self.settings.deploy_timeout_s, ingress=snapshot.ingress,
+            audience=probe_audience(UrlKind.TAGGED, outcome.service_url, self.settings.probes)))
+        if not self.record(result):
+            await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.CONTRACT)
             return False
         return True
 
@@ -521,6 +540,7 @@ class ServiceValidation:
             started_at=self.started_at, finished_at=datetime.now(UTC), flow_run_url=_flow_run_url(),
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
+            contract=self.contract,
         )
 
 

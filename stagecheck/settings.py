@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stagecheck.contract.findings import FailOn
 from stagecheck.retry_policy import ApiRetries
 
 SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -124,6 +125,22 @@ class HealthChecks(Strict):
 
     def for_kind(self, kind: UrlKind) -> UrlCheck:
         return {UrlKind.TAGGED: self.tagged, UrlKind.SERVICE: self.service, UrlKind.LB: self.lb}[kind]
+
+
+class ContractSettings(Strict):
+    """`[services.contract]`: the breaking-changes audit of the service's OpenAPI document (stage `contract`)."""
+
+    openapi_path: str = Field("/openapi.json", description="where the service serves its OpenAPI 3.0/3.1 document")
+    fail_on: FailOn = Field(FailOn.ERR, description='"ERR", "WARN" or "never" (report only)')
+    ignore_file: Path | None = Field(None, description="accepted changes, in oasdiff's ignore format (relative to "
+                                                        "the config)")
+
+    @field_validator("openapi_path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
 
 
 class ProbeAuth(StrEnum):
@@ -263,6 +280,7 @@ class ServiceConfig(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict, description="ENV_NAME -> secret:version")
     health: HealthChecks = HealthChecks()
+    contract: ContractSettings = ContractSettings()
     lb_path_prefix: str | None = Field(None, description="path prefix of this service on the LB (default /<name>)")
     smoke: tuple[SmokeCommand, ...] = ()
     traffic: TrafficPlan | None = None
@@ -550,6 +568,9 @@ def check_sources(settings: Settings, services: Iterable[ServiceConfig] | None =
             problems.append(f"  {where}.source_dir: the build context {svc.source_dir.resolve()} {what}")
         elif not (svc.source_dir / svc.dockerfile).is_file():
             problems.append(f"  {where}.dockerfile: {svc.dockerfile!r} not found in {svc.source_dir.resolve()}")
+        ignore = svc.contract.ignore_file
+        if ignore is not None and not ignore.is_file():
+            problems.append(f"  {where}.contract.ignore_file: {ignore} is not a file")
     if problems:
         raise ConfigError("invalid configuration (build inputs):\n" + "\n".join(problems))
 
@@ -712,6 +733,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for svc in out.get("services", []) or []:
         if isinstance(svc, dict) and "source_dir" in svc:
             svc = {**svc, "source_dir": str((base / svc["source_dir"]).resolve())}
+        contract = svc.get("contract") if isinstance(svc, dict) else None
+        if isinstance(contract, dict) and isinstance(contract.get("ignore_file"), str):
+            svc = {**svc, "contract": {**contract, "ignore_file": str((base / contract["ignore_file"]).resolve())}}
         services.append(svc)
     if services:
         out["services"] = services

@@ -41,6 +41,7 @@ SECTIONS = [
     "Stages",
     "Performance impact vs previous revision",
     "Service health",
+    "Breaking changes audit",
     "Logs analysis",
     "Success criteria",
     "Issues identified",

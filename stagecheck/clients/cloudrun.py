@@ -445,6 +445,18 @@ class CloudRun:
                                              annotations=annotations)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
 
+    async def tag_revision(self, service: str, revision: str, tag: str, timeout_s: float) -> run_v2.Service:
+        """Give `revision` the traffic tag `tag` (a 0 % target) without moving traffic: the split read now
+        (again after an etag mismatch) with the tag added, mask `traffic`; the service once the operation is done."""
+        from stagecheck.traffic import with_tag
+
+        current = await self.get_service(service)
+        if current is None:
+            raise StageError(f"service {service} not found")
+        op, _ = await self.update_with_retry(
+            current, lambda svc: (None, with_tag(split_from_proto(svc.traffic), revision, tag)), update_mask=TRAFFIC_MASK)
+        return await self.finish(op, f"tag {revision} of {service} as {tag}", timeout_s)
+
     async def set_annotations(self, service: str, changes: Mapping[str, str | None], timeout_s: float,
                               *, wait: bool = True) -> run_v2.Service | None:
         """Set (None: remove) service annotations in a PATCH whose mask names only `annotations`, guarded by
