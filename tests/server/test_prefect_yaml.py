@@ -55,16 +55,13 @@ class YamlDeployed:
 
 
 def _copy_repository(dest: Path) -> None:
-    """This repository's tracked and new (not ignored) files, plus the sample service's busybox."""
+    """This repository's tracked and new (not ignored) files: nothing generated (the sample builds without)."""
     files = git(REPO_ROOT, "ls-files", "-co", "--exclude-standard", "-z").split("\0")
     for name in filter(None, files):
         src = REPO_ROOT / name
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    busybox = Path("examples/sample-service/bin/busybox")
-    (dest / busybox).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO_ROOT / busybox, dest / busybox)
 
 
 def _make_origin(root: Path) -> tuple[str, list[str]]:
