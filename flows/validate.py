@@ -579,7 +579,7 @@ async def validate(
     set only `git_sha` and `git_ref`): the fields of `flows.params.ValidationRequest`, described alike.
 
     Args:
-        config: Path of the stagecheck.toml (relative to the working directory)
+        config: Path of the stagecheck.toml (inside `repository` when set, else relative to the working directory)
         services: Cloud Run services to validate; empty means every service in the config
         git_sha: Commit to validate (checked out for the run unless the clone is at it); empty means HEAD
         git_ref: Branch or ref the commit came from (shown in the report)
@@ -589,8 +589,8 @@ async def validate(
         dry_run: Check syntax and build the image only; deploy nothing
         sandbox: Target the local sandbox (endpoints from STATE_DIR/sandbox.json)
         state_dir: Where the sandbox writes sandbox.json
-        repository: Git URL or absolute path of the service repository; empty: the working directory's
-        repository_credentials: Prefect block with the repository's HTTPS token (a Secret's name, or type/name)
+        repository: Git URL (https://, ssh://, git@host:path, file://) or absolute path of the service repository to validate; empty: the repository of the working directory
+        repository_credentials: Prefect block holding the repository's HTTPS token: a Secret block's name, or <block type>/<name> (e.g. github-credentials/acme); never put credentials in the URL
     """
     logger = get_run_logger()
     repo = None

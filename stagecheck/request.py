@@ -30,12 +30,6 @@ def flow_timeout_s(environ: dict[str, str] | None = None) -> float:
 class ValidationRequest(BaseModel):
     """What to validate, and how. Empty fields fall back to the config file."""
 
-    repository: str | None = Field(
-        None, description="Git URL (https://, ssh://, git@host:path, file://) or absolute path of the service "
-                          "repository to validate; empty: the repository of the working directory")
-    repository_credentials: str | None = Field(
-        None, description="Prefect block holding the repository's HTTPS token: a Secret block's name, or "
-                          "<block type>/<name> (e.g. github-credentials/acme); never put credentials in the URL")
     config: str = Field("stagecheck.toml", description="Path of the stagecheck.toml (inside `repository` when set, "
                                                        "else relative to the working directory)")
     services: list[str] = Field(default_factory=list,
@@ -50,6 +44,12 @@ class ValidationRequest(BaseModel):
     dry_run: bool = Field(False, description="Check syntax and build the image only; deploy nothing")
     sandbox: bool = Field(False, description="Target the local sandbox (endpoints from STATE_DIR/sandbox.json)")
     state_dir: str = Field(".stagecheck", description="Where the sandbox writes sandbox.json")
+    repository: str | None = Field(
+        None, description="Git URL (https://, ssh://, git@host:path, file://) or absolute path of the service "
+                          "repository to validate; empty: the repository of the working directory")
+    repository_credentials: str | None = Field(
+        None, description="Prefect block holding the repository's HTTPS token: a Secret block's name, or "
+                          "<block type>/<name> (e.g. github-credentials/acme); never put credentials in the URL")
 
     @field_validator("services")
     @classmethod
