@@ -91,3 +91,17 @@ def test_notify_merge_and_serve_register_use_the_active_profiles_api(tmp_path: P
     assert "the Prefect API did not answer" in registered.stderr and "Traceback" not in registered.stderr
     no_profile = {**env, "PREFECT_PROFILES_PATH": str(tmp_path / "none.toml")}
     assert cli("notify-merge", "--sha", "abcdef1", "--ref", "main", "--repo", "shop", env=no_profile).returncode == 2
+
+
+def test_the_run_form_refuses_a_bad_sha_and_the_flow_has_a_timeout_backstop() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.params import flow_timeout_s
+    from flows.validate import validate
+
+    git_sha = parameter_schema(validate.fn).model_dump()["properties"]["git_sha"]
+    assert {"type": "string", "pattern": "^[0-9a-f]{7,40}$"} in git_sha["anyOf"]  # the UI form checks it
+    assert validate.timeout_seconds == flow_timeout_s() == 30 * 3600
+    assert flow_timeout_s({"STAGECHECK_FLOW_TIMEOUT_S": "7200"}) == 7200
+    for bad in ("", "soon", "-1", "inf", "nan"):
+        assert flow_timeout_s({"STAGECHECK_FLOW_TIMEOUT_S": bad}) == 30 * 3600

@@ -5,8 +5,11 @@ test harness's Prefect server)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 from flows.validate import validate
 from stagecheck.concurrency import ensure_service_limits
 from tests.fixtures_sandbox import unique_name
+from tests.server.test_deployments import poll
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -62,3 +66,48 @@ async def test_an_unknown_commit_or_a_missing_config_of_another_repository_fails
     assert unknown.is_failed() and f"commit {'0' * 40} not found" in str(unknown.message)
     assert missing.is_failed() and "config 'deploy/stagecheck.toml' not found" in str(missing.message)
     assert list((Path(os.environ["STAGECHECK_CACHE_DIR"]) / "checkouts").iterdir()) == []
+
+
+async def test_a_private_repository_is_read_with_the_token_of_a_secret_block_that_no_output_shows(
+        prefect_api: None, scenario: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repository behind a git HTTP server on 127.0.0.1 that answers 401 without the token; the token is in a
+    Prefect Secret block; the run (a dry run) passes, and neither its logs nor its report carry the token."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from tests.git_http_server import git_http_server
+
+    token = f"tok-{uuid.uuid4().hex}"
+    block = f"git-token-{uuid.uuid4().hex[:8]}"
+    await Secret(value=f"ci-bot:{token}").save(block, overwrite=True)
+    service = unique_name("priv")
+    scenario.add_service("svc")
+    scenario.config([{"name": service, "source_dir": "svc"}])
+    sha = scenario.commit("first")
+    await asyncio.to_thread(subprocess.run, ["git", "-C", str(scenario.root), "config",
+                                             "uploadpack.allowAnySHA1InWant", "true"], check=True)
+    monkeypatch.chdir(tmp_path)
+    scenario.repositories.add(service)
+
+    with git_http_server(scenario.root.parent, "ci-bot", token) as server:
+        url = f"{server.url}/{scenario.root.name}"
+        refused = await validate(config="stagecheck.toml", repository=url, git_sha=sha, dry_run=True,  # type: ignore[call-overload]
+                                 sandbox=True, state_dir=scenario.sandbox.state_dir, return_state=True)
+        state = await validate(config="stagecheck.toml", repository=url, repository_credentials=block,  # type: ignore[call-overload]
+                               git_sha=sha, dry_run=True, sandbox=True, state_dir=scenario.sandbox.state_dir,
+                               return_state=True)
+
+    assert refused.is_failed() and "git fetch from" in str(refused.message)  # without the block: 401
+    assert state.is_completed(), state.message
+    report = (tmp_path / "reports" / f"{service}-latest.json").read_text()
+    assert json.loads(report)["verdict"] == "pass" and json.loads(report)["git_sha"] == sha
+    async def logs_with_the_verdict() -> list[Any]:  # the run's logs reach the API in the background
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[state.state_details.flow_run_id, refused.state_details.flow_run_id])))
+        return logs if any(f"{service}: PASS" in log.message for log in logs) else []
+
+    logs = await poll(logs_with_the_verdict, within_s=30)
+    assert not any(token in log.message for log in logs)
+    assert token not in report and not any(token in path for path in server.paths)
