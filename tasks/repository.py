@@ -1,5 +1,8 @@
 """Before the config is read: the service repository a request names, checked out at its commit for this run
-(`stagecheck.repository`), with the token of a Prefect block (never in the URL, never in any output)."""
+(`stagecheck.repository`), with the token of a Prefect block (never in the URL, never in any output).
+
+Unlike the stage tasks it raises (RepositoryError, its task run Failed): before the config is read there is no
+service, so no report to carry a gate; the flow ends Failed with the reason, as for a bad config."""
 
 from __future__ import annotations
 

@@ -105,3 +105,19 @@ def test_the_run_form_refuses_a_bad_sha_and_the_flow_has_a_timeout_backstop() ->
     assert flow_timeout_s({"STAGECHECK_FLOW_TIMEOUT_S": "7200"}) == 7200
     for bad in ("", "soon", "-1", "inf", "nan"):
         assert flow_timeout_s({"STAGECHECK_FLOW_TIMEOUT_S": bad}) == 30 * 3600
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--prefect-file", "{bad}"], "deployments[0] (staging): entrypoint"),
+    (["--param", "colour=red"], "--param colour: not a parameter of the validation flow"),
+    (["--param", "sandbox"], "--param 'sandbox': KEY=VALUE"),
+])
+def test_serve_refuses_a_bad_file_or_param_with_exit_2_before_starting_anything(
+        tmp_path: Path, argv: list[str], fragment: str) -> None:
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments:\n- name: staging\n")
+    state = tmp_path / "state"
+    done = cli("serve", "up", "--state-dir", str(state), "--port", "1", *[a.format(bad=bad) for a in argv])
+    assert done.returncode == 2, done.stderr
+    assert fragment in done.stderr and "Traceback" not in done.stderr
+    assert not (state / "prefect" / "server.json").exists()  # no server was started
