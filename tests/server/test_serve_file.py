@@ -55,3 +55,38 @@ def test_serve_registers_the_entries_of_prefect_yaml(prefect_server: LocalServer
     assert automation.trigger.expect == {"stagecheck.git.merged"}
     (action,) = automation.actions
     assert action.parameters == {"git_sha": "{{ event.payload.sha }}", "git_ref": "{{ event.payload.ref }}"}
+
+
+@pytest.mark.sandbox
+@pytest.mark.docker
+async def test_a_merge_event_of_another_repository_starts_its_target_only_for_its_url(deployed: Any) -> None:
+    """A target naming a service repository takes merge events carrying its URL (`notify-merge --url`); an event of
+    the same repository name with another URL starts nothing (it cannot redirect the run or its credentials)."""
+    from cli.commands import notify_merge
+    from deployments.definitions import Target
+    from flows.params import ValidationRequest
+    from tests.server.conftest import POOL
+    from tests.server.test_deployments import _final, _runs_of, poll
+
+    project = deployed.project
+    target = Target(name=f"repo-{uuid.uuid4().hex[:6]}", cron=None, merge_repo=project.repo_name, merge_branch="main",
+                    request=ValidationRequest(repository=str(project.root), config=project.config.name,
+                                              services=[project.services["m"]], dry_run=True, sandbox=True,
+                                              state_dir=project.state_dir))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: deployed.server.url}):
+        (deployment_id,) = (await setup([target.definition()], pool=POOL, repo_root=REPO_ROOT)).deployment_ids
+    base = ["--sha", project.sha, "--ref", "refs/heads/main", "--repo", project.repo_name, "--api-url",
+            deployed.server.url]
+    assert await asyncio.to_thread(notify_merge.main, [*base, "--url", "/srv/git/impostor"]) == 0
+    assert await asyncio.to_thread(notify_merge.main, [*base, "--url", f"{project.root}/",
+                                                       "--config", project.config.name]) == 0
+
+    async with client_for(deployed.server.url) as client:
+        (run,) = await poll(lambda: _runs_of(client, deployment_id), within_s=90)
+        final = await poll(lambda: _final(client, run.id), within_s=240)
+        runs = await _runs_of(client, deployment_id)
+    assert final.state.is_completed(), f"{final.state.name}: {final.state.message}"
+    assert final.parameters["repository"] == str(project.root) and final.parameters["git_sha"] == project.sha
+    assert [r.id for r in runs] == [run.id]  # the impostor's event, sent first, started nothing
