@@ -63,7 +63,7 @@ class Clients:
         if self._tokens is None:
             from stagecheck.clients.identity import IdTokens
 
-            self._tokens = IdTokens(self.settings.endpoints.credentials_file)
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block)
         return self._tokens
 
     @property
