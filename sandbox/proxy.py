@@ -178,6 +178,7 @@ class Target:
     pick: Callable[[model.Service], str | None]  # revision for this request
     path: str | None = None  # forwarded path (a URL map rewrite); None = as received
     via: Literal["run.app", "lb"] = "run.app"  # which ingress path the request takes
+    tag_url: str | None = None  # the tag whose own URL the request came in by (its ID-token audience may differ)
 
 
 def _unavailable() -> Response:
@@ -242,7 +243,7 @@ class ProxyHub:
         self.lb = LbConfig()
         self.lb_port: int | None = None
         self._backend: Backend | None = None
-        self.invoker: Callable[[model.Service, Scope], Response | None] | None = None  # IAM (sandbox/iam.py)
+        self.invoker: Callable[[model.Service, Scope, str | None], Response | None] | None = None  # sandbox/iam.py
         self._service_ports: dict[str, int] = {}
         self._tag_ports: dict[tuple[str, str], int] = {}
         self._client = httpx.AsyncClient(
@@ -319,7 +320,7 @@ class ProxyHub:
         return pick
 
     def _tag_app(self, service: str, tag: str) -> ASGIApp:
-        target = Target(service, f"proxy.tag.{service}.{tag}", self._tag_pick(tag))
+        target = Target(service, f"proxy.tag.{service}.{tag}", self._tag_pick(tag), tag_url=tag)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
@@ -356,7 +357,7 @@ class ProxyHub:
         body = b""
         instance_id: str | None = None
         try:
-            denied = self.invoker(svc, scope) if self.invoker is not None else None  # 403/401 before the revision
+            denied = self.invoker(svc, scope, target.tag_url) if self.invoker is not None else None  # 401/403 first
             if denied is not None:
                 await denied(scope, receive, counting)
                 return

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
+from sandbox.fidelity import Fidelity
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
 from sandbox.listeners import ListenerPool
 from sandbox.logapi import ListQuota, logging_routes
@@ -152,7 +153,24 @@ class SandboxServer:
             self.orch.behaviors[request.path_params["service"]] = updated
             return JSONResponse(asdict(updated))
 
+        async def get_fidelity(request: Request) -> Response:
+            return JSONResponse(self.orch.fidelity.model_dump())
+
+        async def put_fidelity(request: Request) -> Response:
+            """Set unsure rules (sandbox/fidelity.py); `{}` resets every one to its default."""
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "body: a JSON object of switches is expected", field="body")
+            try:
+                self.orch.fidelity = self.orch.fidelity.update(body) if body else Fidelity()
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            self.iam.fidelity = self.orch.fidelity
+            return JSONResponse(self.orch.fidelity.model_dump())
+
         return [
+            Route("/sandbox/v1/fidelity", get_fidelity, methods=["GET"]),
+            Route("/sandbox/v1/fidelity", put_fidelity, methods=["PUT"]),
             Route("/sandbox/v1/health", health, methods=["GET"]),
             Route("/sandbox/v1/status", status, methods=["GET"]),
             Route("/sandbox/v1/shutdown", shutdown, methods=["POST"]),
