@@ -232,8 +232,10 @@ def service_name(run_clients: RunClients) -> Iterator[str]:
 
 @pytest.mark.docker
 @pytest.mark.sandbox
+@pytest.mark.parametrize("mismatch", ["aborted", "failed_precondition"])  # UNSURE: AIP-154 after / before 2021
 async def test_masked_updates_and_etag_retries(cloudrun: CloudRun, run_clients: RunClients, sample_image: Any,
-                                               service_name: str) -> None:
+                                               service_name: str, fidelity: Any, mismatch: str) -> None:
+    fidelity(etag_mismatch=mismatch)
     deploy(run_clients, service_name, sample_image.ref)
     stale = await cloudrun.get_service(service_name)
     assert stale is not None
