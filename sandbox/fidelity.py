@@ -22,6 +22,11 @@ googleapis/python-run#123: a traffic-only change; googleapis/google-cloud-python
 - `stale_target` — an update whose traffic names a revision that failed. `sync_400`: refused on the call;
   `operation_error`: accepted, its operation ends with code 13 "Revision '…' is not ready and cannot serve
   traffic." (the Terraform report's shape).
+- `terminal_after_failed_revision` — after a revision failed, an update that makes no new revision (a restoring
+  traffic change). `stays_failed`: the service's terminal condition stays failed until a good revision exists
+  and the operation ends with the failed revision's error (code 13) even though its traffic was applied (as a
+  Knative service stays `Ready False RevisionFailed` while its latest created revision failed:
+  Harald-U/knative-handson-workshop docs/7-Debugging.md); `clears`: the operation succeeds.
 - `tag_audience` — which ID-token audience a tag URL accepts. `service_url`: the service URL (the default URL
   "always remains an acceptable audience"); `tag_url`: the tag URL itself. No source says either.
 """
@@ -43,6 +48,7 @@ class Fidelity(BaseModel):
     unknown_mask_path: Literal["reject", "ignore"] = "reject"
     etag_mismatch: Literal["aborted", "failed_precondition"] = "aborted"
     stale_target: Literal["sync_400", "operation_error"] = "sync_400"
+    terminal_after_failed_revision: Literal["stays_failed", "clears"] = "stays_failed"
     tag_audience: Literal["service_url", "tag_url"] = "service_url"
 
     def update(self, changes: dict[str, object]) -> Fidelity:

@@ -328,6 +328,8 @@ class Orchestrator:
         try:
             async with lock:
                 failure = await self._settle(svc, revision)
+                if failure is None and revision is None:
+                    failure = self._latest_failed(svc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -354,6 +356,14 @@ class Orchestrator:
             # Revision '…' is not ready and cannot serve traffic. …" (a Terraform report, cloud-run-facts §7)
             op.error = ApiError(500, failure, status="INTERNAL")
         op.done = True
+
+    def _latest_failed(self, svc: model.Service) -> str | None:
+        """With fidelity `terminal_after_failed_revision="stays_failed"`: the error of the service's latest created
+        revision when it failed (the terminal condition stays failed until a good revision exists)."""
+        latest = self.revisions.get(svc.service_id, {}).get(svc.latest_created)
+        if self.fidelity.terminal_after_failed_revision != "stays_failed" or latest is None or latest.phase != "FAILED":
+            return None
+        return model.revision_not_ready_message(latest.name, latest.ready.message)
 
     async def _settle(self, svc: model.Service, revision: model.Revision | None) -> str | None:
         if revision is not None:

@@ -64,6 +64,13 @@ def split_from_statuses(statuses: Sequence[Any]) -> list[TrafficTarget]:
     return [TrafficTarget(revision=s.revision or None, percent=int(s.percent), tag=s.tag or None) for s in statuses]
 
 
+def served_split(statuses: Sequence[Any]) -> list[TrafficTarget]:
+    """What serves (`traffic_statuses`) as a split to send back: a target with a percentage names its concrete
+    revision (LATEST resolved, when Cloud Run resolved it), a tag-only 0 % LATEST target keeps following LATEST."""
+    return [TrafficTarget(revision=None if (s.type_ == _LATEST and not s.percent) else (s.revision or None),
+                          percent=int(s.percent), tag=s.tag or None) for s in statuses]
+
+
 def ingress_name(service: Any) -> str:
     """The service's ingress setting as its enum name ('' when unset, which means all traffic)."""
     value: Any = getattr(service, "ingress", 0)
@@ -272,6 +279,10 @@ class EtagMismatch(StageError):
     """409/ABORTED: the service was modified since it was read (its etag no longer matches)."""
 
 
+class OperationFailed(StageError):
+    """A long-running operation ended with an error: final whatever its code (a failed rollout's is 13)."""
+
+
 class RevisionNameConflict(StageError):
     """409: "Revision named '<rev>' with different configuration already exists."."""
 
@@ -437,9 +448,8 @@ class CloudRun:
                 return op.result(timeout=timeout_s, polling=_OP_POLLING, retry=_READ_RETRY)  # GetOperation is a read
             except gexc.GoogleAPICallError as exc:
                 if op.operation.done and op.operation.HasField("error"):
-                    error = describe_api_error(exc, f"{what} (the operation failed)")
-                    error.transient = False
-                    raise error from None
+                    described = describe_api_error(exc, f"{what} (the operation failed)")
+                    raise OperationFailed(described.message, hint=described.hint) from None  # never transient
                 raise
             except TimeoutError as exc:  # concurrent.futures.TimeoutError: polled until the bound, never done
                 inner = exc.__context__  # ... or a GetOperation that kept failing past its own retry bound

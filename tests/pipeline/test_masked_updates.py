@@ -79,7 +79,7 @@ def test_a_patch_body_carries_only_name_etag_and_the_masked_fields() -> None:
     traffic = masked_body(current, TRAFFIC_MASK, template=None, split=split, annotations=None)
     assert run_v2.Service.to_dict(traffic, including_default_value_fields=False) == {
         "name": current.name, "etag": '"e1"',
-        "traffic": [{"type_": REVISION.value, "revision": "s-1", "percent": 100, "tag": "t"}]}
+        "traffic": [{"type_": int(REVISION), "revision": "s-1", "percent": 100, "tag": "t"}]}
     notes = masked_body(current, ANNOTATIONS_MASK, template=None, split=None, annotations={"drop": None, "new": "3"})
     assert "template" not in notes and "traffic" not in notes and "labels" not in notes
     assert dict(notes.annotations) == {"keep": "1", "new": "3"} and notes.etag == '"e1"'
