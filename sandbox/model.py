@@ -553,11 +553,14 @@ def parse_ingress(value: Any) -> str:
     return _INGRESS[value] or INGRESS_ALL
 
 
-def ingress_admits(ingress: str | None, path: Literal["run.app", "lb"]) -> bool:
-    """Whether a request from outside the VPC reaches the service: run.app URLs (service and tag URLs)
+def ingress_admits(ingress: str | None, path: Literal["run.app", "lb"], *, from_vpc: bool = False) -> bool:
+    """Whether a request reaches the service: from outside the VPC, run.app URLs (service and tag URLs)
     are open only with INGRESS_TRAFFIC_ALL; an external load balancer also with INTERNAL_LOAD_BALANCER
-    ("internal and Cloud Load Balancing"). The sandbox's clients are never inside the VPC."""
+    ("internal and Cloud Load Balancing"). `from_vpc` (the behaviour `vpc_clients`: the callers run inside the
+    service's VPC network): `internal` admits the run.app URLs too (docs securing/ingress); `none` admits nothing."""
     setting = ingress or INGRESS_ALL
+    if from_vpc and path == "run.app":
+        return setting in (INGRESS_ALL, INGRESS_INTERNAL_ONLY, INGRESS_INTERNAL_LB)
     if path == "lb":
         return setting in (INGRESS_ALL, INGRESS_INTERNAL_LB)
     return setting == INGRESS_ALL

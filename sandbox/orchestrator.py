@@ -35,6 +35,7 @@ class Behavior:
     reconcile_delay_s: float = 0.2
     warm_instances: int = 2  # instances a rollout starts per revision (capped by maxInstanceCount)
     queue_timeout_s: float = 60.0  # a request waits this long for a free instance, then 429
+    vpc_clients: bool = False  # the service's callers are inside its VPC: `internal` ingress admits run.app URLs
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,8 @@ class ProxyHub:
         if svc is None:
             await _not_found()(scope, receive, counting)
             return
-        if not model.ingress_admits(svc.spec.get("ingress"), target.via):
+        if not model.ingress_admits(svc.spec.get("ingress"), target.via,
+                                    from_vpc=self.backend.behavior(target.service).vpc_clients):
             # closed by the service's ingress setting: the request never reaches it (404 as observed)
             await _not_found()(scope, receive, send)
             return

@@ -55,6 +55,7 @@ class BehaviorBody(BaseModel):
     reconcile_delay_s: float | None = None
     warm_instances: int | None = Field(None, ge=1)
     queue_timeout_s: float | None = None
+    vpc_clients: bool | None = None
 
     @field_validator("cold_start_hold_s", "scale_to_zero_after_s", "reconcile_delay_s", "queue_timeout_s")
     @classmethod
@@ -149,6 +150,7 @@ class SandboxServer:
                 else body.reconcile_delay_s,
                 warm_instances=current.warm_instances if body.warm_instances is None else body.warm_instances,
                 queue_timeout_s=current.queue_timeout_s if body.queue_timeout_s is None else body.queue_timeout_s,
+                vpc_clients=current.vpc_clients if body.vpc_clients is None else body.vpc_clients,
             )
             self.orch.behaviors[request.path_params["service"]] = updated
             return JSONResponse(asdict(updated))

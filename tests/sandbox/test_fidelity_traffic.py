@@ -128,6 +128,12 @@ def test_ingress_closes_run_app_urls_but_not_the_load_balancer(
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
         assert client.get(f"{run_clients.lb_url}/{name}/health").status_code == 404  # external LB closed too
+        # callers inside the VPC (behaviour `vpc_clients`): `internal` admits the run.app URLs, tag URLs included
+        run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"vpc_clients": True})
+        assert client.get(f"{svc.uri}/health").status_code == 200
+        assert client.get(f"{tag_uri}/health").status_code == 200
+        assert client.get(f"{run_clients.lb_url}/{name}/health").status_code == 404  # not the external LB
+        run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"vpc_clients": False})
 
     svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
