@@ -57,9 +57,12 @@ async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
     serving = pin_latest(served, latest_ready) if served else []
     # a 0 % target of a revision that is not Ready (e.g. left by a failed deploy) would make the next
     # update fail with that revision's error: it is not carried into the candidate's split
-    idle = sorted({t.revision for t in serving if t.percent == 0 and t.revision})
+    idle = sorted({t.revision for t in [*serving, *traffic] if t.percent == 0 and t.revision})
     ready = await asyncio.gather(*(cloudrun.revision_ready(service, name) for name in idle))
-    serving, stale = without_unready(serving, {name for name, ok in zip(idle, ready, strict=True) if not ok})
+    not_ready = {name for name, ok in zip(idle, ready, strict=True) if not ok}
+    serving, stale = without_unready(serving, not_ready)
+    # a stale target only asked for (a failed deploy never applied it) is not carried over either: say so
+    stale += [t for t in traffic if t.percent == 0 and t.revision in not_ready and t not in stale]
     main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
     previous = revision_info(await cloudrun.get_revision(service, main.revision)) if main and main.revision else None
     return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,
