@@ -198,6 +198,7 @@ def test_failing_revisions_keep_traffic_on_the_previous_one(
         op.result(polling=FAST_POLL, timeout=60)
     assert "Container called exit(1)." in failed.value.message
     # the operation ends with code 13 (INTERNAL), Cloud Run's words first (a Terraform report, cloud-run-facts §7)
+    assert failed.value.code == 500 and failed.value.grpc_status_code is not None
     assert failed.value.grpc_status_code.value[0] == 13
     assert failed.value.message.startswith("Revision '") and "is not ready and cannot serve traffic." in failed.value.message
     svc = run_clients.services.get_service(name=good.name)
