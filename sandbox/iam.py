@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import model
 from sandbox.errors import ApiError
+from sandbox.fidelity import Fidelity
 from sandbox.statefiles import DEPLOYER_KEY_FILE, OUTSIDER_KEY_FILE
 
 OAUTH_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # the assertion's aud: a constant, not token_uri
@@ -225,6 +226,7 @@ class Iam:
     def __init__(self, project: str, *, clock: Callable[[], float] = time.time) -> None:
         self.project = project
         self.clock = clock
+        self.fidelity = Fidelity()  # the server sets it with the orchestrator's (`tag_audience`)
         self.deployer = Principal.generate("stagecheck-deployer", project)
         self.outsider = Principal.generate("stagecheck-outsider", project)
         self.project_roles: dict[str, set[str]] = {
@@ -379,8 +381,10 @@ class Iam:
         current.version, current.bindings, current.serial = max(version, 1), bindings, current.serial + 1
         return current
 
-    def invoke_gate(self, svc: model.Service, scope: Scope) -> Response | None:
-        """None when the request may reach the revision; else the 401/403 the Google front end answers."""
+    def invoke_gate(self, svc: model.Service, scope: Scope, tag: str | None = None) -> Response | None:
+        """None when the request may reach the revision; else the 401/403 the Google front end answers. At a
+        tag URL (`tag`) the accepted audience is the service's or the tag URL's, as the fidelity switch
+        `tag_audience` says (no source says which)."""
         if svc.spec.get("invokerIamDisabled") is True:
             return None
         policy = self.policy(svc)
@@ -391,7 +395,11 @@ class Iam:
         if not authorization:
             return forbidden(path)
         scheme, _, token = authorization.partition(" ")
-        claims = self._verify_issued(token, accepted_audiences(svc)) if scheme.lower() == "bearer" and token else None
+        audiences = accepted_audiences(svc)
+        if tag is not None and self.fidelity.tag_audience == "tag_url":
+            url = svc.tag_uris.get(tag, "")
+            audiences = [url, url + "/"] if url else []
+        claims = self._verify_issued(token, audiences) if scheme.lower() == "bearer" and token else None
         if claims is None:
             return unauthorized(path)
         member = f"serviceAccount:{claims.get('email', '')}"

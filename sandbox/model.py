@@ -555,11 +555,14 @@ def parse_ingress(value: Any) -> str:
     return _INGRESS[value] or INGRESS_ALL
 
 
-def ingress_admits(ingress: str | None, path: Literal["run.app", "lb"]) -> bool:
-    """Whether a request from outside the VPC reaches the service: run.app URLs (service and tag URLs)
+def ingress_admits(ingress: str | None, path: Literal["run.app", "lb"], *, from_vpc: bool = False) -> bool:
+    """Whether a request reaches the service: from outside the VPC, run.app URLs (service and tag URLs)
     are open only with INGRESS_TRAFFIC_ALL; an external load balancer also with INTERNAL_LOAD_BALANCER
-    ("internal and Cloud Load Balancing"). The sandbox's clients are never inside the VPC."""
+    ("internal and Cloud Load Balancing"). `from_vpc` (the behaviour `vpc_clients`: the callers run inside the
+    service's VPC network): `internal` admits the run.app URLs too (docs securing/ingress); `none` admits nothing."""
     setting = ingress or INGRESS_ALL
+    if from_vpc and path == "run.app":
+        return setting in (INGRESS_ALL, INGRESS_INTERNAL_ONLY, INGRESS_INTERNAL_LB)
     if path == "lb":
         return setting in (INGRESS_ALL, INGRESS_INTERNAL_LB)
     return setting == INGRESS_ALL
@@ -670,8 +673,9 @@ MASK_SCHEMA: dict[str, frozenset[str]] = {
 }
 
 
-def parse_update_mask(mask: str | None) -> list[list[str]]:
-    """`updateMask` query value -> paths as camelCase segments; unknown paths are a 400 naming update_mask.
+def parse_update_mask(mask: str | None, *, unknown: Literal["reject", "ignore"] = "reject") -> list[list[str]]:
+    """`updateMask` query value -> paths as camelCase segments; unknown paths are a 400 naming update_mask
+    (`unknown="ignore"`: dropped, they change nothing — sandbox/fidelity.py `unknown_mask_path`).
 
     The REST client sends the FieldMask's JSON form (comma-separated, camelCase: `template,traffic`,
     `scaling.minInstanceCount`); snake_case segments are accepted too. `*` means every field."""
@@ -685,10 +689,13 @@ def parse_update_mask(mask: str | None) -> list[list[str]]:
             parent = ".".join(segments[:depth])
             known = MASK_SCHEMA.get(parent)
             if known is None or seg not in known:
+                if unknown == "ignore":
+                    break
                 raise ApiError(400, f"Invalid update_mask path '{raw}': '{seg}' is not a field of "
                                f"{'Service' if not parent else 'Service.' + parent} that can be updated.",
                                field="update_mask")
-        paths.append(segments)
+        else:
+            paths.append(segments)
     return paths
 
 
@@ -712,11 +719,11 @@ def _set_path(node: dict[str, Any], path: list[str], value: Any) -> None:
         node[path[-1]] = value
 
 
-def apply_update_mask(current: dict[str, Any], incoming: dict[str, Any], mask: str | None) -> dict[str, Any]:
-    """No mask (or `*`): the body replaces the whole resource (omitted fields fall back to defaults, as
-    clients send the whole Service). A mask: only the named paths (top-level or nested) are taken from
-    the body; a named path absent from the body is cleared. Output-only paths are ignored."""
-    paths = parse_update_mask(mask)
+def apply_update_mask(current: dict[str, Any], incoming: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """No paths (no mask) or `*`: the body replaces the whole resource (omitted fields fall back to defaults,
+    as clients send the whole Service). Paths (a mask, or the fields a body populates: `populated_paths`):
+    only those (top-level or nested) are taken from the body; a named path absent from the body is cleared.
+    Output-only paths are ignored."""
     if not paths or ["*"] in paths:
         return incoming
     merged = copy.deepcopy(current)
@@ -726,6 +733,12 @@ def apply_update_mask(current: dict[str, Any], incoming: dict[str, Any], mask: s
         _set_path(merged, path, copy.deepcopy(_get_path(incoming, path)))
     merged["template"] = normalize_template(prune(merged.get("template") or {}))
     return prune(merged) | {"template": merged["template"]}
+
+
+def populated_paths(body: dict[str, Any]) -> list[list[str]]:
+    """The top-level fields a body populates, as mask paths: AIP-134's reading of an omitted mask ("all fields
+    that are populated"; sandbox/fidelity.py `no_mask="populated"`)."""
+    return [[key] for key in prune(body) if key not in SERVICE_OUTPUT_ONLY] or [["etag"]]
 
 
 def _camel(name: str) -> str:

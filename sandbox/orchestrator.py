@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from sandbox import model
 from sandbox.errors import ApiError
+from sandbox.fidelity import Fidelity
 from sandbox.instances import DEFAULT_MAX_INSTANCES, RevisionInstance, StartFailure
 from sandbox.runlog import RunLog
 from sandbox.runtime import DockerRuntime
@@ -34,6 +35,7 @@ class Behavior:
     reconcile_delay_s: float = 0.2
     warm_instances: int = 2  # instances a rollout starts per revision (capped by maxInstanceCount)
     queue_timeout_s: float = 60.0  # a request waits this long for a free instance, then 429
+    vpc_clients: bool = False  # the service's callers are inside its VPC: `internal` ingress admits run.app URLs
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Orchestrator:
         self.instances: dict[tuple[str, str], RevisionInstance] = {}
         self.operations: dict[str, model.Operation] = {}
         self.behaviors: dict[str, Behavior] = {}
+        self.fidelity = Fidelity()  # the unsure rules' current behaviour (PUT /sandbox/v1/fidelity)
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -169,20 +172,28 @@ class Orchestrator:
         if service_id not in self.services and allow_missing:
             return await self.create_service(project, location, service_id, body)
         svc = self.service(project, location, service_id)
+        fid = self.fidelity
         etag = body.get("etag")
         if etag and etag != svc.etag:
-            raise ApiError(409, f"The service '{service_id}' was modified since it was read (etag mismatch).",
-                           status="ABORTED")
+            message = f"The service '{service_id}' was modified since it was read (etag mismatch)."
+            if fid.etag_mismatch == "aborted":
+                raise ApiError(409, message, status="ABORTED")
+            raise ApiError(400, message, status="FAILED_PRECONDITION")
         incoming = model.service_spec_from_json(body)
-        spec = model.apply_update_mask(svc.spec, incoming, update_mask)
+        paths = model.parse_update_mask(update_mask, unknown=fid.unknown_mask_path)
+        if not update_mask and fid.no_mask == "populated":
+            paths = model.populated_paths(body)
+        spec = model.apply_update_mask(svc.spec, incoming, paths)
         self._validate_spec(svc, spec, previous=svc.spec)
         existing = self.revisions[service_id]
-        # A template naming an existing revision must carry that revision's configuration, whatever the
-        # mask says (google-cloud-python#14259 got this 409 with a scaling-only mask); the same name with
-        # the same configuration makes no new revision.
-        for tpl in (incoming["template"], spec["template"]):
-            named = tpl.get("revision")
-            if named and named in existing and existing[named].template != tpl:
+        named = incoming["template"].get("revision")
+        if named and named in existing:
+            template_masked = bool(update_mask) and any(p[0] in ("template", "*") for p in paths)
+            if not template_masked:
+                # a body that carries the template it read, in an update that does not change the template, is
+                # refused (google-cloud-python#11870: a traffic-only change; #14259: a scaling-only mask)
+                raise model.revision_conflict(named)
+            if existing[named].template != incoming["template"] or fid.same_revision_resent == "conflict":
                 raise model.revision_conflict(named)
         revision: model.Revision | None = None
         requested_name = spec["template"].get("revision")
@@ -194,9 +205,10 @@ class Orchestrator:
         targets = model.parse_traffic(spec.get("traffic"))
         model.validate_traffic(targets, known, service_id)
         for i, target in enumerate(targets):
-            if target.revision in existing and existing[target.revision].phase == "FAILED":
+            if fid.stale_target == "sync_400" and target.revision in existing and existing[target.revision].phase == "FAILED":
                 # a stale target to a failed revision (e.g. a tag left by a failed deploy) fails every later
-                # update with that revision's error, as on Cloud Run
+                # update with that revision's error (fidelity `stale_target`: here on the call; with
+                # `operation_error` in the operation, _apply_traffic)
                 failed = existing[target.revision]
                 raise ApiError(400, model.revision_not_ready_message(target.revision, failed.ready.message),
                                field=f"service.traffic[{i}].revision", status="FAILED_PRECONDITION")
@@ -318,6 +330,8 @@ class Orchestrator:
         try:
             async with lock:
                 failure = await self._settle(svc, revision)
+                if failure is None and revision is None:
+                    failure = self._latest_failed(svc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -340,8 +354,18 @@ class Orchestrator:
             op.response = model.with_type(model.SERVICE_TYPE, self.service_json(svc))
         else:
             svc.terminal = model.Condition("Ready", "CONDITION_FAILED", failure, "REVISION_FAILED", last_transition=now)
-            op.error = ApiError(400, failure, status="FAILED_PRECONDITION")
+            # Cloud Run ends a failed rollout's operation with code 13 (INTERNAL): "Error code 13, message:
+            # Revision '…' is not ready and cannot serve traffic. …" (a Terraform report, cloud-run-facts §7)
+            op.error = ApiError(500, failure, status="INTERNAL")
         op.done = True
+
+    def _latest_failed(self, svc: model.Service) -> str | None:
+        """With fidelity `terminal_after_failed_revision="stays_failed"`: the error of the service's latest created
+        revision when it failed (the terminal condition stays failed until a good revision exists)."""
+        latest = self.revisions.get(svc.service_id, {}).get(svc.latest_created)
+        if self.fidelity.terminal_after_failed_revision != "stays_failed" or latest is None or latest.phase != "FAILED":
+            return None
+        return model.revision_not_ready_message(latest.name, latest.ready.message)
 
     async def _settle(self, svc: model.Service, revision: model.Revision | None) -> str | None:
         if revision is not None:
@@ -367,6 +391,11 @@ class Orchestrator:
             return "The service was deleted during the rollout."
         statuses = model.resolve_traffic(svc.traffic, svc.latest_ready or None)
         serving = model.serving_revisions(statuses)
+        revisions = self.revisions.get(svc.service_id, {})
+        failed_target = next((revisions[name] for name in sorted(serving)
+                              if name in revisions and revisions[name].phase == "FAILED"), None)
+        if failed_target is not None:  # fidelity `stale_target="operation_error"`: refused in the operation
+            return model.revision_not_ready_message(failed_target.name, failed_target.ready.message)
         starts = [self.instances[(svc.service_id, name)].start() for name in sorted(serving)
                   if (svc.service_id, name) in self.instances]
         failures: list[StartFailure | None] = list(await asyncio.gather(*starts))

@@ -180,6 +180,7 @@ class Target:
     pick: Callable[[model.Service], str | None]  # revision for this request
     path: str | None = None  # forwarded path (a URL map rewrite); None = as received
     via: Literal["run.app", "lb"] = "run.app"  # which ingress path the request takes
+    tag_url: str | None = None  # the tag whose own URL the request came in by (its ID-token audience may differ)
 
 
 def _unavailable() -> Response:
@@ -256,7 +257,7 @@ class ProxyHub:
         self.lb = LbConfig()
         self.lb_port: int | None = None
         self._backend: Backend | None = None
-        self.invoker: Callable[[model.Service, Scope], Response | None] | None = None  # IAM (sandbox/iam.py)
+        self.invoker: Callable[[model.Service, Scope, str | None], Response | None] | None = None  # sandbox/iam.py
         self._service_ports: dict[str, int] = {}
         self._tag_ports: dict[tuple[str, str], int] = {}
         self._client = httpx.AsyncClient(
@@ -333,7 +334,7 @@ class ProxyHub:
         return pick
 
     def _tag_app(self, service: str, tag: str) -> ASGIApp:
-        target = Target(service, f"proxy.tag.{service}.{tag}", self._tag_pick(tag))
+        target = Target(service, f"proxy.tag.{service}.{tag}", self._tag_pick(tag), tag_url=tag)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
@@ -364,7 +365,8 @@ class ProxyHub:
         if svc is None:
             await _not_found()(scope, receive, counting)
             return
-        if not model.ingress_admits(svc.spec.get("ingress"), target.via):
+        if not model.ingress_admits(svc.spec.get("ingress"), target.via,
+                                    from_vpc=self.backend.behavior(target.service).vpc_clients):
             # closed by the service's ingress setting: the request never reaches it (404 as observed)
             await _not_found()(scope, receive, send)
             return
@@ -372,7 +374,7 @@ class ProxyHub:
         body = b""
         instance_id: str | None = None
         try:
-            denied = self.invoker(svc, scope) if self.invoker is not None else None  # 403/401 before the revision
+            denied = self.invoker(svc, scope, target.tag_url) if self.invoker is not None else None  # 401/403 first
             if denied is not None:
                 await denied(scope, receive, counting)
                 return

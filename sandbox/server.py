@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
+from sandbox.fidelity import Fidelity
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
 from sandbox.listeners import ListenerPool
 from sandbox.logapi import EmptyPages, ListQuota, logging_routes
@@ -54,6 +55,7 @@ class BehaviorBody(BaseModel):
     reconcile_delay_s: float | None = None
     warm_instances: int | None = Field(None, ge=1)
     queue_timeout_s: float | None = None
+    vpc_clients: bool | None = None
 
     @field_validator("cold_start_hold_s", "scale_to_zero_after_s", "reconcile_delay_s", "queue_timeout_s")
     @classmethod
@@ -172,11 +174,29 @@ class SandboxServer:
                 else body.reconcile_delay_s,
                 warm_instances=current.warm_instances if body.warm_instances is None else body.warm_instances,
                 queue_timeout_s=current.queue_timeout_s if body.queue_timeout_s is None else body.queue_timeout_s,
+                vpc_clients=current.vpc_clients if body.vpc_clients is None else body.vpc_clients,
             )
             self.orch.behaviors[request.path_params["service"]] = updated
             return JSONResponse(asdict(updated))
 
+        async def get_fidelity(request: Request) -> Response:
+            return JSONResponse(self.orch.fidelity.model_dump())
+
+        async def put_fidelity(request: Request) -> Response:
+            """Set unsure rules (sandbox/fidelity.py); `{}` resets every one to its default."""
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "body: a JSON object of switches is expected", field="body")
+            try:
+                self.orch.fidelity = self.orch.fidelity.update(body) if body else Fidelity()
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+            self.iam.fidelity = self.orch.fidelity
+            return JSONResponse(self.orch.fidelity.model_dump())
+
         return [
+            Route("/sandbox/v1/fidelity", get_fidelity, methods=["GET"]),
+            Route("/sandbox/v1/fidelity", put_fidelity, methods=["PUT"]),
             Route("/sandbox/v1/health", health, methods=["GET"]),
             Route("/sandbox/v1/status", status, methods=["GET"]),
             Route("/sandbox/v1/shutdown", shutdown, methods=["POST"]),

@@ -21,9 +21,17 @@ _RUN_APP_OPEN = {"", "INGRESS_TRAFFIC_UNSPECIFIED", "INGRESS_TRAFFIC_ALL"}
 _LB_OPEN = _RUN_APP_OPEN | {"INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"}
 
 
-def closed_by_ingress(ingress: str, kind: UrlKind) -> str | None:
-    """Why a URL of `kind` cannot be reached from where stagecheck runs, or None when it is open."""
+_VPC_OPEN = _RUN_APP_OPEN | {"INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"}
+
+
+def closed_by_ingress(ingress: str, kind: UrlKind, *, in_vpc: bool = False) -> str | None:
+    """Why a URL of `kind` cannot be reached from where stagecheck runs, or None when it is open. `in_vpc`: the
+    worker runs inside the VPC, where `internal` ingress admits requests to the run.app URLs (it "Allows requests
+    from … VPC networks that are in the same project as your Cloud Run service", docs securing/ingress; setting
+    `worker_in_vpc`)."""
     word = INGRESS_WORDS.get(ingress, ingress)
+    if in_vpc and kind is not UrlKind.LB and ingress in _VPC_OPEN:
+        return None
     if kind is UrlKind.LB:
         if ingress in _LB_OPEN:
             return None

@@ -9,6 +9,8 @@ identity without `run.routes.invoke`: 403 (cloud-run-facts.md §1).
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from stagecheck.settings import AUTH_STATUSES, ProbeAuth, ProbePolicy, UrlKind
 
 
@@ -42,3 +44,22 @@ def auth_failures(*, auth: ProbeAuth, audience: str | None, identity: str, servi
     """The explanation for each auth status (401, 403) of one probe target."""
     return {s: auth_failure(s, auth=auth, audience=audience, identity=identity, service=service)
             for s in AUTH_STATUSES}
+
+
+def url_origin(url: str) -> str:
+    """`https://tag---svc-abc.a.run.app/health` -> `https://tag---svc-abc.a.run.app` (a URL's audience form)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def tag_audience_retry(kind: UrlKind, url: str, audience: str | None, last_status: int | None,
+                       policy: ProbePolicy) -> str | None:
+    """The audience to try once more at a tag URL that refused the service URL's token with 401, else None.
+
+    No source says whether a tag URL (`https://TAG---…`) accepts a token whose audience is the service URL
+    (the default URL "always remains an acceptable audience", custom-audiences docs) or wants the tag URL
+    itself: stagecheck sends the service URL first and, on a 401 at a tag URL, the tag URL once."""
+    if policy.auth != ProbeAuth.ID_TOKEN or kind is not UrlKind.TAGGED or last_status != 401 or not audience:
+        return None
+    tag_audience = url_origin(url)
+    return None if tag_audience.rstrip("/") == audience.rstrip("/") else tag_audience

@@ -24,7 +24,7 @@ def serving_targets(settings: Settings, svc: ServiceConfig, service_url: str | N
         check = svc.health.for_kind(kind)
         if check.mode == ProbeMode.OFF:
             continue
-        closed = closed_by_ingress(ingress, kind)
+        closed = closed_by_ingress(ingress, kind, in_vpc=settings.worker_in_vpc)
         if closed is not None:
             missing.append(Criterion(name=f"{kind} URL healthy", stage=Stage.PROBE_SERVING, status=Status.WARN,
                                      expected=f"the {kind} URL answers ({check.mode})", observed=closed))
@@ -48,7 +48,7 @@ def tagged_targets(settings: Settings, svc: ServiceConfig, tag: str, tag_url: st
     check = svc.health.tagged
     targets: list[ProbeTarget] = []
     notes: list[Criterion] = []
-    closed = closed_by_ingress(ingress, UrlKind.TAGGED)
+    closed = closed_by_ingress(ingress, UrlKind.TAGGED, in_vpc=settings.worker_in_vpc)
     if closed is not None:
         notes.append(Criterion(name=f"{UrlKind.TAGGED} URL healthy", stage=Stage.PROBE_TAGGED, status=Status.WARN,
                                expected=f"the tag URL answers ({check.mode})", observed=closed))

@@ -436,6 +436,9 @@ class Settings(BaseModel):
         "and {service}, e.g. https://{tag}.tags.staging.example.com; the candidate is probed there before traffic")
     lb_tag_host: str | None = Field(
         None, description="Host header for lb_tag_url when the LB is reached by address, with {tag} and {service}")
+    worker_in_vpc: bool = Field(False, description="the worker runs inside the services' VPC network: the run.app "
+                                "URLs (tag URLs included) of `internal` and `internal-and-cloud-load-balancing` "
+                                "services are reachable there, so they are probed instead of reported closed")
     endpoints: Endpoints = Endpoints()
     docker_host: str | None = Field(None, description="Docker Engine; default DOCKER_HOST / local socket")
     probes: ProbePolicy = ProbePolicy()

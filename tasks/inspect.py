@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # google.cloud.run_v2 is imported where the API is first used
 @dataclass
 class ServiceSnapshot:
     exists: bool
-    traffic: list[TrafficTarget] = field(default_factory=list)  # as configured
-    serving: list[TrafficTarget] = field(default_factory=list)  # LATEST pinned to a revision
+    traffic: list[TrafficTarget] = field(default_factory=list)  # as configured (`traffic`: what was asked)
+    serving: list[TrafficTarget] = field(default_factory=list)  # what serves (`traffic_statuses`), LATEST pinned
     latest_ready: str | None = None
     uri: str | None = None
     previous: RevisionInfo | None = None  # the serving revision with the most traffic
@@ -38,19 +38,31 @@ class ServiceSnapshot:
 
 
 async def read_snapshot(cloudrun: CloudRun, service: str) -> ServiceSnapshot:
-    from stagecheck.clients.cloudrun import ingress_name, revision_id, revision_info, split_from_proto
+    from stagecheck.clients.cloudrun import (
+        ingress_name,
+        revision_id,
+        revision_info,
+        served_split,
+        split_from_proto,
+    )
 
     svc = await cloudrun.get_service(service)
     if svc is None:
         return ServiceSnapshot(exists=False)
     traffic = split_from_proto(svc.traffic)
     latest_ready = revision_id(svc.latest_ready_revision) or None
-    serving = pin_latest(traffic, latest_ready) if traffic else []
+    # remembered (and restored by a rollback) is what SERVES, `traffic_statuses`: after a failed traffic update
+    # `traffic` still holds what was asked (Lore-Hex/quill-router#781); a service that never served has none
+    served = served_split(svc.traffic_statuses) or traffic
+    serving = pin_latest(served, latest_ready) if served else []
     # a 0 % target of a revision that is not Ready (e.g. left by a failed deploy) would make the next
     # update fail with that revision's error: it is not carried into the candidate's split
-    idle = sorted({t.revision for t in serving if t.percent == 0 and t.revision})
+    idle = sorted({t.revision for t in [*serving, *traffic] if t.percent == 0 and t.revision})
     ready = await asyncio.gather(*(cloudrun.revision_ready(service, name) for name in idle))
-    serving, stale = without_unready(serving, {name for name, ok in zip(idle, ready, strict=True) if not ok})
+    not_ready = {name for name, ok in zip(idle, ready, strict=True) if not ok}
+    serving, stale = without_unready(serving, not_ready)
+    # a stale target only asked for (a failed deploy never applied it) is not carried over either: say so
+    stale += [t for t in traffic if t.percent == 0 and t.revision in not_ready and t not in stale]
     main = max((t for t in serving if t.percent > 0), key=lambda t: t.percent, default=None)
     previous = revision_info(await cloudrun.get_revision(service, main.revision)) if main and main.revision else None
     return ServiceSnapshot(exists=True, traffic=traffic, serving=serving, latest_ready=latest_ready,

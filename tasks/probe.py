@@ -12,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.log_analysis.requests import probe_user_agent
 from stagecheck.model import Criterion, StageResult, Status
-from stagecheck.probe_auth import auth_failures
+from stagecheck.probe_auth import auth_failures, tag_audience_retry
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
-from stagecheck.settings import ProbeAuth, ProbeMode, ProbePolicy
+from stagecheck.settings import ProbeAuth, ProbeMode, ProbePolicy, UrlKind
 from tasks.common import gate, guarded, stage_run_name
 
 if TYPE_CHECKING:  # google.auth's JWT and crypto modules: loaded where ID tokens are first minted
@@ -41,6 +41,36 @@ async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, 
         headers = {**agent, **(target.headers or {}), **(token or {})}
         out.append(replace(target, headers=headers, auth_errors=errors))
     return out
+
+
+async def retry_tag_audience(http: httpx.AsyncClient, name: str, targets: Sequence[ProbeTarget],
+                             results: list[ProbeResult], policy: ProbePolicy, tokens: IdTokens | None, service: str
+                             ) -> tuple[list[ProbeResult], list[Criterion]]:
+    """A tag URL that answered 401 to the service URL's token is probed once more with the tag URL as the
+    audience (`stagecheck.probe_auth.tag_audience_retry`); each tag URL probed with a token gets a row saying
+    which audience it accepted."""
+    out: list[ProbeResult] = []
+    rows: list[Criterion] = []
+    for target, result in zip(targets, results, strict=True):
+        if policy.auth != ProbeAuth.ID_TOKEN or target.kind is not UrlKind.TAGGED or not target.audience \
+                or tokens is None or not result.attempts:
+            out.append(result)
+            continue
+        other = tag_audience_retry(target.kind, target.url, target.audience, result.attempts[-1].status, policy)
+        used = "the service URL"
+        if other is not None:
+            retried = (await with_credentials([replace(target, audience=other)], policy, tokens, service))[0]
+            second = (await probe_many(http, [retried], policy))[0]
+            if second.status is not Status.FAIL:
+                result, used = second, "the tag URL (the service URL's token was refused with 401)"
+            else:
+                used = "neither the service URL (401) nor the tag URL"
+        status = Status.FAIL if result.status is Status.FAIL and other is not None else Status.PASS
+        rows.append(Criterion(name="ID-token audience at the tag URL", stage=name, status=status,
+                              expected="the service URL, else the tag URL (no source says which a tag URL takes)",
+                              observed=f"{result.url} accepted {used}"))
+        out.append(result)
+    return out, rows
 
 
 def probe_stage_result(name: str, results: Sequence[ProbeResult], label: str = "") -> StageResult:
@@ -86,12 +116,15 @@ async def probe_urls(http: httpx.AsyncClient, name: str, targets: list[ProbeTarg
     `unprobed`: rows of URLs that could not be probed (see `with_unprobed`)."""
     async def body() -> tuple[StageResult, None]:
         results = await probe_many(http, await with_credentials(targets, policy, tokens, service), policy)
+        results, audience_rows = await retry_tag_audience(http, name, targets, results, policy, tokens, service)
         # the WebSocket exchange runs after the HTTP probes warmed the revision up
         if websocket is not None:
             ws = (await with_credentials([websocket], policy, tokens, service))[0]
             results.append(await probe_websocket(ws.url, timeout_s=policy.request_timeout_s * 2,
                                                  kind=ws.kind, mode=ws.mode, headers=ws.headers))
-        return probe_stage_result(name, results, label), None
+        result = probe_stage_result(name, results, label)
+        result.criteria.extend(audience_rows)
+        return result, None
 
     result, _ = await guarded(name, body, None)
     result = with_unprobed(result, unprobed or [], label)

@@ -130,7 +130,7 @@ async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float, cu
     (verified against `traffic_statuses`, as rollbacks are), then remove the record. With `only_for`, only
     a record that flow run wrote is recovered."""
     from stagecheck.clients.cloudrun import split_from_statuses
-    from tasks.traffic import apply_and_verify, split_result
+    from tasks.traffic import apply_and_verify, split_result, with_operation_error
 
     async def body() -> tuple[StageResult, RecoveryPlan]:
         try:
@@ -162,9 +162,9 @@ async def recover_service(cloudrun: CloudRun, service: str, timeout_s: float, cu
             return recover_result(service, plan, serving, ok=False), plan
         served = serving
         if plan.action is RecoveryAction.RESTORE:
-            _, served, reconciled = await apply_and_verify(cloudrun, service, plan.restore, timeout_s)
-            verified = split_result(Stage.RECOVER, "Recorded split restored", plan.restore, served, "restored",
-                                    reconciled=reconciled)
+            _, served, reconciled, op_error = await apply_and_verify(cloudrun, service, plan.restore, timeout_s)
+            verified = with_operation_error(split_result(Stage.RECOVER, "Recorded split restored", plan.restore,
+                                                         served, "restored", reconciled=reconciled), op_error)
             if verified.status is Status.FAIL:  # the record stays: a later recovery tries again
                 return recover_result(service, plan, served, ok=False, detail=verified.summary), plan
         await cloudrun.set_annotations(service, record_annotation(None), timeout_s)

@@ -61,23 +61,43 @@ def split_result(stage: str, criterion: str, requested: list[TrafficTarget], ser
 
 async def apply_and_verify(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float,
                            annotations: dict[str, str | None] | None = None
-                           ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool]:
+                           ) -> tuple[list[TrafficTarget], list[TrafficTarget], bool, str]:
     """Send `split` (with `annotations`, in the same request), wait for the operation, then for
-    reconciliation; (requested as stored, serving, reconciled)."""
-    from stagecheck.clients.cloudrun import split_from_proto, split_from_statuses
+    reconciliation; (requested as stored, serving, reconciled, the operation's error or "").
 
-    await cloudrun.set_traffic(service, split, timeout_s, annotations=annotations)
+    An operation that ends with an error does not decide: after a failed deploy the service's terminal
+    condition stays failed until a good revision exists, and a restoring update's operation may carry that
+    error although its split serves; what serves (`traffic_statuses`) decides, the error goes in the evidence."""
+    from stagecheck.clients.cloudrun import OperationFailed, split_from_proto, split_from_statuses
+
+    op_error = ""
+    try:
+        await cloudrun.set_traffic(service, split, timeout_s, annotations=annotations)
+    except OperationFailed as exc:
+        op_error = str(exc)
     svc = await cloudrun.wait_served(service, timeout_s=timeout_s)
     reconciled = not svc.reconciling and svc.observed_generation >= svc.generation
-    return split_from_proto(svc.traffic), split_from_statuses(svc.traffic_statuses), reconciled
+    return split_from_proto(svc.traffic), split_from_statuses(svc.traffic_statuses), reconciled, op_error
+
+
+def with_operation_error(result: StageResult, op_error: str) -> StageResult:
+    """Pure: the result, with the operation's error (if any) in its evidence and, when it failed, its summary."""
+    if not op_error:
+        return result
+    result.evidence.append(Evidence(kind="note", summary=f"the operation ended with an error: {op_error}",
+                                    data={"operation_error": op_error}))
+    if result.status is Status.FAIL:
+        result.summary = f"{result.summary}; the operation ended with an error: {op_error}"
+    return result
 
 
 async def _apply(cloudrun: CloudRun, service: str, split: list[TrafficTarget], timeout_s: float, stage: str,
                  criterion: str, done: str, latest: str | None = None,
                  annotations: dict[str, str | None] | None = None) -> tuple[StageResult, list[TrafficTarget]]:
     async def body() -> tuple[StageResult, list[TrafficTarget]]:
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, split, timeout_s, annotations)
-        return split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled), stored
+        stored, served, reconciled, op_error = await apply_and_verify(cloudrun, service, split, timeout_s, annotations)
+        result = split_result(stage, criterion, split, served, done, latest=latest, reconciled=reconciled)
+        return with_operation_error(result, op_error), stored
 
     result, applied = await guarded(stage, body, list[TrafficTarget]())
     return gate(result, (result, applied))
@@ -136,9 +156,10 @@ async def finish_release(cloudrun: CloudRun, service: str, current: list[Traffic
                                criteria=[Criterion(name="Service left as after a release", stage=Stage.RELEASE,
                                                    status=Status.PASS, expected=what, observed=describe(current))]
                                ), list(current)
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, final, timeout_s)
-        result = split_result(Stage.RELEASE, f"Service left as after a release ({after_pass})", final, served,
-                              f"release: {what}", latest=candidate, reconciled=reconciled)
+        stored, served, reconciled, op_error = await apply_and_verify(cloudrun, service, final, timeout_s)
+        result = with_operation_error(split_result(
+            Stage.RELEASE, f"Service left as after a release ({after_pass})", final, served, f"release: {what}",
+            latest=candidate, reconciled=reconciled), op_error)
         result.data["removed_tags"] = removed
         return result, stored
 
@@ -180,9 +201,10 @@ async def restore_after_failed_deploy(cloudrun: CloudRun, service: str, remember
                                                    status=Status.PASS, expected=describe(restore),
                                                    observed=describe(now))]), now
         latest = revision_id(current.latest_ready_revision) or None  # the failed candidate never is
-        stored, served, reconciled = await apply_and_verify(cloudrun, service, restore, timeout_s)
-        result = split_result(Stage.ROLLBACK, "Traffic restored after the failed deploy", restore, served, done,
-                              latest=latest, reconciled=reconciled)
+        stored, served, reconciled, op_error = await apply_and_verify(cloudrun, service, restore, timeout_s)
+        result = with_operation_error(split_result(Stage.ROLLBACK, "Traffic restored after the failed deploy",
+                                                   restore, served, done, latest=latest, reconciled=reconciled),
+                                      op_error)
         if any(t.revision == candidate for t in stored):
             result.status = Status.FAIL
             result.summary = f"{done}: the failed revision {candidate} is still a traffic target"

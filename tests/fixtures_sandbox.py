@@ -22,7 +22,7 @@ from google.oauth2 import service_account
 
 from localenv.control import SandboxError, SandboxInfo, start, stop
 
-__all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "id_token", "logging_client_for", "new_service", "run_clients", "sandbox",
+__all__ = ["FAST_POLL", "RunClients", "clients_for", "deploy", "fidelity", "id_token", "logging_client_for", "new_service", "run_clients", "sandbox",
            "unique_name"]
 
 # Operation polling for tests: every 10-50 ms instead of the client's 1 s x1.5 backoff.
@@ -112,6 +112,17 @@ def logging_client_for(info: SandboxInfo) -> Any:
 @pytest.fixture(scope="session")
 def run_clients(sandbox: SandboxInfo) -> RunClients:
     return clients_for(sandbox)
+
+
+@pytest.fixture
+def fidelity(run_clients: RunClients) -> Iterator[Callable[..., dict[str, str]]]:
+    """Set the sandbox's unsure rules (sandbox/fidelity.py) for one test: `fidelity(etag_mismatch="...")`;
+    every switch is back at its default after the test."""
+    def set_switches(**switches: str) -> dict[str, str]:
+        return dict(run_clients.admin("PUT", "/sandbox/v1/fidelity", switches))
+
+    yield set_switches
+    run_clients.admin("PUT", "/sandbox/v1/fidelity", {})
 
 
 def deploy(

@@ -71,6 +71,13 @@ def split_from_statuses(statuses: Sequence[Any]) -> list[TrafficTarget]:
     return [TrafficTarget(revision=s.revision or None, percent=int(s.percent), tag=s.tag or None) for s in statuses]
 
 
+def served_split(statuses: Sequence[Any]) -> list[TrafficTarget]:
+    """What serves (`traffic_statuses`) as a split to send back: a target with a percentage names its concrete
+    revision (LATEST resolved, when Cloud Run resolved it), a tag-only 0 % LATEST target keeps following LATEST."""
+    return [TrafficTarget(revision=None if (s.type_ == _LATEST and not s.percent) else (s.revision or None),
+                          percent=int(s.percent), tag=s.tag or None) for s in statuses]
+
+
 def ingress_name(service: Any) -> str:
     """The service's ingress setting as its enum name ('' when unset, which means all traffic)."""
     value: Any = getattr(service, "ingress", 0)
@@ -261,16 +268,57 @@ def _rpc_status(exc: gexc.GoogleAPICallError) -> str:
         return ""
 
 
-def update_conflict(exc: gexc.Conflict, what: str) -> StageError:
-    """A 409 on UpdateService: a revision-name conflict, or a concurrent modification (etag)."""
+def update_conflict(exc: gexc.Conflict, what: str, *, template_sent: bool = True) -> StageError:
+    """A 409 on UpdateService: a revision-name conflict, or a concurrent modification (etag). A revision-name
+    conflict on an update that sent no template is not the deploy's (which picks another name): it says so."""
     message = _message(exc)
     if "with different configuration already exists" in message:
+        if not template_sent:
+            return StageError(f"{what}: Cloud Run refused an update that sends no template ({message})",
+                              hint="Cloud Run answers this when a PATCH carries a template naming an existing "
+                                   "revision (googleapis/google-cloud-python#11870, #14259); stagecheck sends only "
+                                   "the fields its mask names, so check what else changes the service's template")
         return RevisionNameConflict(f"{what}: {message}")
     return EtagMismatch(f"{what}: the service changed since it was read ({_rpc_status(exc) or 'CONFLICT'}: {message})")
 
 
+def masked_body(current: run_v2.Service, mask: Sequence[str], *, template: run_v2.RevisionTemplate | None,
+                split: Sequence[TrafficTarget] | None, annotations: Mapping[str, str | None] | None) -> run_v2.Service:
+    """Pure: the body of a PATCH with `mask`: the service's name and etag and only the fields the mask names
+    (AIP-134), never the whole service read back — a body carrying the service's template (naming an existing
+    revision) is refused with 409 "Revision named '…' with different configuration already exists." even for
+    a traffic-only change (googleapis/google-cloud-python#11870, #14259). `template` and `split` fill the
+    `template` and `traffic` paths, `annotations` changes (None: removes) the service's annotations; any other
+    masked top-level field is sent as the service has it."""
+    body = run_v2.Service(name=current.name, etag=current.etag)
+    for top in dict.fromkeys(path.split(".", 1)[0] for path in mask):
+        if top == "template":
+            if template is None:
+                raise ValueError("the mask names `template` but no template was given")
+            body.template = template
+        elif top == "traffic":
+            if split is None:
+                raise ValueError("the mask names `traffic` but no split was given")
+            body.traffic = split_to_proto(split)
+        elif top == "annotations":
+            merged = dict(current.annotations)
+            for key, value in (annotations or {}).items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            body.annotations = merged
+        else:
+            setattr(body, top, getattr(current, top))
+    return body
+
+
 class EtagMismatch(StageError):
     """409/ABORTED: the service was modified since it was read (its etag no longer matches)."""
+
+
+class OperationFailed(StageError):
+    """A long-running operation ended with an error: final whatever its code (a failed rollout's is 13)."""
 
 
 class RevisionNameConflict(StageError):
@@ -359,11 +407,12 @@ class CloudRun:
         )
 
     async def update_service(self, current: run_v2.Service, *, template: run_v2.RevisionTemplate | None = None,
-                             split: Sequence[TrafficTarget],
+                             split: Sequence[TrafficTarget] | None = None,
                              update_mask: Sequence[str] | None = None,
                              annotations: Mapping[str, str | None] | None = None) -> operation.Operation:
         """Start a PATCH of `current` (read from the API: its etag guards against concurrent changes)
-        with a new template and/or traffic; await it with `finish`.
+        with a new template and/or traffic; await it with `finish`. The body carries only what the mask names
+        (`masked_body`).
 
         `update_mask` names the paths that change, as proto field names ("template", "traffic",
         "template.scaling.max_instance_count"); the REST transport sends the FieldMask's JSON form, the
@@ -372,30 +421,39 @@ class CloudRun:
         service changed since `current` was read, RevisionNameConflict when the template's revision
         name exists with a different configuration. `annotations` sets (None: removes) service annotations;
         the mask must then name `annotations`."""
-        body = run_v2.Service(current)
-        if template is not None:
-            body.template = template
-        body.traffic = split_to_proto(split)
-        for key, value in (annotations or {}).items():
-            if value is None:
-                body.annotations.pop(key, None)
-            else:
-                body.annotations[key] = value
         mask = list(update_mask) if update_mask is not None else list(DEPLOY_MASK if template is not None else TRAFFIC_MASK)
+        body = masked_body(current, mask, template=template, split=split, annotations=annotations)
         request = run_v2.UpdateServiceRequest(service=body, update_mask=field_mask_pb2.FieldMask(paths=mask))
-        what = f"update service {service_id(current.name)}"
+        name = service_id(current.name)
+        what = f"update service {name}"
 
         def patch() -> operation.Operation:
             try:
                 return self.services.update_service(request=request, timeout=30)
             except gexc.Conflict as exc:
-                raise update_conflict(exc, what) from None
+                raise update_conflict(exc, what, template_sent="template" in body) from None
+            except gexc.BadRequest as exc:
+                # AIP-154 before 2021 answered a stale etag FAILED_PRECONDITION (400), not ABORTED (409): which one
+                # Cloud Run sends is not documented, so a 400 FAILED_PRECONDITION is an etag mismatch when the
+                # service's etag has moved on since it was read
+                if _rpc_status(exc) == "FAILED_PRECONDITION" and self._etag_moved(current):
+                    raise EtagMismatch(f"{what}: the service changed since it was read (FAILED_PRECONDITION: "
+                                       f"{_message(exc)})") from None
+                raise
 
         return await self._call(what, patch)
 
+    def _etag_moved(self, read: run_v2.Service) -> bool:
+        """Whether the service's etag differs from the one `read` carried (read again, synchronously)."""
+        try:
+            now = self.services.get_service(name=read.name, retry=_READ_RETRY, timeout=30)
+        except API_ERRORS:
+            return False
+        return bool(read.etag) and now.etag != read.etag
+
     async def update_with_retry(
         self, current: run_v2.Service,
-        build: Callable[[run_v2.Service], tuple[run_v2.RevisionTemplate | None, Sequence[TrafficTarget]]],
+        build: Callable[[run_v2.Service], tuple[run_v2.RevisionTemplate | None, Sequence[TrafficTarget] | None]],
         *, update_mask: Sequence[str] | None = None, attempts: int = ETAG_ATTEMPTS,
         annotations: Mapping[str, str | None] | None = None,
     ) -> tuple[operation.Operation, int]:
@@ -419,11 +477,18 @@ class CloudRun:
         raise AssertionError("unreachable")
 
     async def finish(self, op: operation.Operation, what: str, timeout_s: float) -> run_v2.Service:
-        """Wait for a long-running operation; its error becomes a StageError with the API's message,
-        and one still running after `timeout_s` a StageError naming the operation and the bound."""
+        """Wait for a long-running operation; its error becomes a StageError with the API's message, final
+        whatever its code (a failed rollout ends with code 13, INTERNAL — "Revision '…' is not ready and cannot
+        serve traffic." — which is no transient answer: running the stage again meets the same revision), and
+        one still running after `timeout_s` a StageError naming the operation and the bound."""
         def wait() -> run_v2.Service:
             try:
                 return op.result(timeout=timeout_s, polling=_OP_POLLING, retry=_READ_RETRY)  # GetOperation is a read
+            except gexc.GoogleAPICallError as exc:
+                if op.operation.done and op.operation.HasField("error"):
+                    described = describe_api_error(exc, f"{what} (the operation failed)")
+                    raise OperationFailed(described.message, hint=described.hint) from None  # never transient
+                raise
             except TimeoutError as exc:  # concurrent.futures.TimeoutError: polled until the bound, never done
                 inner = exc.__context__  # ... or a GetOperation that kept failing past its own retry bound
                 if isinstance(inner, gexc.RetryError) and isinstance(inner.cause, gexc.GoogleAPICallError):
@@ -465,8 +530,8 @@ class CloudRun:
         current = await self.get_service(service)
         if current is None:
             raise StageError(f"service {service} not found")
-        op, _ = await self.update_with_retry(current, lambda svc: (None, split_from_proto(svc.traffic)),
-                                             update_mask=ANNOTATIONS_MASK, annotations=changes)
+        op, _ = await self.update_with_retry(current, lambda _: (None, None), update_mask=ANNOTATIONS_MASK,
+                                             annotations=changes)
         if not wait:
             return None
         return await self.finish(op, f"update the annotations of {service}", timeout_s)

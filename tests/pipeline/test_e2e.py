@@ -458,6 +458,35 @@ async def test_ingress_closed_urls_are_advisory_and_the_release_passes_via_the_l
     assert not any("closed by ingress" in r for r in report["reasons"])
 
 
+async def test_a_worker_inside_the_vpc_probes_the_tag_url_of_an_internal_service_before_traffic(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
+    """`worker_in_vpc = true`: the run.app URLs of an `internal` service are reachable from the worker, so the
+    pre-traffic tag probe runs (not an advisory row) and the serving URL is probed too."""
+    from tests.fixtures_sandbox import FAST_POLL
+
+    service = created("vpc")
+    baseline(run_clients, service, sample_image.digest_ref)
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_INTERNAL_ONLY
+    run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
+    run_clients.admin("PUT", f"/sandbox/v1/services/{service}/behavior", {"vpc_clients": True})  # the worker's network
+    scenario.add_service("svc")
+    config = scenario.config([{"name": service, "source_dir": "svc"}], steps="[100]")
+    config.write_text("worker_in_vpc = true\n" + config.read_text())
+    scenario.commit()
+    run = await run_flow(scenario, config)
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    tagged = run.stage(service, "probe-tagged")
+    http = [e["data"] for e in tagged["evidence"] if e["kind"] == "http"]
+    assert [(d["url_kind"], d["attempts"][-1]["status"]) for d in http] == [("tagged", 200)]
+    assert not [c for c in tagged["criteria"] if c["status"] == "WARN"]
+    probe = run.stage(service, "probe-serving")
+    assert {e["data"]["url_kind"] for e in probe["evidence"] if e["kind"] == "http"} == {"service"}
+    closed = [w for w in report["warnings"] if "closed by ingress" in w]
+    assert closed and all("load balancer" in w for w in closed)  # only the external LB: `internal` closes it
+
+
 async def test_a_stale_failed_target_left_by_another_deploy_is_dropped_before_deploying(
         prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:
     from tests.fixtures_sandbox import FAST_POLL

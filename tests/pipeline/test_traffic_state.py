@@ -59,6 +59,6 @@ async def test_a_shift_is_verified_against_traffic_statuses_not_traffic(
     op.result(polling=FAST_POLL, timeout=30)
 
     # the stage's own path: set, wait for the operation and the reconciliation, judge what serves
-    stored, served, reconciled = await apply_and_verify(cloudrun, name, [TrafficTarget(revision=rev_b, percent=100)],
+    stored, served, reconciled, _ = await apply_and_verify(cloudrun, name, [TrafficTarget(revision=rev_b, percent=100)],
                                                         timeout_s=30)
     assert reconciled and serving_revisions(served) == {rev_b: 100} == serving_revisions(stored)

@@ -300,6 +300,28 @@ def test_urls_closed_by_ingress_are_advisory_rows_and_the_lb_is_probed() -> None
     assert open_notes == []
 
 
+def test_a_worker_inside_the_vpc_probes_the_run_app_urls_of_an_internal_service() -> None:
+    """`worker_in_vpc`: internal ingress admits requests from the VPC (docs securing/ingress), so the tag URL is
+    probed before traffic moves instead of being an advisory row; an external LB stays closed by `internal`."""
+    from stagecheck.ingress import closed_by_ingress
+    from stagecheck.probe_targets import tagged_targets
+
+    internal = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    assert closed_by_ingress(internal, UrlKind.TAGGED) is not None
+    assert closed_by_ingress(internal, UrlKind.TAGGED, in_vpc=True) is None
+    assert closed_by_ingress(internal, UrlKind.LB, in_vpc=True) is not None
+    assert closed_by_ingress("INGRESS_TRAFFIC_NONE", UrlKind.SERVICE, in_vpc=True) is not None
+    outside = settings()
+    inside = settings(worker_in_vpc=True)
+    tagged, notes = tagged_targets(outside, outside.services[0], "sc-abc1234", "http://127.0.0.1:7000", internal)
+    assert tagged == [] and "closed by ingress internal" in notes[0].observed
+    tagged, notes = tagged_targets(inside, inside.services[0], "sc-abc1234", "http://127.0.0.1:7000", internal)
+    assert [(t.kind, t.url) for t in tagged] == [(UrlKind.TAGGED, "http://127.0.0.1:7000/health")] and notes == []
+    targets, rows = serving_targets(inside, inside.services[0], "http://127.0.0.1:9999", internal)
+    assert [t.kind for t in targets] == [UrlKind.SERVICE]
+    assert [(r.name, r.status.value) for r in rows] == [("lb URL healthy", "WARN")]  # an external LB: still closed
+
+
 def test_lb_tag_url_takes_only_tag_and_service() -> None:
     from stagecheck.settings import ConfigError, load_settings
 

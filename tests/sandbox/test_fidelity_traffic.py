@@ -64,9 +64,13 @@ def test_traffic_statuses_keep_the_old_split_while_reconciling(
 # ---------------------------------------------------------------- failed revisions
 
 
+@pytest.mark.parametrize("stale_target", ["sync_400", "operation_error"])
 def test_a_stale_target_to_a_failed_revision_fails_the_next_update(
-    run_clients: RunClients, sample_image, new_service: Callable[[str], str]
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str], fidelity: Callable[..., dict[str, str]],
+    stale_target: str,
 ) -> None:
+    """UNSURE shape (fidelity `stale_target`): refused on the call, or in the operation (code 13)."""
+    fidelity(stale_target=stale_target)
     name = new_service("stale")
     svc = deploy(run_clients, name, sample_image.ref)
     good = short(svc.latest_ready_revision)
@@ -92,14 +96,25 @@ def test_a_stale_target_to_a_failed_revision_fails_the_next_update(
     current.template.revision = f"{name}-next"
     current.template.containers[0].env = []
     with pytest.raises(gexc.GoogleAPICallError) as next_update:
-        run_clients.services.update_service(service=current)
+        run_clients.services.update_service(service=current).result(polling=FAST_POLL, timeout=60)
     message = str(next_update.value)
     assert f"Revision '{bad}' is not ready and cannot serve traffic." in message
     assert "Container called exit(2)." in message
+    after = run_clients.services.get_service(name=svc.name)
+    if stale_target == "operation_error":
+        # accepted, refused in the operation (code 13): `traffic` holds what was asked, `traffic_statuses` what
+        # still serves (Lore-Hex/quill-router#781)
+        assert isinstance(next_update.value, gexc.InternalServerError)
+        assert any(t.revision == bad for t in after.traffic)
+    else:
+        assert isinstance(next_update.value, gexc.BadRequest)
+    assert [(t.revision, t.percent) for t in after.traffic_statuses if t.percent] == [(good, 100)]
 
     # dropping the stale target makes the service updatable again
-    current.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=good, percent=100)]
-    fixed = run_clients.services.update_service(service=current).result(polling=FAST_POLL, timeout=60)
+    after.template.revision = f"{name}-fixed"
+    after.template.containers[0].env = []
+    after.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=good, percent=100)]
+    fixed = run_clients.services.update_service(service=after).result(polling=FAST_POLL, timeout=60)
     assert [(t.revision, t.percent) for t in fixed.traffic_statuses] == [(good, 100)]
 
 
@@ -128,6 +143,12 @@ def test_ingress_closes_run_app_urls_but_not_the_load_balancer(
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)
     with httpx.Client(timeout=10, trust_env=False, headers=auth) as client:
         assert client.get(f"{run_clients.lb_url}/{name}/health").status_code == 404  # external LB closed too
+        # callers inside the VPC (behaviour `vpc_clients`): `internal` admits the run.app URLs, tag URLs included
+        run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"vpc_clients": True})
+        assert client.get(f"{svc.uri}/health").status_code == 200
+        assert client.get(f"{tag_uri}/health").status_code == 200
+        assert client.get(f"{run_clients.lb_url}/{name}/health").status_code == 404  # not the external LB
+        run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior", {"vpc_clients": False})
 
     svc.ingress = run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL
     svc = run_clients.services.update_service(service=svc).result(polling=FAST_POLL, timeout=60)

@@ -18,6 +18,7 @@ from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.oauth2 import id_token as google_id_token
 from google.oauth2 import service_account
+from google.protobuf import field_mask_pb2
 
 from localenv.control import SandboxInfo
 from sandbox.iam import Principal, write_key_file
@@ -195,9 +196,30 @@ def test_custom_audience_is_accepted_and_the_tag_url_takes_the_service_audience(
 
     tag_uri = next(t.uri for t in svc.traffic_statuses if t.tag == "t1")
     assert get(f"{tag_uri}/health", id_token(sandbox.credentials_file, svc.uri)).status_code == 200
-    # the tag URL itself is not an accepted audience (no source says it is: the sandbox is the stricter one)
+    # the tag URL itself is not an accepted audience in the default behaviour (fidelity `tag_audience`)
     assert get(f"{tag_uri}/health", id_token(sandbox.credentials_file, tag_uri)).status_code == 401
     assert get(f"{tag_uri}/health").status_code == 403
+
+
+def test_the_tag_url_audience_is_switchable_both_ways(
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str], sandbox: SandboxInfo,
+    fidelity: Callable[..., dict[str, str]],
+) -> None:
+    """UNSURE (no source): whether a tag URL accepts a token for the service URL or wants its own URL."""
+    name = new_service("tagaud")
+    svc = deploy(run_clients, name, sample_image.ref)
+    body = run_v2.Service(name=svc.name, traffic=[
+        run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST, percent=100),
+        run_v2.TrafficTarget(type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                             revision=short(svc.latest_ready_revision), tag="t1")])
+    svc = run_clients.services.update_service(request=run_v2.UpdateServiceRequest(
+        service=body, update_mask=field_mask_pb2.FieldMask(paths=["traffic"]))).result(polling=FAST_POLL, timeout=60)
+    tag_uri = next(t.uri for t in svc.traffic_statuses if t.tag == "t1")
+    for switch, service_aud, tag_aud in (("service_url", 200, 401), ("tag_url", 401, 200)):
+        fidelity(tag_audience=switch)
+        assert get(f"{tag_uri}/health", id_token(sandbox.credentials_file, svc.uri)).status_code == service_aud
+        assert get(f"{tag_uri}/health", id_token(sandbox.credentials_file, tag_uri + "/")).status_code == tag_aud
+        assert get(f"{svc.uri}/health", id_token(sandbox.credentials_file, svc.uri)).status_code == 200  # unchanged
 
 
 def test_refused_requests_are_request_log_entries(

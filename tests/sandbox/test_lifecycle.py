@@ -34,7 +34,7 @@ def test_cold_start_is_held_then_429_then_200(
     behavior = run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior",
                                  {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5})
     assert behavior == {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5, "reconcile_delay_s": 0.2,
-                        "warm_instances": 2, "queue_timeout_s": 60.0}
+                        "warm_instances": 2, "queue_timeout_s": 60.0, "vpc_clients": False}
     svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "1.5"})
     assert httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=10, trust_env=False).status_code == 200
 

@@ -194,9 +194,13 @@ def test_failing_revisions_keep_traffic_on_the_previous_one(
     # 1) the container exits at startup
     good.template.containers[0].env = [run_v2.EnvVar(name="CRASH_ON_START", value="1")]
     op = run_clients.services.update_service(service=good)
-    with pytest.raises(gexc.FailedPrecondition) as failed:
+    with pytest.raises(gexc.InternalServerError) as failed:
         op.result(polling=FAST_POLL, timeout=60)
     assert "Container called exit(1)." in failed.value.message
+    # the operation ends with code 13 (INTERNAL), Cloud Run's words first (a Terraform report, cloud-run-facts §7)
+    assert failed.value.code == 500 and failed.value.grpc_status_code is not None
+    assert failed.value.grpc_status_code.value[0] == 13
+    assert failed.value.message.startswith("Revision '") and "is not ready and cannot serve traffic." in failed.value.message
     svc = run_clients.services.get_service(name=good.name)
     crashed = run_clients.revisions.get_revision(name=svc.latest_created_revision)
     ready = next(c for c in crashed.conditions if c.type_ == "Ready")
@@ -212,7 +216,7 @@ def test_failing_revisions_keep_traffic_on_the_previous_one(
         tcp_socket=run_v2.TCPSocketAction(port=8080), period_seconds=1, failure_threshold=2, timeout_seconds=1)
     started = time.monotonic()
     op = run_clients.services.update_service(service=svc)
-    with pytest.raises(gexc.FailedPrecondition) as failed:
+    with pytest.raises(gexc.InternalServerError) as failed:
         op.result(polling=FAST_POLL, timeout=60)
     assert time.monotonic() - started < 15
     assert "failed to start and listen on the port defined provided by the PORT=8080" in failed.value.message

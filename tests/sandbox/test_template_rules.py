@@ -23,14 +23,14 @@ CURRENT: dict[str, Any] = {
 def test_no_mask_or_star_replaces_the_whole_resource() -> None:
     incoming = {"template": model.normalize_template({"containers": [{"image": "img:2"}]})}
     for mask in (None, "", "*"):
-        assert model.apply_update_mask(CURRENT, incoming, mask) == incoming
+        assert model.apply_update_mask(CURRENT, incoming, model.parse_update_mask(mask)) == incoming
 
 
 def test_nested_and_snake_case_paths_change_only_that_field() -> None:
     incoming = {"template": model.normalize_template({"scaling": {"maxInstanceCount": 9},
                                                       "containers": [{"image": "img:2"}]})}
     for mask in ("template.scaling.maxInstanceCount", "template.scaling.max_instance_count"):
-        merged = model.apply_update_mask(CURRENT, incoming, mask)
+        merged = model.apply_update_mask(CURRENT, incoming, model.parse_update_mask(mask))
         assert merged["template"]["scaling"] == {"minInstanceCount": 1, "maxInstanceCount": 9}
         assert merged["template"]["containers"][0]["image"] == "img:1"
         assert merged["template"]["serviceAccount"] == "sa@p.iam.gserviceaccount.com"
@@ -39,7 +39,8 @@ def test_nested_and_snake_case_paths_change_only_that_field() -> None:
 
 
 def test_a_named_path_missing_from_the_body_is_cleared_and_output_only_paths_are_ignored() -> None:
-    merged = model.apply_update_mask(CURRENT, {"template": CURRENT["template"], "uri": "x"}, "labels,uri,etag")
+    merged = model.apply_update_mask(CURRENT, {"template": CURRENT["template"], "uri": "x"},
+                                    model.parse_update_mask("labels,uri,etag"))
     assert "labels" not in merged and "uri" not in merged
     assert merged["template"] == CURRENT["template"]
 
@@ -50,6 +51,19 @@ def test_unknown_mask_paths_are_rejected(mask: str) -> None:
     with pytest.raises(ApiError) as info:
         model.parse_update_mask(mask)
     assert info.value.http_status == 400 and info.value.field == "update_mask"
+
+
+def test_an_omitted_mask_read_as_populated_fields_keeps_the_rest() -> None:
+    """fidelity `no_mask="populated"` (AIP-134): the fields the body populates replace theirs, the rest stay."""
+    incoming = {"labels": {"team": "b"}, "template": model.normalize_template({})}
+    merged = model.apply_update_mask(CURRENT, incoming, model.populated_paths({"labels": {"team": "b"},
+                                                                               "etag": '"x"'}))
+    assert merged["labels"] == {"team": "b"}
+    assert merged["template"] == CURRENT["template"] and merged["traffic"] == CURRENT["traffic"]
+
+
+def test_unknown_mask_paths_are_dropped_when_the_switch_says_ignore() -> None:
+    assert model.parse_update_mask("bogus,traffic", unknown="ignore") == [["traffic"]]
 
 
 def test_enums_sent_as_integers_are_stored_as_names_so_templates_compare_equal() -> None:

@@ -255,39 +255,77 @@ def test_reserved_label_and_annotation_namespaces_are_rejected(
     assert "reserved namespace" in info.value.message and key in info.value.message
 
 
-def test_revision_name_conflicts_and_etags(
+def test_a_body_carrying_the_template_it_read_is_refused_outside_a_template_update(
     run_clients: RunClients, sample_image: Any, new_service: Callable[[str], str]
 ) -> None:
-    name = new_service("conflict")
+    """googleapis/google-cloud-python#11870 (= python-run#123: a traffic-only change, no mask) and #14259 (mask
+    `scaling.minInstanceCount`): the service as read, sent back, is a 409 naming its own revision."""
+    name = new_service("echo")
     template = run_v2.RevisionTemplate(revision=f"{name}-blue", containers=[run_v2.Container(image=sample_image.ref)])
     svc = create(run_clients, name, template)
-
-    # same name, same template: no new revision
-    again = update(run_clients, run_v2.Service(svc))
-    assert again.latest_created_revision == svc.latest_created_revision
-    assert [short(r.name) for r in run_clients.revisions.list_revisions(parent=svc.name)] == [f"{name}-blue"]
-
-    # same name, different template: 409 with Cloud Run's words, also when the mask leaves the template out
-    changed = run_v2.Service(again)
-    changed.template.containers[0].env = [run_v2.EnvVar(name="X", value="1")]
-    for mask in (None, ["template"], ["scaling.min_instance_count"]):
-        request = run_v2.UpdateServiceRequest(service=changed)
+    echoed = run_v2.Service(svc)
+    echoed.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100, tag="moved")]
+    for mask in (None, ["traffic"], ["scaling.min_instance_count"], ["annotations"]):
+        request = run_v2.UpdateServiceRequest(service=echoed)
         if mask:
             request.update_mask = field_mask_pb2.FieldMask(paths=mask)
         with pytest.raises(gexc.Conflict) as info:
             run_clients.services.update_service(request=request)
         assert info.value.message.endswith(f"Revision named '{name}-blue' with different configuration already exists.")
         assert rpc_status(info.value) == "ALREADY_EXISTS"
+    # only what the mask names (name, etag, traffic): accepted, no new revision
+    moved = update(run_clients, run_v2.Service(name=svc.name, etag=svc.etag, traffic=echoed.traffic), ["traffic"])
+    assert [t.tag for t in moved.traffic_statuses] == ["moved"]
+    assert moved.latest_created_revision == svc.latest_created_revision
 
-    # an etag that no longer matches: 409 ABORTED, nothing changed
+
+@pytest.mark.parametrize("resent", ["no_new_revision", "conflict"])
+def test_revision_name_conflicts(
+    run_clients: RunClients, sample_image: Any, new_service: Callable[[str], str],
+    fidelity: Callable[..., dict[str, str]], resent: str,
+) -> None:
+    fidelity(same_revision_resent=resent)
+    name = new_service("conflict")
+    template = run_v2.RevisionTemplate(revision=f"{name}-blue", containers=[run_v2.Container(image=sample_image.ref)])
+    svc = create(run_clients, name, template)
+
+    # same name, same template in a template update: UNSURE (no new revision, or 409)
+    same = run_v2.Service(name=svc.name, template=svc.template, traffic=svc.traffic)
+    if resent == "no_new_revision":
+        again = update(run_clients, same, ["template", "traffic"])
+        assert again.latest_created_revision == svc.latest_created_revision
+    else:
+        with pytest.raises(gexc.Conflict):
+            update(run_clients, same, ["template", "traffic"])
+    assert [short(r.name) for r in run_clients.revisions.list_revisions(parent=svc.name)] == [f"{name}-blue"]
+
+    # same name, different template: 409 with Cloud Run's words
+    changed = run_v2.Service(name=svc.name, template=svc.template, traffic=svc.traffic)
+    changed.template.containers[0].env = [run_v2.EnvVar(name="X", value="1")]
+    with pytest.raises(gexc.Conflict) as info:
+        update(run_clients, changed, ["template"])
+    assert info.value.message.endswith(f"Revision named '{name}-blue' with different configuration already exists.")
+    assert rpc_status(info.value) == "ALREADY_EXISTS"
+
+
+@pytest.mark.parametrize(("mismatch", "error", "status"), [("aborted", gexc.Conflict, "ABORTED"),
+                                                           ("failed_precondition", gexc.BadRequest,
+                                                            "FAILED_PRECONDITION")])
+def test_an_etag_that_no_longer_matches_changes_nothing(
+    run_clients: RunClients, sample_image: Any, new_service: Callable[[str], str],
+    fidelity: Callable[..., dict[str, str]], mismatch: str, error: type[Exception], status: str,
+) -> None:
+    """AIP-154: ABORTED (409) since 2021, FAILED_PRECONDITION (400) before; Cloud Run's is not documented."""
+    fidelity(etag_mismatch=mismatch)
+    name = new_service("etag")
+    svc = create(run_clients, name, run_v2.RevisionTemplate(containers=[run_v2.Container(image=sample_image.ref)]))
     stale = run_clients.services.get_service(name=svc.name)
     update(run_clients, run_v2.Service(name=svc.name, template=run_v2.RevisionTemplate(
         containers=[run_v2.Container(image=sample_image.ref, env=[run_v2.EnvVar(name="Y", value="2")])])))
-    stale.template.revision = ""
     stale.template.containers[0].env = [run_v2.EnvVar(name="Z", value="3")]
-    with pytest.raises(gexc.Conflict) as info:
+    with pytest.raises(error) as info:
         run_clients.services.update_service(service=stale)
-    assert rpc_status(info.value) == "ABORTED"
+    assert rpc_status(info.value) == status  # type: ignore[arg-type]
     current = run_clients.services.get_service(name=svc.name)
     assert [(e.name, e.value) for e in current.template.containers[0].env] == [("Y", "2")]
     assert current.etag != stale.etag
