@@ -109,5 +109,5 @@ class MannWhitneyClassifier:
             crit = critical and (nan_effect or effect <= self.critical_thresholds[0])
         else:
             label, crit = Label.PASS, False
-        reason = None if label is Label.PASS else f"{name} was classified as {label}{' (Critical)' if crit else ''}"
-        return MetricClassification(label, reason, deviation, crit, result.estimate, (low, high))
+        why = None if label is Label.PASS else f"{name} was classified as {label}{' (Critical)' if crit else ''}"
+        return MetricClassification(label, why, deviation, crit, result.estimate, (low, high))
