@@ -67,7 +67,8 @@ class AnalysisSettings(_Strict):
     error_min_increase: float = Field(default=0.01, ge=0, le=1)
     pass_score: float = Field(default=95.0, ge=0, le=100)
     marginal_score: float = Field(default=75.0, ge=0, le=100)
-    on_inconclusive: OnInconclusive = OnInconclusive.FAIL
+    on_inconclusive: OnInconclusive = OnInconclusive.FAIL  # a Nodata outcome
+    on_marginal: OnInconclusive = OnInconclusive.FAIL  # Spinnaker: a final score below `pass` fails the canary
     breaker_error_share: float = Field(default=0.8, gt=0, le=1)  # candidate failing this share trips it
     breaker_min_requests: int = Field(default=20, ge=1)
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from stagecheck.analysis.classifier import Direction, Label, MannWhitneyClassifier
-from stagecheck.analysis.config import AnalysisSettings, Metric
+from stagecheck.analysis.config import AnalysisSettings, Metric, OnInconclusive
 from stagecheck.analysis.errors import error_test
 from stagecheck.analysis.scorer import MetricResult, ScoreLabel, summarise
 from stagecheck.analysis.tail import tail_test
+from stagecheck.model import Status
 
 TAIL_Q = {Metric.LATENCY_P95: 0.95, Metric.LATENCY_P99: 0.99}
 
@@ -98,3 +99,13 @@ def judge(baseline: ArmSamples, candidate: ArmSamples, settings: AnalysisSetting
     reasons = [v.reason for v in verdicts if v.reason and v.label is not Label.PASS]
     reason = scored.reason or ("; ".join(reasons) if reasons else None)
     return Judgement(tuple(verdicts), scored.summary, outcome, reason, alpha, confidence)
+
+
+def gate(outcome: ScoreLabel, settings: AnalysisSettings) -> Status:
+    """The stage status of an outcome: Pass passes, Fail fails, Marginal and Nodata as configured."""
+    if outcome is ScoreLabel.PASS:
+        return Status.PASS
+    if outcome is ScoreLabel.FAIL:
+        return Status.FAIL
+    policy = settings.on_marginal if outcome is ScoreLabel.MARGINAL else settings.on_inconclusive
+    return Status.FAIL if policy is OnInconclusive.FAIL else Status.WARN

@@ -7,7 +7,7 @@ import pytest
 
 from stagecheck.analysis.classifier import Label
 from stagecheck.analysis.config import AnalysisSettings, Metric
-from stagecheck.analysis.judge import ArmSamples, judge
+from stagecheck.analysis.judge import ArmSamples, gate, judge
 from stagecheck.analysis.scorer import ScoreLabel
 from stagecheck.analysis.tail import min_samples
 
@@ -102,3 +102,12 @@ def test_unsafe_method_needs_opt_in() -> None:
 def test_rate_cap() -> None:
     with pytest.raises(ValueError):
         AnalysisSettings(rps=26)
+
+
+@pytest.mark.parametrize(("outcome", "policy", "expected"), [
+    (ScoreLabel.PASS, {}, "PASS"), (ScoreLabel.FAIL, {"on_marginal": "warn", "on_inconclusive": "warn"}, "FAIL"),
+    (ScoreLabel.MARGINAL, {}, "FAIL"), (ScoreLabel.MARGINAL, {"on_marginal": "warn"}, "WARN"),
+    (ScoreLabel.NODATA, {}, "FAIL"), (ScoreLabel.NODATA, {"on_inconclusive": "warn"}, "WARN"),
+])
+def test_gate(outcome: ScoreLabel, policy: dict, expected: str) -> None:
+    assert gate(outcome, AnalysisSettings.model_validate(policy)) == expected
