@@ -30,7 +30,7 @@ class ArmSamples:
     errors: int  # 4xx (not 429), 5xx, timeouts, connection failures
 
     @classmethod
-    def of(cls, latencies_ms: Sequence[float], requests: int, errors: int) -> ArmSamples:
+    def of(cls, latencies_ms: Sequence[float] | np.ndarray, requests: int, errors: int) -> ArmSamples:
         return cls(tuple(float(v) for v in latencies_ms), requests, errors)
 
 

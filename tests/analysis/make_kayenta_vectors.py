@@ -68,6 +68,11 @@ def _pair(text: str | None, default: tuple[float, float]) -> list[float]:
     return list(default) if text is None else [float(v) for v in text.strip("()").split(",")]
 
 
+def _must(match: re.Match[str] | None) -> str:
+    assert match is not None
+    return match.group(1)
+
+
 def classifier(path: Path) -> list[dict]:
     out = []
     for name, body in _tests(path):
@@ -84,8 +89,8 @@ def classifier(path: Path) -> list[dict]:
         out.append({
             "name": name,
             "experiment": arrays["experimentData"], "control": arrays["controlData"],
-            "tolerance": float(re.search(r"tolerance = ([0-9.]+)", args).group(1)),
-            "conf_level": float(re.search(r"confLevel = ([0-9.]+)", args).group(1)),
+            "tolerance": float(_must(re.search(r"tolerance = ([0-9.]+)", args))),
+            "conf_level": float(_must(re.search(r"confLevel = ([0-9.]+)", args))),
             "effect_size_thresholds": _pair((m := re.search(r"effectSizeThresholds = (\([^)]*\))", args)) and m.group(1), (1.0, 1.0)),
             "critical_thresholds": _pair((m := re.search(r"criticalThresholds ?= ?(\([^)]*\))", args)) and m.group(1), (1.0, 1.0)),
             "effect_size_measure": (m.group(1) if (m := re.search(r'effectSizeMeasure ?= ?"(\w+)"', args)) else "meanRatio"),
