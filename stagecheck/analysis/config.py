@@ -37,6 +37,13 @@ class RequestSpec(_Strict):
     method: str = "GET"
     allow_unsafe: bool = False  # a method other than GET/HEAD must be opted in, per request
 
+    @field_validator("path")
+    @classmethod
+    def _same_origin(cls, v: str) -> str:
+        if v.startswith("//"):
+            raise ValueError("a path starts with a single '/' ('//' would name another host)")
+        return v
+
     @field_validator("method")
     @classmethod
     def _upper(cls, v: str) -> str:
@@ -54,7 +61,6 @@ class AnalysisSettings(_Strict):
     openapi_path: str = Field(default="/openapi.json", pattern=r"^/")
     rps: float = Field(default=5.0, gt=0, le=MAX_RPS)  # per arm
     max_in_flight: int = Field(default=32, ge=1, le=256)
-    block_size: int = Field(default=10, ge=1, le=100)  # requests per randomised block
     request_timeout_s: float = Field(default=10.0, gt=0, le=60)
     baseline: Baseline = Baseline.SERVING
     metrics: tuple[Metric, ...] = tuple(Metric)
