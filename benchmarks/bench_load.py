@@ -21,10 +21,10 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stagecheck.analysis.config import AnalysisSettings, RequestSpec  # noqa: E402
-from stagecheck.analysis.load import run_load  # noqa: E402
-from stagecheck.analysis.schedule import Arm  # noqa: E402
-from tests.analysis.arm_server import ArmServer, serving  # noqa: E402
+from stagecheck.analysis.config import AnalysisSettings, RequestSpec
+from stagecheck.analysis.load import run_load
+from stagecheck.analysis.schedule import Arm
+from tests.analysis.arm_server import ArmServer, serving
 
 
 async def one_rate(rps: float, duration: float, delay_s: float) -> None:
