@@ -28,6 +28,11 @@ for name in STARTUP_DELAY_S CRASH_AFTER_S ERROR_RATE ERROR_AFTER_S TRACEBACK_EVE
     eval "value=\${$name:-0}"
     is_number "$value" || fail "$name must be a non-negative number (got '$value')"
 done
+for name in ROOT_DELAY_MS ROOT_SLOW_MS ROOT_SLOW_PERCENT ROOT_ERROR_PERCENT; do
+    eval "value=\${$name:-0}"
+    case $value in '' | *[!0-9]*) fail "$name must be a whole number (got '$value')" ;; esac
+done
+[ "${ROOT_SLOW_PERCENT:-0}" -le 100 ] && [ "${ROOT_ERROR_PERCENT:-0}" -le 100 ] || fail "ROOT_SLOW_PERCENT and ROOT_ERROR_PERCENT are 0..100"
 
 if [ "${CRASH_ON_START:-0}" = 1 ]; then
     # What a Python service that cannot import a dependency prints before dying.
