@@ -11,8 +11,8 @@ SAFE_METHODS = ("GET", "HEAD")
 
 
 class Baseline(StrEnum):
-    SERVING = "serving"  # the revision that serves now gets the `sc-base` tag
-    FRESH = "fresh"  # a 0 % copy of the serving template (same image digest), deployed with the candidate
+    SERVING = "serving"  # the revision that served before the release gets the `sc-base` tag
+    # "fresh" (a 0 % copy of the serving template deployed beside the candidate, both cold) is not built yet
 
 
 class OnInconclusive(StrEnum):
