@@ -88,12 +88,14 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
             async def arm_headers(arm: Arm) -> dict[str, str]:
                 return headers[arm]
 
-            load = await run_load(http, urls, mix, settings, duration_s, seed=int(time.time()),
-                                  headers=arm_headers)
+            seed = int(time.time())  # the block order; recorded so a schedule can be replayed
+            load = await run_load(http, urls, mix, settings, duration_s, seed=seed, headers=arm_headers)
         finally:
             current = await _service(cloudrun, service)
             await cloudrun.set_traffic(service, without_base_tag(split_from_proto(current.traffic)), timeout_s)
-        return _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label), None
+        result = _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label)
+        result.data["analysis"]["seed"] = seed
+        return result, None
 
     result, _ = await guarded(Stage.ANALYSIS, body, None)
     return gate(result, result)
