@@ -439,7 +439,9 @@ class ServiceValidation:
         """Watch the serving release for `seconds` (with the `analysis` stage beside the last bake, when
         configured); a failure seen during the watch rolls back at once."""
         self.starting(label)
-        judged = asyncio.create_task(self._analysis(snapshot, seconds)) if analyse and self.settings.analysis else None
+        bake_over = asyncio.Event()  # a failed bake rolls back at once: the analysis' load stops with it
+        judged = asyncio.create_task(self._analysis(snapshot, seconds, bake_over)) \
+            if analyse and self.settings.analysis else None
         result = await gate_value(await watch_release(
                                      self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
@@ -453,13 +455,15 @@ class ServiceValidation:
         if watched is not None and watched.last_probe_at:
             self.last_probe_at = datetime.fromisoformat(watched.last_probe_at)
         baked = self.record(result)
+        if not baked:
+            bake_over.set()
         analysed = self.record(await judged) if judged is not None else True
         if not (baked and analysed):
             await self._rollback_if_moved(True, revision, Stage.BAKE if not baked else Stage.ANALYSIS)
             return False
         return True
 
-    async def _analysis(self, snapshot: ServiceSnapshot, seconds: float) -> StageResult:
+    async def _analysis(self, snapshot: ServiceSnapshot, seconds: float, stop: asyncio.Event) -> StageResult:
         """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load."""
         from tasks.analysis import analyse_release  # scipy: loaded only when a run analyses
 
@@ -471,7 +475,7 @@ class ServiceValidation:
             candidate_url=self.urls.get("tagged"), audience=probe_audience(UrlKind.SERVICE, service_url,
                                                                          self.settings.probes),
             settings=self.settings.analysis, duration_s=seconds, timeout_s=self.settings.deploy_timeout_s,
-            tokens=self.clients.tokens))
+            tokens=self.clients.tokens, stop=stop))
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
         """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""

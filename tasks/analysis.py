@@ -7,6 +7,7 @@ tag URL. Decisions: stagecheck/analysis (judge, stage); load: stagecheck/analysi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,10 @@ async def _first_answer(http: httpx.AsyncClient, url: str, headers: dict[str, st
 async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, service: str, baseline_revision: str | None,
                           candidate_url: str | None, audience: str | None, settings: AnalysisSettings,
                           duration_s: float, timeout_s: float, label: str = "",
-                          tokens: IdTokens | None = None) -> StageResult:
-    """Tag the baseline `sc-base`, send the same open-loop request mix to both arms for `duration_s`,
-    judge candidate vs baseline per metric (stagecheck.analysis.judge), remove the tag."""
+                          tokens: IdTokens | None = None, stop: asyncio.Event | None = None) -> StageResult:
+    """Tag the baseline `sc-base`, send the same open-loop request mix to both arms for `duration_s` (or
+    until `stop` is set: the bake failed), judge candidate vs baseline per metric
+    (stagecheck.analysis.judge), remove the tag."""
     from stagecheck.clients.cloudrun import split_from_proto
 
     async def body() -> tuple[StageResult, None]:
@@ -89,11 +91,12 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
                 return headers[arm]
 
             seed = int(time.time())  # the block order; recorded so a schedule can be replayed
-            load = await run_load(http, urls, mix, settings, duration_s, seed=seed, headers=arm_headers)
+            load = await run_load(http, urls, mix, settings, duration_s, seed=seed, headers=arm_headers, stop=stop)
         finally:
             current = await _service(cloudrun, service)
             await cloudrun.set_traffic(service, without_base_tag(split_from_proto(current.traffic)), timeout_s)
-        result = _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label)
+        stopped = f"load stopped at {load.stopped_at_s:.1f} s: the bake failed" if stop and stop.is_set() else None
+        result = _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label, stopped)
         result.data["analysis"]["seed"] = seed
         return result, None
 
@@ -109,12 +112,12 @@ async def _service(cloudrun: CloudRun, service: str) -> Any:
 
 
 def _judged(load: LoadResult, settings: AnalysisSettings, first: dict[str, Any], mix: tuple[RequestSpec, ...],
-            base_url: str, candidate_url: str, baseline_revision: str, label: str) -> StageResult:
+            base_url: str, candidate_url: str, baseline_revision: str, label: str, stopped: str | None) -> StageResult:
     base, cand = load.arm(Arm.BASELINE), load.arm(Arm.CANDIDATE)
     summary = (f"{base.requests} baseline / {cand.requests} candidate requests in {load.stopped_at_s:.1f} s at "
                f"{settings.rps:g} rps per arm; {load.throttled} throttled (429)")
     facts = {
-        "summary": summary, "breaker": load.breaker_tripped, "throttled": load.throttled,
+        "summary": summary, "stopped_early": load.breaker_tripped or stopped, "throttled": load.throttled,
         "rps": settings.rps, "duration_s": round(load.stopped_at_s, 2),
         "paths": [{"path": r.path, "weight": r.weight, "method": r.method} for r in mix],
         "baseline": {"revision": baseline_revision, "url": base_url, "tag": BASE_TAG},

@@ -79,16 +79,17 @@ async def run_load(
     client: httpx.AsyncClient, targets: Mapping[Arm, str], requests: tuple[RequestSpec, ...],
     settings: AnalysisSettings, duration_s: float, *, seed: int = 0,
     headers: Callable[[Arm], Awaitable[dict[str, str]]] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.monotonic, stop: asyncio.Event | None = None,
 ) -> LoadResult:
-    """Send the schedule to the two arms for `duration_s` (the deadline) and return every sample."""
+    """Send the schedule to the two arms for `duration_s` (the deadline; `stop` ends it earlier) and return
+    every sample."""
     urls = {slot_arm: {r.path: request_url(targets[slot_arm], r) for r in requests} for slot_arm in Arm}
     plan = schedule(requests, settings.rps, duration_s, seed)
     result = LoadResult()
     gate = asyncio.Semaphore(settings.max_in_flight)
     start = result.started = clock()
     resume_at = 0.0
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
 
     async def one(slot: Slot) -> None:
         nonlocal resume_at

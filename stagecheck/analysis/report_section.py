@@ -62,8 +62,8 @@ def analysis_lines(stages: Sequence[StageResult], service: str, table: Callable[
                       "instance): " + ", ".join(parts) + "."]
     lines += ["", f"Load: {data.get('summary', '')}; baseline {data['baseline']['revision']} on tag "
                   f"`{data['baseline']['tag']}`."]
-    if data.get("breaker"):
-        lines += ["", f"Stopped early: {data['breaker']}."]
+    if data.get("stopped_early"):
+        lines += ["", f"Stopped early: {data['stopped_early']}."]
     svg = picture(stages, service)
     if svg:
         from stagecheck.analysis.picture import data_uri

@@ -57,8 +57,8 @@ def analysis_result(judgement: Judgement, settings: AnalysisSettings, *, facts: 
     summary = f"{label}{outcome}: score {judgement.score:.0f}/100 ({judgement.outcome})"
     if judgement.reason and judgement.outcome is not ScoreLabel.PASS:
         summary += f"; {judgement.reason}"
-    if facts.get("breaker"):
-        summary += f"; {facts['breaker']}"
+    if facts.get("stopped_early"):
+        summary += f"; {facts['stopped_early']}"
     data = {"analysis": {"outcome": str(judgement.outcome), "score": judgement.score,
                          "alpha_per_metric": judgement.alpha_per_metric, "confidence": judgement.confidence,
                          "metrics": [metric_row(v) for v in judgement.metrics], **facts}}

@@ -3,6 +3,7 @@ arms, caps, 429/Retry-After, the circuit breaker, latency from the intended send
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -119,3 +120,14 @@ def test_openapi_mix_takes_gets_without_required_parameters() -> None:
     assert get_operations(doc) == ("/", "/items", "/new")
     old = {"paths": {k: v for k, v in doc["paths"].items() if k != "/new"}}
     assert [r.path for r in request_mix(old, doc)] == ["/", "/items"]
+
+
+async def test_a_stop_event_ends_the_load_early(client: httpx.AsyncClient) -> None:
+    """The flow sets it when the bake fails: the release rolls back at once, the load with it."""
+    stop = asyncio.Event()
+    with serving(ArmServer()) as base, serving(ArmServer()) as cand:
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        result = await run_load(client, {Arm.BASELINE: base.base, Arm.CANDIDATE: cand.base},
+                                (RequestSpec(path="/"),), AnalysisSettings(rps=5), 30.0, stop=stop)
+    assert result.stopped_at_s < 2.0
+    assert 1 <= len(base.hits) <= 5

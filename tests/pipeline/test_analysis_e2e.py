@@ -24,12 +24,12 @@ def _metrics(stage: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def _release(scenario: Any, run_clients: Any, created: Any, image: str, kind: str,  # noqa: F811
-                   env: dict[str, str]) -> tuple[Any, str, str]:
+                   env: dict[str, str], logs: str = "") -> tuple[Any, str, str]:
     service = created(f"an-{kind}")
     before = baseline(run_clients, service, image)
     scenario.add_service(kind)
     config = scenario.config([{"name": service, "source_dir": kind, "env": env}], steps="[100]", bake_s=BAKE_S,
-                             extra=ANALYSIS)
+                             extra=logs + ANALYSIS)
     scenario.commit()
     return await run_flow(scenario, config), service, before
 
@@ -81,7 +81,10 @@ async def test_analysis_fails_a_candidate_150ms_slower_on_30_percent(
 async def test_analysis_fails_a_candidate_failing_5_percent(
         prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
     run, service, before = await _release(scenario, run_clients, created, sample_image.digest_ref, "errors",
-                                          {"ROOT_ERROR_PERCENT": "5"})
+                                          {"ROOT_ERROR_PERCENT": "5"},
+                                          # the bake's own 5xx log rule (default 0 %) would fail it first
+                                          # and stop the load: here the analysis is the gate that decides
+                                          logs="max_5xx_rate = 0.5\n")
     err = _assert_failed_and_rolled_back(run, run_clients, service, before)["error_rate"]
     assert err["classification"] == "High" and err["critical"]
     _assert_tag_gone_and_picture_written(run_clients, scenario, service)
