@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
     parser.add_argument("--hold", help="seconds to hold each canary step")
     parser.add_argument("--bake", help="seconds to watch the release after the last step")
+    parser.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare the candidate with the baseline under load during the bake (default: as the "
+                             "config's [analysis] section says)")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
     parser.add_argument("--keep-server", action="store_true",
@@ -43,7 +46,7 @@ class UsageError(Exception):
 
 # ValidationRequest field -> the flag that sets it
 FLAGS = {"config": "--config", "services": "--service", "git_sha": "--git-sha", "traffic_steps": "--traffic",
-         "canary_hold_s": "--hold", "bake_s": "--bake", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
+         "canary_hold_s": "--hold", "bake_s": "--bake", "analysis": "--analysis", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
 
 
 def parse_traffic(text: str) -> list[int]:
@@ -92,7 +95,8 @@ def build_request(args: argparse.Namespace) -> Any:
     bake = parse_hold(args.bake, "--bake") if args.bake is not None else None
     try:
         return ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                 traffic_steps=steps, canary_hold_s=hold, bake_s=bake, dry_run=args.dry_run,
+                                 traffic_steps=steps, canary_hold_s=hold, bake_s=bake, analysis=args.analysis,
+                                 dry_run=args.dry_run,
                                  sandbox=args.sandbox, state_dir=args.state_dir)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -107,3 +107,12 @@ def test_settings_section(tmp_path: Path) -> None:
     assert settings.rps == 10 and settings.paths[0].weight == 2 and settings.on_inconclusive == "warn"
     with pytest.raises(ValueError, match="rps"):
         AnalysisSettings.model_validate({"rps": 100})
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(["--analysis"], {}), (["--no-analysis"], None)])
+def test_cli_flag_switches_the_stage(flags: list[str], expected: dict | None) -> None:
+    from cli.commands.validate import build_request, parse_args
+
+    request = build_request(parse_args(flags))
+    assert request.overrides()["analysis"] == expected
+    assert "analysis" not in build_request(parse_args([])).overrides()
