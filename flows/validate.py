@@ -21,6 +21,7 @@ from prefect.states import Failed, State
 from pydantic import Field, ValidationError
 
 from flows.params import ValidationRequest
+from stagecheck.analysis.windows import analyses_window
 from stagecheck.checkout import remove as remove_checkout
 from stagecheck.concurrency import (
     ServiceLockError,
@@ -430,7 +431,9 @@ class ServiceValidation:
             watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
             if watch_s:  # the canary holds (and the release bakes) under watch: probes and logs
                 label = f"bake after {percent} %" if last else f"canary hold at {percent} %"
-                if not await self._bake(snapshot, revision, targets, watch_s, label, analyse=last):
+                analyse = self.settings.analysis is not None and analyses_window(self.settings.analysis, watch_s,
+                                                                                    last=last)
+                if not await self._bake(snapshot, revision, targets, watch_s, label, analyse=analyse):
                     return False
         return True
 
@@ -440,8 +443,7 @@ class ServiceValidation:
         configured); a failure seen during the watch rolls back at once."""
         self.starting(label)
         bake_over = asyncio.Event()  # a failed bake rolls back at once: the analysis' load stops with it
-        judged = asyncio.create_task(self._analysis(snapshot, seconds, bake_over)) \
-            if analyse and self.settings.analysis else None
+        judged = asyncio.create_task(self._analysis(snapshot, seconds, bake_over, label)) if analyse else None
         result = await gate_value(await watch_release(
                                      self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
@@ -463,8 +465,10 @@ class ServiceValidation:
             return False
         return True
 
-    async def _analysis(self, snapshot: ServiceSnapshot, seconds: float, stop: asyncio.Event) -> StageResult:
-        """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load."""
+    async def _analysis(self, snapshot: ServiceSnapshot, seconds: float, stop: asyncio.Event, label: str
+                        ) -> StageResult:
+        """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load
+        (the last bake, and canary holds long enough to decide: stagecheck.analysis.windows.analyses_window)."""
         from tasks.analysis import analyse_release  # scipy: loaded only when a run analyses
 
         assert self.settings.analysis is not None
@@ -475,7 +479,7 @@ class ServiceValidation:
             candidate_url=self.urls.get("tagged"), audience=probe_audience(UrlKind.SERVICE, service_url,
                                                                          self.settings.probes),
             settings=self.settings.analysis, duration_s=seconds, timeout_s=self.settings.deploy_timeout_s,
-            tokens=self.clients.tokens, stop=stop))
+            label=label, tokens=self.clients.tokens, stop=stop))
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
         """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""

@@ -18,9 +18,8 @@ from stagecheck.analysis.config import AnalysisSettings, Metric, OnInconclusive
 from stagecheck.analysis.errors import error_test
 from stagecheck.analysis.scorer import MetricResult, ScoreLabel, summarise
 from stagecheck.analysis.tail import tail_test
+from stagecheck.analysis.windows import TAIL_Q
 from stagecheck.model import Status
-
-TAIL_Q = {Metric.LATENCY_P95: 0.95, Metric.LATENCY_P99: 0.99}
 
 
 @dataclass(frozen=True)
@@ -109,3 +108,4 @@ def gate(outcome: ScoreLabel, settings: AnalysisSettings) -> Status:
         return Status.FAIL
     policy = settings.on_marginal if outcome is ScoreLabel.MARGINAL else settings.on_inconclusive
     return Status.FAIL if policy is OnInconclusive.FAIL else Status.WARN
+

@@ -54,7 +54,7 @@ def analysis_result(judgement: Judgement, settings: AnalysisSettings, *, facts: 
                      f"{_fmt(str(v.metric), v.candidate_value)} (n={v.n_candidate}){shift}{p}"))
     outcome = {ScoreLabel.PASS: "no regression found", ScoreLabel.MARGINAL: "marginal",
                ScoreLabel.FAIL: "regression", ScoreLabel.NODATA: "inconclusive (Nodata)"}[judgement.outcome]
-    summary = f"{label}{outcome}: score {judgement.score:.0f}/100 ({judgement.outcome})"
+    summary = f"{label + ': ' if label else ''}{outcome}: score {judgement.score:.0f}/100 ({judgement.outcome})"
     if judgement.reason and judgement.outcome is not ScoreLabel.PASS:
         summary += f"; {judgement.reason}"
     if facts.get("stopped_early"):

@@ -12,13 +12,13 @@ than `tolerance` (relative) and `min_shift_ms` (absolute).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import hypergeom
 
 from stagecheck.analysis.classifier import Label
+from stagecheck.analysis.windows import min_samples
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,6 @@ class TailResult:
     p_value: float | None = None
     quantile_baseline: float | None = None
     quantile_candidate: float | None = None
-
-
-def min_samples(q: float, min_exceedances: float) -> int:
-    """Fewest samples per arm for which the q-tail test runs."""
-    return math.ceil(min_exceedances / (1 - q) - 1e-9)
 
 
 def tail_test(

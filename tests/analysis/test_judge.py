@@ -9,7 +9,7 @@ from stagecheck.analysis.classifier import Label
 from stagecheck.analysis.config import AnalysisSettings, Metric
 from stagecheck.analysis.judge import ArmSamples, gate, judge
 from stagecheck.analysis.scorer import ScoreLabel
-from stagecheck.analysis.tail import min_samples
+from stagecheck.analysis.windows import analyses_window, min_samples, samples_needed
 
 SETTINGS = AnalysisSettings()
 
@@ -111,3 +111,12 @@ def test_rate_cap() -> None:
 ])
 def test_gate(outcome: ScoreLabel, policy: dict, expected: str) -> None:
     assert gate(outcome, AnalysisSettings.model_validate(policy)) == expected
+
+
+def test_samples_needed_and_which_windows_are_analysed() -> None:
+    s = AnalysisSettings(rps=5)
+    assert samples_needed(s) == 500  # p99 with 5 expected exceedances
+    assert samples_needed(AnalysisSettings(metrics=("latency_p50", "error_rate"))) == 50
+    assert analyses_window(s, 10, last=True)  # the last bake always (Nodata then says why)
+    assert not analyses_window(s, 60, last=False)  # a 60 s hold at 5 rps: 300 < 500
+    assert analyses_window(s, 100, last=False)
