@@ -88,3 +88,31 @@ async def test_analysis_fails_a_candidate_failing_5_percent(
     err = _assert_failed_and_rolled_back(run, run_clients, service, before)["error_rate"]
     assert err["classification"] == "High" and err["critical"]
     _assert_tag_gone_and_picture_written(run_clients, scenario, service)
+
+
+async def test_analysis_in_a_canary_hold_stops_the_release_before_100_percent(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
+    """A hold long enough to decide its metrics is analysed too: 10 s x 10 rps = 100 samples per arm >= the
+    50 that latency_p50 and error_rate need; a candidate failing 30 % of `/` fails there, at 50 %."""
+    service = created("an-hold")
+    before = baseline(run_clients, service, sample_image.digest_ref)
+    scenario.add_service("hold")
+    config = scenario.config([{"name": service, "source_dir": "hold", "env": {"ROOT_ERROR_PERCENT": "30"}}],
+                             steps="[50, 100]", hold_s=10.0, bake_s=10.0,
+                             extra='max_5xx_rate = 0.9\n[analysis]\nrps = 10\npaths = [{ path = "/" }]\n'
+                                   'metrics = ["latency_p50", "error_rate"]')
+    scenario.commit()
+
+    run = await run_flow(scenario, config)
+
+    report = run.report(service)
+    assert report["verdict"] == "fail" and report["decided_by"] == "analysis", report["reasons"]
+    stage = run.stage(service, "analysis")
+    assert stage["summary"].startswith("canary hold at 50 %: regression")
+    err = _metrics(stage)["error_rate"]
+    assert err["classification"] == "High" and err["n_candidate"] >= 50
+    assert report["rollback"]["performed"] and report["rollback"]["ok"]
+    assert serving(run_clients, service) == {before: 100}
+    traffic = [s for s in report["stages"] if s["name"] == "traffic"]
+    assert len(traffic) == 1  # never shifted to 100 %
+    _assert_tag_gone_and_picture_written(run_clients, scenario, service)
