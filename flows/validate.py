@@ -443,7 +443,7 @@ class ServiceValidation:
         configured); a failure seen during the watch rolls back at once."""
         self.starting(label)
         bake_over = asyncio.Event()  # a failed bake rolls back at once: the analysis' load stops with it
-        judged = asyncio.create_task(self._analysis(snapshot, seconds, bake_over, label)) if analyse else None
+        judged = asyncio.create_task(self._analysis(snapshot, revision, seconds, bake_over, label)) if analyse else None
         result = await gate_value(await watch_release(
                                      self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
@@ -465,8 +465,8 @@ class ServiceValidation:
             return False
         return True
 
-    async def _analysis(self, snapshot: ServiceSnapshot, seconds: float, stop: asyncio.Event, label: str
-                        ) -> StageResult:
+    async def _analysis(self, snapshot: ServiceSnapshot, revision: str, seconds: float, stop: asyncio.Event,
+                        label: str) -> StageResult:
         """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load
         (the last bake, and canary holds long enough to decide: stagecheck.analysis.windows.analyses_window)."""
         from tasks.analysis import analyse_release  # scipy: loaded only when a run analyses
@@ -479,7 +479,7 @@ class ServiceValidation:
             candidate_url=self.urls.get("tagged"), audience=probe_audience(UrlKind.SERVICE, service_url,
                                                                          self.settings.probes),
             settings=self.settings.analysis, duration_s=seconds, timeout_s=self.settings.deploy_timeout_s,
-            label=label, tokens=self.clients.tokens, stop=stop))
+            label=label, tokens=self.clients.tokens, stop=stop, reader=self.clients.logs, candidate_revision=revision))
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
         """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -17,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stagecheck.analysis.arms import BASE_TAG, tag_uri, with_base_tag, without_base_tag
 from stagecheck.analysis.config import AnalysisSettings, RequestSpec
+from stagecheck.analysis.crosscheck import cross_check, logged_requests
 from stagecheck.analysis.judge import judge
 from stagecheck.analysis.load import USER_AGENT, LoadResult, run_load
 from stagecheck.analysis.openapi import request_mix
@@ -28,8 +30,11 @@ from stagecheck.stages import Stage
 from tasks.common import gate, guarded, stage_run_name
 
 if TYPE_CHECKING:
+    from stagecheck.clients.cloudlogging import LogReader
     from stagecheck.clients.cloudrun import CloudRun
     from stagecheck.clients.identity import IdTokens
+
+LOG_READ_WAIT_S = 20.0  # the cross-check's log reads give up (declined) rather than hold the verdict longer
 
 
 async def _openapi_mix(http: httpx.AsyncClient, urls: dict[Arm, str], settings: AnalysisSettings,
@@ -64,7 +69,8 @@ async def _first_answer(http: httpx.AsyncClient, url: str, headers: dict[str, st
 async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, service: str, baseline_revision: str | None,
                           candidate_url: str | None, audience: str | None, settings: AnalysisSettings,
                           duration_s: float, timeout_s: float, label: str = "",
-                          tokens: IdTokens | None = None, stop: asyncio.Event | None = None) -> StageResult:
+                          tokens: IdTokens | None = None, stop: asyncio.Event | None = None,
+                          reader: LogReader | None = None, candidate_revision: str | None = None) -> StageResult:
     """Tag the baseline `sc-base`, send the same open-loop request mix to both arms for `duration_s` (or
     until `stop` is set: the bake failed), judge candidate vs baseline per metric
     (stagecheck.analysis.judge), remove the tag."""
@@ -91,6 +97,7 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
                 return headers[arm]
 
             seed = int(time.time())  # the block order; recorded so a schedule can be replayed
+            began = datetime.now(UTC)
             load = await run_load(http, urls, mix, settings, duration_s, seed=seed, headers=arm_headers, stop=stop)
         finally:
             current = await _service(cloudrun, service)
@@ -98,10 +105,31 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
         stopped = f"load stopped at {load.stopped_at_s:.1f} s: the bake failed" if stop and stop.is_set() else None
         result = _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label, stopped)
         result.data["analysis"]["seed"] = seed
+        if reader is not None and candidate_revision:
+            await _cross_check(result, reader, service, {Arm.BASELINE: baseline_revision,
+                                                         Arm.CANDIDATE: candidate_revision}, began, load)
         return result, None
 
     result, _ = await guarded(Stage.ANALYSIS, body, None)
     return gate(result, result)
+
+
+async def _cross_check(result: StageResult, reader: LogReader, service: str, revisions: dict[Arm, str],
+                       began: datetime, load: LoadResult) -> None:
+    """The request logs' status codes of our requests beside the generator's (a criterion and the data)."""
+    logged: dict[str, dict[str, Any]] = {}
+    for arm, revision in revisions.items():
+        try:
+            read = await reader.read_revision(service=service, revision=revision, start=began,
+                                              deadline=time.monotonic() + LOG_READ_WAIT_S)
+        except (StageError, OSError, ValueError) as exc:  # evidence only: the judgement stands without it
+            result.data["analysis"]["request_logs_error"] = f"{type(exc).__name__}: {exc}"
+            return
+        logged[str(arm)] = {**logged_requests(read.entries, USER_AGENT), "declined": read.declined,
+                            "truncated": read.truncated}
+    generator = {str(arm): (load.arm(arm).requests, load.arm(arm).errors) for arm in Arm}
+    result.criteria.append(cross_check(generator, logged))
+    result.data["analysis"]["request_logs"] = logged
 
 
 async def _service(cloudrun: CloudRun, service: str) -> Any:

@@ -87,6 +87,10 @@ async def test_analysis_fails_a_candidate_failing_5_percent(
                                           logs="max_5xx_rate = 0.5\n")
     err = _assert_failed_and_rolled_back(run, run_clients, service, before)["error_rate"]
     assert err["classification"] == "High" and err["critical"]
+    # the request logs, by our User-Agent, show the candidate's 500s too (the cross-check's evidence)
+    logged = run.stage(service, "analysis")["data"]["analysis"]["request_logs"]
+    assert logged["candidate"]["statuses"].get("500", 0) > 0
+    assert logged["baseline"]["requests"] > 0 and logged["baseline"]["statuses"].get("500", 0) == 0
     _assert_tag_gone_and_picture_written(run_clients, scenario, service)
 
 
