@@ -21,6 +21,7 @@ from prefect.states import Failed, State
 from pydantic import Field, ValidationError
 
 from flows.params import GIT_SHA_PATTERN, ValidationRequest, flow_timeout_s
+from stagecheck.analysis.windows import analyses_window
 from stagecheck.checkout import remove as remove_checkout
 from stagecheck.concurrency import (
     ServiceLockError,
@@ -473,14 +474,19 @@ class ServiceValidation:
             watch_s = self.traffic_plan.bake_s if last else self.traffic_plan.hold_s
             if watch_s:  # the canary holds (and the release bakes) under watch: probes and logs
                 label = f"bake after {percent} %" if last else f"canary hold at {percent} %"
-                if not await self._bake(snapshot, revision, targets, watch_s, label):
+                analyse = self.settings.analysis is not None and analyses_window(self.settings.analysis, watch_s,
+                                                                                    last=last)
+                if not await self._bake(snapshot, revision, targets, watch_s, label, analyse=analyse):
                     return False
         return True
 
     async def _bake(self, snapshot: ServiceSnapshot, revision: str, targets: list[ProbeTarget], seconds: float,
-                    label: str) -> bool:
-        """Watch the serving release for `seconds`; a failure seen during the watch rolls back at once."""
+                    label: str, analyse: bool = False) -> bool:
+        """Watch the serving release for `seconds` (with the `analysis` stage beside the last bake, when
+        configured); a failure seen during the watch rolls back at once."""
         self.starting(label)
+        bake_over = asyncio.Event()  # a failed bake rolls back at once: the analysis' load stops with it
+        judged = asyncio.create_task(self._analysis(snapshot, revision, seconds, bake_over, label)) if analyse else None
         result = await gate_value(await watch_release(
                                      self.clients.http, self.clients.logs, label=label, service=self.svc.name,
                                      revision=revision,
@@ -493,10 +499,30 @@ class ServiceValidation:
         watched = BakeData.read(result.data)
         if watched is not None and watched.last_probe_at:
             self.last_probe_at = datetime.fromisoformat(watched.last_probe_at)
-        if not self.record(result):
-            await self._rollback_if_moved(True, revision, Stage.BAKE)
+        baked = self.record(result)
+        if not baked:
+            bake_over.set()
+        analysed = self.record(await judged) if judged is not None else True
+        if not (baked and analysed):
+            await self._rollback_if_moved(True, revision, Stage.BAKE if not baked else Stage.ANALYSIS)
             return False
         return True
+
+    async def _analysis(self, snapshot: ServiceSnapshot, revision: str, seconds: float, stop: asyncio.Event,
+                        label: str) -> StageResult:
+        """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load
+        (the last bake, and canary holds long enough to decide: stagecheck.analysis.windows.analyses_window)."""
+        from tasks.analysis import analyse_release  # scipy: loaded only when a run analyses
+
+        assert self.settings.analysis is not None
+        service_url = self.urls.get("service")
+        return await gate_value(await analyse_release(
+            self.clients.cloudrun, self.clients.http, service=self.svc.name,
+            baseline_revision=snapshot.previous.name if snapshot.previous else None,
+            candidate_url=self.urls.get("tagged"), audience=probe_audience(UrlKind.SERVICE, service_url,
+                                                                         self.settings.probes),
+            settings=self.settings.analysis, duration_s=seconds, timeout_s=self.settings.deploy_timeout_s,
+            label=label, tokens=self.clients.tokens, stop=stop, reader=self.clients.logs, candidate_revision=revision))
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
         """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""
@@ -608,6 +634,7 @@ async def validate(
     traffic_steps: list[int] | None = None,
     canary_hold_s: Annotated[float | None, Field(ge=0)] = None,
     bake_s: Annotated[float | None, Field(ge=0)] = None,
+    analysis: bool | None = None,
     dry_run: bool = False,
     sandbox: bool = False,
     state_dir: str = ".stagecheck",
@@ -628,6 +655,7 @@ async def validate(
         traffic_steps: Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]
         canary_hold_s: Override the wait after each canary step (seconds)
         bake_s: Override the bake window after the last step (seconds)
+        analysis: Compare the candidate with the baseline under load during the bake (the [analysis] section, defaults when absent); empty: as the config says
         dry_run: Check syntax and build the image only; deploy nothing
         sandbox: Target the local sandbox (endpoints from STATE_DIR/sandbox.json)
         state_dir: Where the sandbox writes sandbox.json
@@ -639,7 +667,7 @@ async def validate(
     try:
         request = ValidationRequest(config=config, services=services or [], git_sha=git_sha, git_ref=git_ref,
                                     traffic_steps=traffic_steps, canary_hold_s=canary_hold_s, bake_s=bake_s,
-                                    dry_run=dry_run, sandbox=sandbox, state_dir=state_dir, repository=repository,
+                                    analysis=analysis, dry_run=dry_run, sandbox=sandbox, state_dir=state_dir, repository=repository,
                                     repository_credentials=repository_credentials)
         if request.repository:  # a service repository stagecheck does not live in: its tree at the commit
             request, repo = await fetch_repository(request, _run_token())

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from stagecheck.analysis.report_section import analysis_lines
 from stagecheck.evidence import BakeData, LogsData, ProbeData, SignatureGroupData
 from stagecheck.log_query import CONSOLE_BASE, console_logs_url
 from stagecheck.model import Criterion, ServiceReport, StageResult, Status, TrafficTarget, Verdict
@@ -243,7 +244,7 @@ def _performance(report: ServiceReport, out: _Out, h: str) -> list[str]:
         "",
         "_Cost: rough model (list prices, assumed request volume; see stagecheck.cost), for comparison only._",
     ]
-    return lines
+    return lines + analysis_lines(report.stages, report.service, _table, h)
 
 
 def _probe_row(stage: StageResult, probe: ProbeData, out: _Out) -> tuple[str, ...]:

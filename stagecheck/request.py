@@ -41,6 +41,8 @@ class ValidationRequest(BaseModel):
         None, description="Override the traffic plan: percent to the new revision per step, e.g. [10, 50, 100]")
     canary_hold_s: float | None = Field(None, ge=0, description="Override the wait after each canary step (seconds)")
     bake_s: float | None = Field(None, ge=0, description="Override the bake window after the last step (seconds)")
+    analysis: bool | None = Field(None, description="Compare the candidate with the baseline under load during "
+                                  "the bake (the [analysis] section, defaults when absent); empty: as the config says")
     dry_run: bool = Field(False, description="Check syntax and build the image only; deploy nothing")
     sandbox: bool = Field(False, description="Target the local sandbox (endpoints from STATE_DIR/sandbox.json)")
     state_dir: str = Field(".stagecheck", description="Where the sandbox writes sandbox.json")
@@ -71,6 +73,8 @@ class ValidationRequest(BaseModel):
             traffic["bake_s"] = self.bake_s
         if traffic:
             out["traffic"] = traffic
+        if self.analysis is not None:
+            out["analysis"] = {} if self.analysis else None  # on: the file's section (or defaults); off: none
         if self.dry_run:
             out["dry_run"] = True
         if self.git_sha:

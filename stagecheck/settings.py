@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stagecheck.analysis.config import AnalysisSettings
 from stagecheck.contract.findings import FailOn
 from stagecheck.retry_policy import ApiRetries
 
@@ -446,6 +447,8 @@ class Settings(BaseModel):
     logs: LogRules = LogRules()
     syntax: SyntaxSettings = SyntaxSettings()
     price: PriceTable = PriceTable()
+    analysis: AnalysisSettings | None = Field(
+        None, description="canary vs baseline under load during the bake, judged with statistics (off when absent)")
     repo_root: Path = Path(".")
     report_dir: Path = Path("reports")
     deploy_timeout_s: float = Field(300.0, gt=0)

@@ -21,6 +21,7 @@ class Stage(StrEnum):
     TRAFFIC = "traffic"  # one step of the traffic plan, verified against what serves
     PROBE_SERVING = "probe-serving"  # the service / LB URLs answer after each step
     BAKE = "bake"  # the canary hold / release bake: probes and logs watched for a while
+    ANALYSIS = "analysis"  # during the bake: candidate vs baseline under the same load, judged with statistics
     SMOKE = "smoke"  # optional user commands against the released revision
     LOGS = "logs"  # the revision's logs, compared with the previous revision's
     RELEASE = "release"  # a passed release leaves the split as a person expects

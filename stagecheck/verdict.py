@@ -44,6 +44,8 @@ def required_for(settings: Settings, svc: ServiceConfig, *, bake: bool = False) 
         stages = [s for s in stages if s != Stage.PROBE_SERVING]
     if bake and not settings.dry_run:  # the bake window must have watched
         stages.append(Stage.BAKE)
+    if settings.analysis is not None and not settings.dry_run:  # asked for: it must have judged
+        stages.append(Stage.ANALYSIS)
     return tuple(stages)
 
 

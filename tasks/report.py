@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from stagecheck.analysis.report_section import SVG_SUFFIX, picture
 from stagecheck.model import ServiceReport
 from stagecheck.report import criteria_rows, render_markdown, to_json
 
@@ -77,4 +78,8 @@ def write_json_report(report: ServiceReport, report_dir: Path) -> Path:
     body = to_json(report)
     path.write_text(body)
     (report_dir / f"{report.service}-latest.json").write_text(body)
+    svg = picture(report.stages, report.service)  # the analysis stage's latency picture, beside the JSON
+    if svg is not None:
+        path.with_name(path.stem + SVG_SUFFIX).write_text(svg)
+        (report_dir / f"{report.service}-latest{SVG_SUFFIX}").write_text(svg)
     return path

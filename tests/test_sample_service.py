@@ -264,3 +264,35 @@ def test_traceback_every_prints_a_python_traceback_and_keeps_serving(run_service
     assert err.startswith("Traceback (most recent call last):")
     assert '  File "/app/pricing.py", line 21, in price_of' in err
     assert first_response(f"http://127.0.0.1:{port}/health", timeout_s=5)[0].status_code == 200
+
+
+async def test_root_knobs_make_a_regression_of_known_size(run_service: RunService) -> None:
+    """ROOT_DELAY_MS on every `/`, ROOT_SLOW_MS more on ROOT_SLOW_PERCENT %, 500 on ROOT_ERROR_PERCENT %."""
+    _, plain = run_service()
+    _, delayed = run_service(ROOT_DELAY_MS="200")
+    _, partly = run_service(ROOT_SLOW_PERCENT="30", ROOT_SLOW_MS="150")
+    _, failing = run_service(ROOT_ERROR_PERCENT="100")
+    for port in (plain, delayed, partly, failing):
+        first_response(f"http://127.0.0.1:{port}/health", timeout_s=5)
+
+    async def timed(client: httpx.AsyncClient, port: int) -> tuple[int, float]:
+        started = time.monotonic()
+        response = await client.get(f"http://127.0.0.1:{port}/")
+        return response.status_code, time.monotonic() - started
+
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        base = [await timed(client, plain) for _ in range(20)]
+        slow = [await timed(client, delayed) for _ in range(5)]
+        mixed = [await timed(client, partly) for _ in range(100)]
+        errors = [await timed(client, failing) for _ in range(5)]
+    assert {s for s, _ in base + slow + mixed} == {200}
+    assert all(t >= 0.2 for _, t in slow)
+    share = sum(t >= 0.15 for _, t in mixed) / len(mixed)
+    assert 0.15 <= share <= 0.45  # binomial(100, 0.3): more than 3 standard deviations either side
+    assert {s for s, _ in errors} == {500}
+
+
+def test_root_knobs_are_validated(run_service: RunService) -> None:
+    container, _ = run_service(ROOT_ERROR_PERCENT="5%")
+    container.wait(timeout=10)
+    assert "ROOT_ERROR_PERCENT must be a whole number" in container.logs().decode()

@@ -58,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
     parser.add_argument("--hold", help="seconds to hold each canary step")
     parser.add_argument("--bake", help="seconds to watch the release after the last step")
+    parser.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare the candidate with the baseline under load during the bake (default: as the "
+                             "config's [analysis] section says)")
     parser.add_argument("--dry-run", action="store_true", help="syntax and build only")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs too")
     parser.add_argument("--keep-server", action="store_true",
@@ -72,7 +75,7 @@ class UsageError(Exception):
 
 # ValidationRequest field -> the flag that sets it
 FLAGS = {"config": "--config", "services": "--service", "git_sha": "--git-sha", "traffic_steps": "--traffic",
-         "canary_hold_s": "--hold", "bake_s": "--bake", "state_dir": "--state-dir", "dry_run": "--dry-run",
+         "canary_hold_s": "--hold", "bake_s": "--bake", "analysis": "--analysis", "state_dir": "--state-dir", "dry_run": "--dry-run",
          "sandbox": "--sandbox", "git_ref": "--git-ref", "repository": "--repository",
          "repository_credentials": "--repository-credentials"}
 
@@ -132,7 +135,7 @@ def build_request(args: argparse.Namespace) -> Any:
     bake = parse_hold(args.bake, "--bake") if args.bake is not None else None
     try:
         return ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                 git_ref=args.git_ref, traffic_steps=steps, canary_hold_s=hold, bake_s=bake,
+                                 git_ref=args.git_ref, traffic_steps=steps, canary_hold_s=hold, bake_s=bake, analysis=args.analysis,
                                  dry_run=args.dry_run, sandbox=args.sandbox, state_dir=args.state_dir,
                                  repository=args.repository, repository_credentials=args.repository_credentials)
     except ValidationError as exc:

@@ -20,7 +20,7 @@ from stagecheck.stages import Stage
 
 # the gates that fail while the candidate runs and serves requests; the logs stage (and a bake stopped by
 # the logs) already names the signatures it judged
-EXPLAINED_STAGES = frozenset({Stage.PROBE_TAGGED, Stage.PROBE_SERVING, Stage.BAKE, Stage.SMOKE})
+EXPLAINED_STAGES = frozenset({Stage.PROBE_TAGGED, Stage.PROBE_SERVING, Stage.BAKE, Stage.ANALYSIS, Stage.SMOKE})
 MAX_CAUSES = 3
 # entries stamped a little after the failure was seen still belong to it (the crash's last lines, the
 # ERROR the app logged while answering the failing probe)

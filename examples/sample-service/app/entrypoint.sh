@@ -41,6 +41,12 @@ if [ -n "${OPENAPI_VARIANT:-}" ]; then
     export OPENAPI_BODY
 fi
 
+for name in ROOT_DELAY_MS ROOT_SLOW_MS ROOT_SLOW_PERCENT ROOT_ERROR_PERCENT; do
+    eval "value=\${$name:-0}"
+    case $value in '' | *[!0-9]*) fail "$name must be a whole number (got '$value')" ;; esac
+done
+[ "${ROOT_SLOW_PERCENT:-0}" -le 100 ] && [ "${ROOT_ERROR_PERCENT:-0}" -le 100 ] || fail "ROOT_SLOW_PERCENT and ROOT_ERROR_PERCENT are 0..100"
+
 if [ "${CRASH_ON_START:-0}" = 1 ]; then
     # What a Python service that cannot import a dependency prints before dying.
     cat >&2 <<'TRACEBACK'

@@ -1,5 +1,5 @@
 # One HTTP request: busybox nc runs this per connection with the socket on stdin/stdout.
-# Routes: GET /health, GET /api/health (JSON health), GET / (200 text), GET /slow (200 after
+# Routes: GET /health, GET /api/health (JSON health), GET / (200 text; ROOT_* knobs), GET /slow (200 after
 # $SLOW_RESPONSE_S, default 2 s: holds a request slot), GET /openapi.json (the document
 # $OPENAPI_VARIANT selected, read by entrypoint.sh; 404 without one), anything else 404.
 . "${SAMPLE_APP_DIR:-/app}/lib.sh"
@@ -59,8 +59,20 @@ case "$method $path" in
         fi
         ;;
     "GET /" | "HEAD /")
-        respond 200 OK "text/plain; charset=utf-8" "$SAMPLE_SERVICE $SAMPLE_REVISION: hello from the stagecheck sample service
+        # knobs for a regression of known size: ROOT_DELAY_MS on every request, ROOT_SLOW_MS more on
+        # ROOT_SLOW_PERCENT % of them, 500 on ROOT_ERROR_PERCENT % (integers; $RANDOM, no fork)
+        delay=${ROOT_DELAY_MS:-0}
+        [ $((RANDOM % 100)) -lt "${ROOT_SLOW_PERCENT:-0}" ] && delay=$((delay + ${ROOT_SLOW_MS:-0}))
+        if [ "$delay" -gt 0 ]; then
+            ms=$((delay % 1000)); [ "$ms" -lt 100 ] && ms=0$ms; [ "$ms" -lt 10 ] && ms=0$ms
+            sleep "$((delay / 1000)).$ms"
+        fi
+        if [ $((RANDOM % 100)) -lt "${ROOT_ERROR_PERCENT:-0}" ]; then
+            respond 500 "Internal Server Error" application/json '{"error":"injected (ROOT_ERROR_PERCENT)"}'
+        else
+            respond 200 OK "text/plain; charset=utf-8" "$SAMPLE_SERVICE $SAMPLE_REVISION: hello from the stagecheck sample service
 "
+        fi
         ;;
     *" /health" | *" /api/health" | *" /")
         respond 405 "Method Not Allowed" application/json '{"error":"method not allowed"}'
