@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from deployments.automations import failed_verdicts
 from deployments.definitions import (
     DEFAULT_TARGETS_FILE,
     ENTRYPOINT,
@@ -49,6 +50,8 @@ HEADER = """\
 # the environment through the `{{ $STAGECHECK_WORK_POOL }}` placeholders below.)
 # Each flow run then clones that origin (branch: the one deployed from) on the worker and checks
 # out the commit it validates (a merge event's SHA) for that run alone.
+# `automations:` (failed verdicts -> the notification block) is registered by `stagecheck serve
+# register`, which resolves `block_document_id: <block-type>/<block-name>` to the block's id.
 """
 
 BUILD = [
@@ -117,8 +120,18 @@ def recovery() -> dict[str, Any]:
 def render(targets: tuple[Target, ...]) -> str:
     """Pure: the text of prefect.yaml for these targets, and the recovery deployment."""
     document = {"name": "stagecheck", "build": BUILD, "push": None, "pull": PULL,
-                "deployments": [deployment(t) for t in targets] + [recovery()]}
-    return HEADER + "\n" + yaml.safe_dump(document, sort_keys=False, width=120, default_flow_style=False)
+                "deployments": [deployment(t) for t in targets] + [recovery()],
+                # `prefect deploy` ignores it; `stagecheck serve` registers it (deployments/automations.py)
+                "automations": [failed_verdicts()]}
+    return HEADER + "\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the notification body template) as literal blocks, as a person writes them."""
+
+
+_Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from uuid import UUID
 
 import httpx
 
+from deployments.automations import Registered, register_automations
 from deployments.definitions import (
     DEFAULT_POOL,
     DEFAULT_TARGETS_FILE,
@@ -250,6 +251,7 @@ class SetupResult:
     limits: list[str]
     without_services: list[str]  # targets whose config named no service (missing or unreadable)
     recovery_id: UUID | None = None  # the recovery deployment (run by the crash trigger)
+    automations: Registered | None = None  # prefect.yaml's `automations:` (failed verdicts -> notification)
 
 
 async def setup(targets: tuple[Target, ...], *, pool: str = DEFAULT_POOL, repo_root: Path = REPO_ROOT) -> SetupResult:
@@ -261,9 +263,10 @@ async def setup(targets: tuple[Target, ...], *, pool: str = DEFAULT_POOL, repo_r
     limits = await ensure_service_limits([name for names in services.values() for name in names])
     ids = await register(targets, work_pool=pool, repo_root=repo_root)
     recovery_id = await register_recovery(work_pool=pool, repo_root=repo_root)
+    automations = await register_automations(repo_root / "prefect.yaml")
     return SetupResult(deployment_ids=ids, limits=limits,
                        without_services=[name for name, names in services.items() if not names],
-                       recovery_id=recovery_id)
+                       recovery_id=recovery_id, automations=automations)
 
 
 def run_with_api(url: str, coro_factory):  # type: ignore[no-untyped-def]
@@ -316,6 +319,11 @@ def _print_setup(targets: tuple[Target, ...], done: SetupResult, pool: str) -> N
     print(f"  work pool {pool!r} (process); concurrency limits: {', '.join(done.limits) or 'none'}")
     print(f"  deployment {RECOVERY_FLOW_NAME}/{RECOVERY_DEPLOYMENT}: runs when a validation crashes "
           f"[{done.recovery_id}]")
+    if done.automations is not None:
+        for name in done.automations.names:
+            print(f"  automation {name!r}")
+        for why in done.automations.skipped:
+            print(f"  note: {why}")
     for name in done.without_services:
         target = next(t for t in targets if t.name == name)
         print(f"  warning: target {name!r}: no services found in {target.request.config} (missing or invalid?); "
