@@ -71,7 +71,8 @@ def figures(name: str, team: Team, batch: Batch) -> str:
     return (f"{name:<10} wall {batch.wall_s:6.1f} s | per-run overhead median {statistics.median(overheads):5.1f} s, "
             f"max {max(overheads):5.1f} s | pick-up median {statistics.median(pickups):4.1f} s | "
             f"final states {states} of {len(batch.outcomes)} ({batch.runs_of_deployment} runs on the server) | "
-            f"'{LOCKED}' lines {locked_lines(team)} | set-up {team.started_s:.1f} s")
+            f"creations refused (503) {batch.refused} | '{LOCKED}' lines {locked_lines(team)} | "
+            f"set-up {team.started_s:.1f} s | load (5 min) {os.getloadavg()[1]:.1f}")
 
 
 def main() -> int:

@@ -115,6 +115,7 @@ class RunOutcome:
 @dataclass
 class Batch:
     wall_s: float  # submission of the first to the end of the last
+    refused: int = 0  # run creations the server answered 503 (SQLite: "database is locked"), then retried
     outcomes: list[RunOutcome] = field(default_factory=list)
     runs_of_deployment: int = 0
 
@@ -142,12 +143,27 @@ async def submit_and_wait(team: Team, project: TeamProject) -> Batch:
         FlowRunFilterId,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import PrefectHTTPStatusError
 
     plan = [s for s in project.services for _ in range(RUNS_PER_SERVICE)]
+    refused = 0
+
+    async def create(client: PrefectClient, service: str) -> Any:
+        """A 503 (after the client's own retries) created nothing: ask again, and count it."""
+        nonlocal refused
+        for _ in range(10):
+            try:
+                return await client.create_flow_run_from_deployment(team.deployment_id,
+                                                                    parameters=project.request(service))
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 503:
+                    raise
+                refused += 1
+        raise AssertionError(f"the server refused to create a run of {service} 10 times")
+
     async with PrefectClient(api=team.url) as client:
         began = time.monotonic()
-        created = await asyncio.gather(*(client.create_flow_run_from_deployment(
-            team.deployment_id, parameters=project.request(service)) for service in plan))
+        created = await asyncio.gather(*(create(client, service) for service in plan))
         deadline = began + RUNS_DEADLINE_S
         finals: dict[UUID, Any] = {}
         while len(finals) < len(created):
@@ -160,7 +176,7 @@ async def submit_and_wait(team: Team, project: TeamProject) -> Batch:
                 raise AssertionError(f"{len(created) - len(finals)} of {len(created)} runs not final "
                                      f"within {RUNS_DEADLINE_S:g} s")
             await asyncio.sleep(0.5)
-        batch = Batch(wall_s=time.monotonic() - began)
+        batch = Batch(wall_s=time.monotonic() - began, refused=refused)
         for service, run in zip(plan, created, strict=True):
             final = finals[run.id]
             tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
