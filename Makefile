@@ -1,7 +1,7 @@
 # stagecheck developer and CI entry points. Every target sets up what it needs from a fresh clone
 # (Debian machine, root): `make setup` installs the system packages and the virtualenv.
 #
-#   make setup      venv in .venv (+ docker.io, docker-registry, busybox-static via apt if missing)
+#   make setup      venv in .venv (+ docker.io, docker-registry, busybox-static, postgresql, debootstrap via apt)
 #   make up         Docker Engine + registry (stagecheck infra up), then the sandbox
 #   make down       stop the sandbox, then only what `make up` started (by pid)
 #   make serve      local Prefect server + deployments + worker (UI on http://127.0.0.1:4200); make down stops them
@@ -27,7 +27,7 @@ PYTEST_ARGS ?= -ra -n $(PYTEST_WORKERS) --dist loadgroup
 BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp
-APT_PACKAGES := docker.io docker-registry busybox-static
+APT_PACKAGES := docker.io docker-registry busybox-static postgresql debootstrap
 PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests benchmarks
 # mypy refuses a directory without Python files: check only the packages that have some.
 MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
@@ -42,11 +42,15 @@ help:
 
 setup: system-packages $(SETUP_STAMP)
 
-# dockerd, docker-registry and a *static* busybox (the sample image is FROM scratch).
+# dockerd, docker-registry, a *static* busybox (the sample image is FROM scratch) and PostgreSQL (the team
+# server's database in tests/server/test_team_server.py; the tests start a cluster of their own) and debootstrap
+# (the worker image's base in tests/server/test_docker_worker.py: no image registry is reachable).
 system-packages:
 	@missing=""; \
 	command -v dockerd >/dev/null || missing="$$missing dockerd"; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	if command -v dpkg-query >/dev/null; then \
 	  dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing="$$missing busybox-static"; \
 	else \
@@ -111,7 +115,7 @@ clean-registry: setup
 
 # Each benchmark prints its figures (and the command line that reproduces them); none is a test.
 # The sandbox-backed ones start their own sandbox / Prefect server on the engine + registry of STATE_DIR.
-BENCHES ?= syntax_cache readiness verdict logs log_coalesce syntax prober logstore
+BENCHES ?= syntax_cache readiness verdict logs log_coalesce syntax prober logstore team_server
 bench: infra-up
 	@for b in $(if $(BENCH),$(BENCH),$(BENCHES)); do \
 	  echo "== benchmarks/bench_$$b.py"; \

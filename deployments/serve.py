@@ -35,6 +35,7 @@ from uuid import UUID
 
 import httpx
 
+from deployments.automations import Registered, register_automations
 from deployments.definitions import (
     DEFAULT_POOL,
     PREFECT_YAML,
@@ -115,14 +116,16 @@ def api_url(port: int, host: str = HOST) -> str:
     return f"http://{host}:{port}/api"
 
 
-def prefect_env(layout: Layout, url: str, base: Mapping[str, str], **extra: str) -> dict[str, str]:
-    """Pure: the environment of the server, the worker and the flow runs it starts."""
+def prefect_env(layout: Layout, url: str, base: Mapping[str, str], database_url: str | None = None,
+                **extra: str) -> dict[str, str]:
+    """Pure: the environment of the server, the worker and the flow runs it starts (the server's database:
+    SQLite under the layout, or `database_url`, e.g. a team server's PostgreSQL)."""
     env = dict(base)
     no_proxy = {p for p in env.get("NO_PROXY", "").split(",") if p} | {"127.0.0.1", "localhost"}
     env.update(
         PREFECT_HOME=str(layout.home),
         PREFECT_API_URL=url,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{layout.database}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{layout.database}",
         DO_NOT_TRACK="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         NO_PROXY=",".join(sorted(no_proxy)),
@@ -152,7 +155,8 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 # ------------------------------------------------------------------ server
 
 
-def start_server(layout: Layout, port: int, *, timeout_s: float = SERVER_READY_TIMEOUT_S) -> ProcessRecord:
+def start_server(layout: Layout, port: int, *, timeout_s: float = SERVER_READY_TIMEOUT_S,
+                 database_url: str | None = None) -> ProcessRecord:
     """Start `prefect server start` on 127.0.0.1:port (or reuse ours if it already runs there)."""
     url = api_url(port)
     existing = read_record(layout.server_record)
@@ -162,7 +166,7 @@ def start_server(layout: Layout, port: int, *, timeout_s: float = SERVER_READY_T
         raise ServeError(f"another Prefect server already answers on {url} (not started from {layout.root}); "
                          "stop it or pick another port with --port")
     layout.home.mkdir(parents=True, exist_ok=True)
-    env = prefect_env(layout, url, os.environ)
+    env = prefect_env(layout, url, os.environ, database_url)
     argv = _env_argv(env, os.environ) + _prefect_argv("server", "start", "--host", HOST, "--port", str(port))
     record = spawn_detached("prefect-server", argv, layout.server_log)
     write_record(layout.server_record, record)
@@ -175,14 +179,14 @@ def start_server(layout: Layout, port: int, *, timeout_s: float = SERVER_READY_T
 
 
 def start_worker(layout: Layout, url: str, pool: str = DEFAULT_POOL, *, name: str = "stagecheck-local",
-                 query_seconds: float = WORKER_QUERY_SECONDS) -> ProcessRecord:
-    """Start `prefect worker start --pool POOL --type process` (or reuse ours)."""
+                 query_seconds: float = WORKER_QUERY_SECONDS, worker_type: str = "process") -> ProcessRecord:
+    """Start `prefect worker start --pool POOL --type process` (or `worker_type`, e.g. docker; or reuse ours)."""
     existing = read_record(layout.worker_record)
     if existing is not None and is_running(existing):
         return existing
     env = prefect_env(layout, url, os.environ, PREFECT_WORKER_QUERY_SECONDS=f"{query_seconds:g}",
                       PREFECT_WORKER_PREFETCH_SECONDS="1")
-    argv = _env_argv(env, os.environ) + _prefect_argv("worker", "start", "--pool", pool, "--type", "process",
+    argv = _env_argv(env, os.environ) + _prefect_argv("worker", "start", "--pool", pool, "--type", worker_type,
                                                        "--name", name)
     record = spawn_detached("prefect-worker", argv, layout.worker_log)
     write_record(layout.worker_record, record)
@@ -258,6 +262,7 @@ class SetupResult:
     limits: list[str]
     without_services: list[str]  # validation deployments whose config named no service (missing, unreadable)
     recovery_id: UUID | None = None  # the recovery deployment (run by the crash trigger)
+    automations: Registered | None = None  # prefect.yaml's `automations:` (failed verdicts -> notification)
 
 
 async def setup(definitions: tuple[Definition, ...] | list[Definition], *, pool: str = DEFAULT_POOL,
@@ -270,9 +275,10 @@ async def setup(definitions: tuple[Definition, ...] | list[Definition], *, pool:
     limits = await ensure_service_limits([name for names in services.values() for name in names])
     ids = await register(definitions, work_pool=pool, repo_root=repo_root)
     recovery = [i for d, i in zip(definitions, ids, strict=True) if d.entrypoint == RECOVERY_ENTRYPOINT]
+    automations = await register_automations(repo_root / PREFECT_YAML.name)
     return SetupResult(deployment_ids=ids, limits=limits,
                        without_services=[name for name, names in services.items() if not names],
-                       recovery_id=recovery[0] if recovery else None)
+                       recovery_id=recovery[0] if recovery else None, automations=automations)
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -377,6 +383,11 @@ def _print_setup(definitions: tuple[Definition, ...], done: SetupResult, pool: s
     print(f"  work pool {pool!r} (process); concurrency limits: {', '.join(done.limits) or 'none'}")
     for definition, deployment_id in zip(definitions, done.deployment_ids, strict=True):
         print(f"  deployment {definition.name} ({definition.entrypoint}): {_describe(definition)} [{deployment_id}]")
+    if done.automations is not None:
+        for name in done.automations.names:
+            print(f"  automation {name!r}")
+        for why in done.automations.skipped:
+            print(f"  note: {why}")
     for name in done.without_services:
         definition = next(d for d in definitions if d.name == name)
         where = definition.parameters.get("repository") or definition.parameters.get("config")

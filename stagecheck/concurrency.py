@@ -22,6 +22,7 @@ client's 2 s back-off at the end of every other run (README, Performance).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+import httpx
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 from pydantic import BaseModel, ConfigDict
@@ -265,31 +267,47 @@ async def service_slot(service: str, timeout_s: float = DEFAULT_SLOT_WAIT_S) -> 
         while True:
             attempt_s = max(0.05, min(ATTEMPT_S, deadline - time.monotonic()))
             try:
-                await stack.enter_async_context(concurrency(name, occupy=1, strict=True, timeout_seconds=attempt_s,
+                # one request per attempt, never cut short: a timeout that cancels a request the server has
+                # already granted leaks that slot until its lease expires (Prefect's acquisition service
+                # wraps the request in the timeout); so no timeout, no retry, and a 423 is "not yet"
+                await stack.enter_async_context(concurrency(name, occupy=1, strict=True, max_retries=0,
                                                             lease_duration=LEASE_S, holder=me))
                 break
             except ConcurrencySlotAcquisitionError as exc:
+                if _locked(exc):
+                    if await _release_if_stale(service, me):
+                        continue
+                    if time.monotonic() >= deadline:
+                        raise ServiceLockError(slot_timeout_message(service, timeout_s, await slot_holders(service))
+                                               ) from None
+                    if not announced:
+                        announced = True
+                        await _announce_wait(service, timeout_s)
+                    await asyncio.sleep(attempt_s)
+                    continue
                 raise ServiceLockError(
                     f"cannot take the concurrency slot {name!r} for service {service!r}: {exc}. "
                     f"Create it with `prefect gcl create {name} --limit 1` (or run `stagecheck serve` / "
                     "`stagecheck validate`, which create the limits of the services they validate)") from None
-            except TimeoutError:  # AcquireConcurrencySlotTimeoutError
-                if await _release_if_stale(service, me):
-                    continue
-                if time.monotonic() >= deadline:
-                    raise ServiceLockError(slot_timeout_message(service, timeout_s, await slot_holders(service))
-                                           ) from None
-                if not announced:  # said once, in the run's log and on the CLI's live display
-                    announced = True
-                    held = await slot_holders(service)
-                    holder = f"held by {', '.join(held)}" if held else "holder unknown"
-                    _logger().warning("waiting up to %g s for the concurrency slot %r of service %r: %s", timeout_s,
-                                      name, service, holder)
-                    progress().stage_started(service, f"lock: waiting up to {timeout_s:g} s for the slot, {holder}")
         lease_id = leases.cleanup_lease_ids[-1] if leases.cleanup_lease_ids else None
         await _record_holder(service, lease_id)
         stack.push_async_callback(forget_holder, service, lease_id)
         yield time.monotonic() - started
+
+
+def _locked(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """Pure: the acquisition was refused because the slot is taken (423 Locked), not for a missing limit."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+async def _announce_wait(service: str, timeout_s: float) -> None:
+    """Say once, in the run's log and on the CLI's live display, whom the run waits for."""
+    held = await slot_holders(service)
+    holder = f"held by {', '.join(held)}" if held else "holder unknown"
+    _logger().warning("waiting up to %g s for the concurrency slot %r of service %r: %s", timeout_s,
+                      limit_name(service), service, holder)
+    progress().stage_started(service, f"lock: waiting up to {timeout_s:g} s for the slot, {holder}")
 
 
 async def _release_if_stale(service: str, me: ConcurrencyLeaseHolder | None) -> bool:

@@ -15,6 +15,8 @@ FAILED_EVENT = "stagecheck.validation.failed"
 RESOURCE_PREFIX = "stagecheck.service."
 PROJECT_LABEL = "stagecheck.project"
 REGION_LABEL = "stagecheck.region"
+# the Automation (prefect.yaml `automations:`) that sends failed verdicts to a notification block
+FAILED_VERDICTS_AUTOMATION = "stagecheck-failed-verdicts"
 
 
 def service_resource_id(service: str) -> str:

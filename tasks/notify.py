@@ -1,4 +1,11 @@
-"""Failure notification: POST a short summary of each failed verdict to a webhook (Slack-compatible).
+"""Failure notification, the fallback: POST a short summary of each failed verdict to a webhook.
+
+The Prefect way is the Automation `stagecheck-failed-verdicts` (prefect.yaml, registered by `stagecheck
+serve`): the server sends every `stagecheck.validation.failed` event to a notification block. When that
+automation is registered and enabled on the run's Prefect API, this task sends nothing (no double
+message). It remains for where no automation can act: `stagecheck validate` on a laptop runs on a
+temporary Prefect server that stops with the CLI (often before its automations would fire) and that
+nobody configured, and workspaces without the notification block.
 
 The webhook URL is a secret (a Slack URL carries its token): it comes from the Prefect Secret block
 `stagecheck-webhook-url`, else from the env `STAGECHECK_WEBHOOK_URL`, and appears in no log, body or
@@ -19,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from stagecheck.model import ServiceReport
 from stagecheck.notify import failure_summary
 from stagecheck.redact import hold_secret_values
+from stagecheck.verdict_events import FAILED_VERDICTS_AUTOMATION
 
 WEBHOOK_SECRET_BLOCK = "stagecheck-webhook-url"
 WEBHOOK_ENV = "STAGECHECK_WEBHOOK_URL"
@@ -42,6 +50,18 @@ async def webhook_url(environ: Mapping[str, str]) -> str | None:
     except ValueError:  # no such block on this server
         return resolve_webhook_url(None, environ)
     return resolve_webhook_url(str(block.get() or ""), environ)
+
+
+async def automation_notifies() -> bool:
+    """Is the failed-verdicts Automation registered and enabled on this Prefect API (it notifies then)?"""
+    from prefect import get_client
+
+    try:
+        async with get_client() as client:
+            found = await client.read_automations_by_name(FAILED_VERDICTS_AUTOMATION)
+    except Exception:  # unknown: the task notifies (a double message beats none)
+        return False
+    return any(automation.enabled for automation in found)
 
 
 async def post_summary(http: httpx.AsyncClient, url: str, body: dict[str, object]) -> str | None:
@@ -69,8 +89,12 @@ async def post_summary(http: httpx.AsyncClient, url: str, body: dict[str, object
 
 @task(name="notify-failure", cache_policy=NO_CACHE)
 async def notify_failure(reports: list[ServiceReport]) -> int:
-    """One message per failed report; returns how many were delivered."""
+    """One message per failed report, unless the Automation sends them; returns how many it delivered."""
     logger = get_run_logger()
+    if await automation_notifies():
+        logger.info("failed verdicts are notified by the Automation %r (its notification block)",
+                    FAILED_VERDICTS_AUTOMATION)
+        return 0
     url = await webhook_url(os.environ)
     if url is None:
         logger.info("no failure webhook configured (Secret block %r or env %s): not notifying",

@@ -1,9 +1,11 @@
 """Cloud Logging API v2 reads, through the unmodified google-cloud-logging client (HTTP/JSON).
 
 `entries.list` is limited to 60 requests per minute per project, a limit that cannot be raised
-(Cloud Logging quotas). Every page this module reads costs one request: all of them go through one
-`ReadBudget` per project (a token bucket, `logs.reads_per_minute`, default 30/min, shared by every
-service of the run), and a read answered 429 or 503 is retried with capped exponential backoff.
+(Cloud Logging quotas). Every page this module reads costs one request: all of them take a slot of the
+project's read budget (`logs.reads_per_minute`, default 30/min, bursts of 3): with a Prefect API, the
+server's rate limit that every process and worker shares (`ServerReadBudget`, read_quota.py); without
+one, the in-process token bucket `ReadBudget`. A read answered 429 or 503 is retried with capped
+exponential backoff.
 Reads of one project that wait for a slot at the same time share it: one `entries.list` whose filter
 ORs their filters serves all of them (`Coalescer`)."""
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import random
 import re
 import threading
@@ -25,6 +28,7 @@ from google.api_core.client_options import ClientOptions
 
 from stagecheck.clients.api_errors import API_ERRORS, describe_api_error
 from stagecheck.clients.identity import api_credentials
+from stagecheck.clients.read_quota import ServerReadBudget, configured_api_url
 from stagecheck.errors import Api
 from stagecheck.log_query import RESOURCE_TYPE, revision_filter, timestamp_term, window_terms
 from stagecheck.settings import Settings
@@ -223,6 +227,7 @@ def share_page(entries: Sequence[dict[str, Any]], wants: Sequence[tuple[Revision
 
 ALONE = "alone"  # the shared slot came with nobody else waiting: the read makes it, alone
 AGAIN = "again"  # the shared page did not decide the read: it reads alone (a slot of its own)
+ASK = "ask"  # the batch got no slot before its opener's deadline, this read's is later: it asks alone
 MAX_SHARED = 20  # reads served by one coalesced request (the filter stays far below 20,000 chars)
 
 
@@ -231,6 +236,7 @@ class _Waiting:
     window: RevisionWindow
     max_entries: int
     what: str
+    deadline: float | None = None
     outcome: concurrent.futures.Future[LogRead | str] = field(default_factory=concurrent.futures.Future)
 
 
@@ -241,9 +247,10 @@ class _Batch:
     reader: LogReader
     region: str
     newest_first: bool
-    starts_at: float  # time.monotonic()
+    starts_at: float  # time.monotonic() (with a server budget: unknown until granted, inf)
     ticket: int
     waiting: list[_Waiting] = field(default_factory=list)
+    deadline: float | None = None  # with a server budget: the opener's deadline (no slot past it)
     started: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -268,11 +275,13 @@ class Coalescer:
     is split by revision and window (`share_page`); a read the page does not decide reads alone. A read
     cancelled while waiting leaves its batch; the last one to leave gives the slot back."""
 
-    _shared: dict[tuple[str, str, float, str | None], Coalescer] = {}
+    _shared: dict[tuple[str, str, float, str | None, str | None], Coalescer] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, budget: ReadBudget, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, budget: ReadBudget, *, sleep: Callable[[float], None] = time.sleep,
+                 server: ServerReadBudget | None = None) -> None:
         self.budget = budget
+        self.server = server  # the Prefect server's rate limit: a batch waits for its slot, then starts
         self._sleep = sleep
         self._lock = threading.Lock()
         self._open: list[_Batch] = []
@@ -280,12 +289,33 @@ class Coalescer:
         self.served = 0  # reads decided by them
 
     @classmethod
-    def for_project(cls, key: tuple[str, str, float, str | None], budget: ReadBudget) -> Coalescer:
+    def for_project(cls, key: tuple[str, str, float, str | None], budget: ReadBudget,
+                    server: ServerReadBudget | None = None) -> Coalescer:
+        full = (*key, server.api_url if server else None)
         with cls._shared_lock:
-            coalescer = cls._shared.get(key)
-            if coalescer is None or coalescer.budget is not budget:
-                coalescer = cls._shared[key] = cls(budget)
+            coalescer = cls._shared.get(full)
+            if coalescer is None or coalescer.budget is not budget or coalescer.server is not server:
+                coalescer = cls._shared[full] = cls(budget, server=server)
             return coalescer
+
+    def _join_server(self, reader: LogReader, waiting: _Waiting, newest_first: bool,
+                     deadline: float | None) -> _Batch:
+        """With a server budget: join a batch still waiting for its slot (same order and region; one whose
+        opener gives up earlier than this read would only when this read has a deadline no later), else
+        open one and ask the server for its slot (when it comes nobody else waits: the read goes alone)."""
+        with self._lock:
+            for batch in self._open:
+                if (not batch.started and batch.newest_first == newest_first and batch.region == reader.region
+                        and len(batch.waiting) < MAX_SHARED and (batch.deadline is None or (
+                            deadline is not None and deadline >= batch.deadline))):
+                    batch.waiting.append(waiting)
+                    return batch
+            batch = _Batch(reader, reader.region, newest_first, float("inf"), 0, [waiting], deadline=deadline)
+            self._open.append(batch)
+        context = contextvars.copy_context()  # the Prefect settings (API URL) of the caller
+        threading.Thread(target=context.run, args=(self._run, batch), name="logging-coalesced-read",
+                         daemon=True).start()
+        return batch
 
     def _join(self, reader: LogReader, waiting: _Waiting, newest_first: bool,
               deadline: float | None) -> _Batch | LogRead | None:
@@ -317,10 +347,17 @@ class Coalescer:
             if not batch.waiting:
                 self._open.remove(batch)
                 batch.cancelled.set()
-                self.budget._give_back(batch.ticket)
+                if self.server is None:
+                    self.budget._give_back(batch.ticket)
 
     def _run(self, batch: _Batch) -> None:
-        if batch.cancelled.wait(max(0.0, batch.starts_at - time.monotonic())):
+        granted: bool | None = True
+        if self.server is not None:  # the server's slot (none taken when cancelled or past the deadline)
+            try:
+                granted = self.server.acquire_blocking(batch.deadline, batch.cancelled) is not None
+            except Exception:  # every read asks alone (and meets the failure in its own words)
+                granted = None
+        elif batch.cancelled.wait(max(0.0, batch.starts_at - time.monotonic())):
             return
         with self._lock:
             if batch.cancelled.is_set():
@@ -328,6 +365,12 @@ class Coalescer:
             batch.started = True
             self._open.remove(batch)
             waiting = list(batch.waiting)
+        if not granted:  # no slot before the opener's deadline: reads with a later one ask alone
+            for w in waiting:
+                late = (granted is not None and w.deadline is not None and batch.deadline is not None
+                        and w.deadline <= batch.deadline)
+                _settle(w.outcome, LogRead(declined=True) if late else ASK)
+            return
         if len(waiting) == 1:
             _settle(waiting[0].outcome, ALONE)
             return
@@ -377,21 +420,33 @@ class Coalescer:
                     raise _Exhausted(exc, retried) from None
                 self._sleep(retry_delay(retried, random.random()))
                 retried += 1
-                self._sleep(self.budget.reserve())
+                if self.server is not None:
+                    self.server.acquire_blocking()
+                else:
+                    self._sleep(self.budget.reserve())
 
     async def read(self, reader: LogReader, window: RevisionWindow, *, max_entries: int, newest_first: bool,
                    what: str, deadline: float | None) -> LogRead | str | None:
         """A LogRead decided by a coalesced request (or declined); ALONE / AGAIN / None: read alone
         (ALONE: with the slot already started for it; AGAIN and None: asking the budget)."""
-        waiting = _Waiting(window, max_entries, what)
-        joined = self._join(reader, waiting, newest_first, deadline)
+        waiting = _Waiting(window, max_entries, what, deadline)
+        joined = (self._join_server(reader, waiting, newest_first, deadline) if self.server is not None
+                  else self._join(reader, waiting, newest_first, deadline))
         if not isinstance(joined, _Batch):
             return joined
         try:
-            return await asyncio.wrap_future(waiting.outcome)
+            outcome = await asyncio.wait_for(
+                asyncio.wrap_future(waiting.outcome),
+                None if deadline is None or self.server is None else max(0.0, deadline - time.monotonic()))
         except asyncio.CancelledError:
             self._leave(joined, waiting)
             raise
+        except TimeoutError:  # no slot for it before its deadline (the batch waits on for the others)
+            self._leave(joined, waiting)
+            if waiting.outcome.done() and not waiting.outcome.cancelled():
+                return waiting.outcome.result()
+            return LogRead(declined=True)
+        return None if outcome == ASK else outcome
 
 
 class _Exhausted(Exception):
@@ -422,16 +477,20 @@ class LogReader:
         self._credentials_file = settings.endpoints.credentials_file
         self._credentials_block = settings.gcp_credentials_block
         self._client: Any = None
-        # one budget per project, shared by every service of the run (and every run in this process)
+        # one budget per project, shared by every service of the run (and every run in this process); with
+        # a Prefect API, the server's (shared by every process and worker); the in-process one is the fallback
         self.budget = ReadBudget.for_project(settings.endpoints.logging_api or "https://logging.googleapis.com",
                                              settings.project, settings.logs.reads_per_minute)
+        api_url = configured_api_url()
+        self.server_budget = None if api_url is None else ServerReadBudget.for_project(
+            api_url, settings.project, settings.logs.reads_per_minute, self.budget)
         self.retries = settings.logs.read_retries
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # reads of the project waiting for a slot at the same time share it (one coalesced request)
         self.coalesce = True
         self.coalescer = Coalescer.for_project(
             (settings.endpoints.logging_api or "https://logging.googleapis.com", settings.project,
-             settings.logs.reads_per_minute, self._credentials_file), self.budget)
+             settings.logs.reads_per_minute, self._credentials_file), self.budget, self.server_budget)
 
     @property
     def client(self) -> Any:
@@ -459,7 +518,7 @@ class LogReader:
         while True:
             if slot_started:
                 slot_started = False
-            elif await self.budget.acquire(deadline) is None:
+            elif await (self.server_budget or self.budget).acquire(deadline) is None:
                 return None
             read.requests += 1
             try:

@@ -32,6 +32,7 @@ class LoggingSandbox:
     faults: FaultInjector
     endpoint: str
     requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request served
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each, in the same order
     credentials_file: str = ""  # a service-account key whose token_uri is this server's /token
     pages: EmptyPages = field(default_factory=EmptyPages)  # the empty-page switch of entries.list
 
@@ -74,9 +75,11 @@ def serve_logging(project: str, *, startup_timeout_s: float = 10.0,
     app.add_middleware(ApiAuthMiddleware, iam=iam)  # the Logging API wants credentials, as Google's does
     keys = Path(tempfile.mkdtemp(prefix="logging-sandbox-"))
     seen: list[str] = []
+    arrivals: list[float] = []
 
     async def recording_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            arrivals.append(time.monotonic())
             seen.append(f"{scope['method']} {scope['path']}")
         await app(scope, receive, send)
 
@@ -94,7 +97,7 @@ def serve_logging(project: str, *, startup_timeout_s: float = 10.0,
             time.sleep(0.01)
         endpoint = f"http://127.0.0.1:{port}"
         key_file = iam.write_key_files(keys, f"{endpoint}/token")["credentials_file"]
-        yield LoggingSandbox(store, faults, endpoint, seen, key_file, pages)
+        yield LoggingSandbox(store, faults, endpoint, seen, arrivals, key_file, pages)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
