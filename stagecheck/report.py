@@ -172,6 +172,7 @@ def _title(report: ServiceReport, out: _Out, h: str) -> list[str]:
 
 def _deployment(report: ServiceReport, out: _Out, h: str) -> list[str]:
     image, rev = report.image, report.revision
+    notes: list[str] = []
     rows: list[tuple[str, str]] = [
         ("Project", out.cell(report.project)),
         ("Region", out.cell(report.region)),
@@ -206,10 +207,10 @@ def _deployment(report: ServiceReport, out: _Out, h: str) -> list[str]:
         ),
         (
             "Traffic before → after",
-            out.cell(f"{_traffic(report.traffic_before)} → {_traffic(report.traffic_after)}"),
+            out.short(f"{_traffic(report.traffic_before)} → {_traffic(report.traffic_after)}", notes),
         ),
     ]
-    return [f"{h}# Deployment summary", "", *_table(("Field", "Value"), rows)]
+    return [f"{h}# Deployment summary", "", *_table(("Field", "Value"), rows), *_notes(notes, out)]
 
 
 def _performance(report: ServiceReport, out: _Out, h: str) -> list[str]:
