@@ -43,12 +43,18 @@ def test_the_configuration_reference_names_every_key_of_the_model() -> None:
     assert [p for p in paths if f"| `{p}` |" not in page] == []
 
 
+def test_every_key_has_a_description() -> None:
+    """From its Field description or the comment on its line in stagecheck/settings/ (or the annotated guide)."""
+    assert [k.path for k in gen_config_doc.keys() if not k.description] == []
+
+
 def test_the_generated_rows_carry_type_default_and_rule() -> None:
     rows = {k.path: k for k in gen_config_doc.keys()}
     assert rows["probes.deadline_s"].type == "float" and rows["probes.deadline_s"].default == "`60.0`"
     assert "> 0" in rows["probes.deadline_s"].rule
     assert rows["project"].default == "required" and "6-30 characters" in rows["project"].rule
     assert rows["traffic.after_pass"].type == '"latest" | "pinned"'
+    assert rows["services[].health.lb.path"].default == '`"/api/health"`'  # the table's own default, not UrlCheck's
 
 
 def slug(heading: str) -> str:

@@ -187,8 +187,10 @@ def is_list(annotation: Any) -> bool:
     return any(is_list(a) for a in get_args(annotation) if a is not type(None))
 
 
-def keys(model: type[BaseModel] = Settings, prefix: str = "", examples: dict[str, Any] | None = None) -> list[Key]:
-    """Every key of the model, depth first: tables are walked into, each leaf is one Key."""
+def keys(model: type[BaseModel] = Settings, prefix: str = "", examples: dict[str, Any] | None = None,
+         instance: BaseModel | None = None) -> list[Key]:
+    """Every key of the model, depth first: tables are walked into, each leaf is one Key. `instance`: the
+    table's own default (e.g. `health.lb` defaults to path "/api/health"), whose values are the defaults."""
     examples = example_values() if examples is None else examples
     comments, rules = source_notes(model)
     comments = {**{k[len(prefix):]: v for k, v in GUIDE.items() if k.startswith(prefix) and "." not in
@@ -205,10 +207,16 @@ def keys(model: type[BaseModel] = Settings, prefix: str = "", examples: dict[str
             out.append(Key(path, kind, default_text(field) if not field.is_required() else "required",
                            "; ".join(rule), description or (inner.__doc__ or "").strip().splitlines()[0]
                            if (description or inner.__doc__) else "", ""))
-            out.extend(keys(inner, child, examples))
+            table_default = field.get_default(call_default_factory=True) if not field.is_required() else None
+            own = getattr(instance, name, None) if instance is not None else None
+            out.extend(keys(inner, child, examples, own if isinstance(own, BaseModel) else
+                            table_default if isinstance(table_default, BaseModel) else None))
             continue
         example = examples.get(path)
-        out.append(Key(path, type_name(field.annotation), default_text(field), "; ".join(rule), description,
+        default = default_text(field)
+        if instance is not None and not field.is_required():
+            default = default_text(FieldInfo(default=getattr(instance, name)))
+        out.append(Key(path, type_name(field.annotation), default, "; ".join(rule), description,
                        "" if example is None else f"`{toml_value(example)}`"))
     return out
 

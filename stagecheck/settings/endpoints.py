@@ -11,9 +11,11 @@ from stagecheck.settings.rules import Strict
 
 
 class SyntaxSettings(Strict):
-    enabled: bool = True
+    """The syntax gate: which files it reads and for which Python."""
+
+    enabled: bool = True  # run the syntax gate (false: the stage is skipped)
     target_version: str | None = Field(None, description="X.Y; default: the running interpreter's")
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # glob patterns (relative to repo_root) the syntax gate does not read
 
     @field_validator("target_version")
     @classmethod
@@ -32,12 +34,12 @@ class SyntaxSettings(Strict):
 class Endpoints(Strict):
     """Where the APIs are. All None: real Google Cloud with Application Default Credentials."""
 
-    run_api: str | None = None
-    logging_api: str | None = None
+    run_api: str | None = None  # Cloud Run Admin API base URL; unset: Google's (the sandbox sets its own)
+    logging_api: str | None = None  # Cloud Logging API base URL; unset: Google's (the sandbox sets its own)
     credentials_file: str | None = Field(
         None, description="service-account key file for the API calls and ID tokens (the sandbox writes one); "
                           "unset: Application Default Credentials")
-    console_base: str = "https://console.cloud.google.com"
+    console_base: str = "https://console.cloud.google.com"  # base of the Cloud console links in reports
 
     @field_validator("credentials_file")
     @classmethod

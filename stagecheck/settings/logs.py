@@ -10,12 +10,14 @@ from stagecheck.settings.rules import Strict
 
 
 class LogRules(Strict):
+    """How the new revision's logs are judged against the previous revision's, and the read budget."""
+
     settle_s: float = Field(20.0, ge=0, description="max wait for log ingestion to reach the last probe")
     severity_threshold: str = Field("ERROR", description="entries at or above this severity are gated")
     max_new_signatures: int = Field(0, ge=0, description="new signatures at/above threshold tolerated")
     tolerated_signatures: tuple[str, ...] = Field((), description="known signatures (substring or regex)")
     max_5xx_rate: float = Field(0.0, ge=0, le=1, description="share of 5xx request logs tolerated (after cold start)")
-    max_entries: int = Field(5000, ge=1)
+    max_entries: int = Field(5000, ge=1)  # most log entries one read of a revision takes (more: the read is marked truncated)
     reads_per_minute: float = Field(
         30.0, gt=0, le=60,
         description="entries.list budget per project for the whole run (Cloud Logging allows 60/min/project)")

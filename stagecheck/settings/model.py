@@ -27,10 +27,10 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    project: str
-    region: str
+    project: str  # Google Cloud project ID of the staging environment
+    region: str  # Cloud Run region of the services, e.g. europe-west1
     registry: str = Field(description="image registry, e.g. REGION-docker.pkg.dev/PROJECT/REPO")
-    services: tuple[ServiceConfig, ...]
+    services: tuple[ServiceConfig, ...]  # the Cloud Run services to validate, one [[services]] table each
     lb_url: str | None = Field(None, description="load balancer base URL; LB probes are skipped without it")
     lb_tag_url: str | None = Field(
         None, description="URL the load balancer serves a revision tag at (serverless NEG URL mask), with {tag} "
@@ -44,10 +44,10 @@ class Settings(BaseModel):
     logs: LogRules = LogRules()
     syntax: SyntaxSettings = SyntaxSettings()
     price: PriceTable = PriceTable()
-    repo_root: Path = Path(".")
-    report_dir: Path = Path("reports")
-    deploy_timeout_s: float = Field(300.0, gt=0)
-    extra_tags: tuple[str, ...] = ()
+    repo_root: Path = Path(".")  # the repository the syntax gate reads and the commit is taken from (relative to this file)
+    report_dir: Path = Path("reports")  # where the JSON reports are written (relative to this file)
+    deploy_timeout_s: float = Field(300.0, gt=0)  # longest wait for a deploy, traffic change or rollback to be applied
+    extra_tags: tuple[str, ...] = ()  # image tags pushed besides the git SHA, e.g. ["staging"]
     git_sha: str | None = Field(None, description="commit to validate; default: HEAD of repo_root")
     dry_run: bool = Field(False, description="validate config, syntax and build; deploy nothing")
     slot_wait_s: float = Field(1800.0, gt=0, description="max wait for the service's concurrency slot "

@@ -23,8 +23,10 @@ class UrlKind(StrEnum):
 
 
 class UrlCheck(Strict):
-    path: str = "/health"
-    mode: ProbeMode = ProbeMode.REQUIRED
+    """One URL kind's probe: the path and whether it gates the verdict."""
+
+    path: str = "/health"  # path probed on this URL kind (starts with /)
+    mode: ProbeMode = ProbeMode.REQUIRED  # required: gates the verdict; advisory: reported only; off: not probed
 
     @field_validator("path")
     @classmethod
@@ -35,9 +37,11 @@ class UrlCheck(Strict):
 
 
 class HealthChecks(Strict):
-    tagged: UrlCheck = UrlCheck()
-    service: UrlCheck = UrlCheck()
-    lb: UrlCheck = UrlCheck(path="/api/health")
+    """The health paths of a service, per URL kind (tagged, service, lb)."""
+
+    tagged: UrlCheck = UrlCheck()  # the candidate's tag URL, before it gets traffic
+    service: UrlCheck = UrlCheck()  # the service's run.app URL, after each traffic step
+    lb: UrlCheck = UrlCheck(path="/api/health")  # the load balancer: lb_url + lb_path_prefix + this path
     websocket_path: str | None = None
 
     def for_kind(self, kind: UrlKind) -> UrlCheck:
@@ -53,15 +57,17 @@ AUTH_STATUSES = (401, 403)  # an invoker/token problem, never a cold start
 
 
 class ProbePolicy(Strict):
+    """How every URL is probed: deadline, healthy answers in a row, retries of cold-start answers, auth."""
+
     deadline_s: float = Field(60.0, gt=0, description="give up on a URL after this long")
     consecutive_successes: int = Field(3, ge=1, description="K healthy answers in a row pass the probe")
-    request_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(5.0, gt=0)  # one probe request's timeout
     retry_statuses: tuple[int, ...] = Field((503, 429), description="cold-start answers that are retried")
-    initial_backoff_s: float = Field(0.2, ge=0)
-    max_backoff_s: float = Field(3.0, gt=0)
+    initial_backoff_s: float = Field(0.2, ge=0)  # first pause between retries of a cold-start answer (doubles, with jitter)
+    max_backoff_s: float = Field(3.0, gt=0)  # longest pause between retries
     jitter: float = Field(0.3, ge=0, le=1, description="fraction of the backoff randomised")
     success_interval_s: float = Field(0.2, ge=0, description="pause between consecutive successful probes")
-    degraded: DegradedPolicy = DegradedPolicy.WARN
+    degraded: DegradedPolicy = DegradedPolicy.WARN  # what a {"status": "degraded"} answer is: warn or fail
     auth: ProbeAuth = Field(ProbeAuth.ID_TOKEN, description="id_token: send an ID token (audience = service URL); "
                                                             "none: no credentials (public services only)")
     lb_audience: str | None = Field(None, description="ID-token audience for load-balancer probes (one of the "

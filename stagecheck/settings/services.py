@@ -28,31 +28,35 @@ from stagecheck.settings.traffic import TrafficPlan
 
 
 class SmokeCommand(Strict):
-    name: str
-    command: str
-    timeout_s: float = Field(60.0, gt=0)
+    """One smoke command run against the released revision."""
+
+    name: str  # the command's name in the report
+    command: str  # shell command run from repo_root, with STAGECHECK_BASE_URL and the others in its env
+    timeout_s: float = Field(60.0, gt=0)  # the command fails after this long
 
 
 class ServiceConfig(Strict):
+    """One Cloud Run service: what is built, how it runs, how it is probed."""
+
     name: str = Field(description="Cloud Run service name")
     source_dir: Path = Path(".")
-    dockerfile: str = "Dockerfile"
+    dockerfile: str = "Dockerfile"  # Dockerfile name, relative to source_dir
     image_name: str | None = Field(None, description="repository name in the registry (default: service name)")
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(8080, ge=1, le=65535)  # the container port Cloud Run sends requests to
     memory: str = "512Mi"
     cpu: str = "1"
     cpu_idle: bool | None = Field(
         None, description="true: CPU only during requests; false: CPU always allocated; unset: keep the "
                           "service's setting (true for a new service)")
-    min_instances: int = Field(0, ge=0)
-    max_instances: int = Field(3, ge=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    min_instances: int = Field(0, ge=0)  # Cloud Run min instances, applied when set here (else the service's are kept)
+    max_instances: int = Field(3, ge=1)  # Cloud Run max instances, applied when set here (else the service's are kept)
+    env: dict[str, str] = Field(default_factory=dict)  # plain environment variables of the revision (credential-like names are redacted in output)
     secrets: dict[str, str] = Field(default_factory=dict, description="ENV_NAME -> secret:version")
-    health: HealthChecks = HealthChecks()
+    health: HealthChecks = HealthChecks()  # path and mode per URL kind: tagged, service, lb
     lb_path_prefix: str | None = Field(None, description="path prefix of this service on the LB (default /<name>)")
-    smoke: tuple[SmokeCommand, ...] = ()
-    traffic: TrafficPlan | None = None
-    build_args: dict[str, str] = Field(default_factory=dict)
+    smoke: tuple[SmokeCommand, ...] = ()  # commands run against the released revision, each must exit 0
+    traffic: TrafficPlan | None = None  # this service's own [traffic] plan; unset: the top-level one
+    build_args: dict[str, str] = Field(default_factory=dict)  # docker build --build-arg values (part of the build key: a change rebuilds)
 
     @field_validator("name")
     @classmethod

@@ -20,6 +20,8 @@ class DegradedPolicy(StrEnum):
 
 
 class TrafficPlan(Strict):
+    """How traffic moves to the candidate: straight or canary steps, watched holds, the bake, what a pass leaves."""
+
     steps: tuple[int, ...] = Field((100,), description="percent to the new revision per step; last is 100")
     hold_s: float = Field(0.0, ge=0, description="wait (and watch) this long after each canary step")
     after_pass: AfterPass = Field(AfterPass.LATEST, description="traffic after a passed release: latest | pinned")
