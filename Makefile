@@ -10,7 +10,7 @@
 #   make demo       set up, start the sandbox, validate the example service end to end
 #   make clean-registry   untag what test sessions left in the local registry (older than an hour)
 #   make docs       docs/configuration.md from the settings model; the sample report + its UI picture (needs chromium)
-#   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
+#   make bench      the benchmarks (scripts printing figures; docs/performance.md); BENCH=syntax_cache runs one
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c

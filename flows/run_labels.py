@@ -37,7 +37,7 @@ async def _label_run(name: str, services: list[str]) -> None:
     """Give the running flow run its final name (service and resolved SHA) and its `service:<name>` tags, in
     one API request. The tags are on the flow run, not on its task runs: Prefect's task engine asks the API
     for tag concurrency slots before every tagged task run (a write on the server), and on a SQLite server
-    such a write answered 503 "database is locked" cost ~2 s of client back-off (see README, Performance)."""
+    such a write answered 503 "database is locked" cost ~2 s of client back-off (see docs/performance.md)."""
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
 
