@@ -76,9 +76,11 @@ infra-up: setup
 up: infra-up
 	$(STAGECHECK) sandbox up --state-dir $(STATE_DIR)
 
-# Prefect server (SQLite under $(STATE_DIR)/prefect), work pool, concurrency limits, deployments, worker.
+# Prefect server (SQLite under $(STATE_DIR)/prefect), work pool, concurrency limits, the deployments of
+# prefect.yaml (their default parameters pointed at the local sandbox and the example), worker.
+SERVE_PARAMS ?= --param sandbox=true --param config=examples/stagecheck.sandbox.toml --param state_dir=$(STATE_DIR)
 serve: up
-	$(STAGECHECK) serve up --state-dir $(STATE_DIR)
+	$(STAGECHECK) serve up --state-dir $(STATE_DIR) $(SERVE_PARAMS)
 
 # Stops only what `make up` / `make serve` / the tests started (recorded by pid); never fails on a fresh clone.
 down:

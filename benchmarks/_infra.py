@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from localenv.infra import InfraInfo, engine_answers, read_infra_json
+from localenv.infra import InfraInfo, engine_answers, ensure_sample_base, read_infra_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,4 +18,5 @@ def running_infra() -> InfraInfo:
     info = read_infra_json(state)
     if info is None or not engine_answers(info.docker_host):
         sys.exit(f"no running Docker Engine recorded in {state}: run `make up` or set STAGECHECK_STATE_DIR")
+    ensure_sample_base(info.docker_host)  # the sample Dockerfile's base image (built once, kept)
     return info

@@ -51,7 +51,6 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._infra import running_infra  # noqa: E402
 from localenv.control import start, stop  # noqa: E402
-from sandbox.sample_image import ensure_build_context  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EXAMPLE = REPO / "examples" / "stagecheck.sandbox.toml"
@@ -250,7 +249,6 @@ def main() -> int:
     if unknown:
         parser.error(f"--cases: unknown {unknown}; choose from {list(CASES)}")
     infra = running_infra()
-    ensure_build_context()  # the sample service's bin/busybox (a copy of the host's, gitignored)
     with tempfile.TemporaryDirectory(prefix="stagecheck-bench-verdict-") as tmp:
         work = Path(tmp)
         codes: dict[str, Path] = {"this": REPO}

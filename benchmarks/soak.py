@@ -38,7 +38,7 @@ from localenv.cleanup import remove_local_repository, remove_repository  # noqa:
 from localenv.control import SandboxInfo, start, stop  # noqa: E402
 from localenv.infra import DEFAULT_REGISTRY, ensure_up  # noqa: E402
 from sandbox.runtime import LABEL_SANDBOX  # noqa: E402
-from sandbox.sample_image import SAMPLE_SERVICE_DIR, ensure_build_context  # noqa: E402
+from sandbox.sample_image import SAMPLE_SERVICE_DIR  # noqa: E402
 from stagecheck.prefect_server import TemporaryServer, start_temporary_server  # noqa: E402
 
 CONFIG = """repo_root = "."
@@ -151,8 +151,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="stagecheck-soak-"))
     sandbox_state = work / "sandbox"
     repo = work / "repo"
-    ensure_build_context()
-    shutil.copytree(SAMPLE_SERVICE_DIR, repo / "svc", ignore=shutil.ignore_patterns("README.md"))
+    shutil.copytree(SAMPLE_SERVICE_DIR, repo / "svc", ignore=shutil.ignore_patterns("README.md", "bin"))
     (repo / "stagecheck.toml").write_text(CONFIG.format(name=name))
     (repo / ".gitignore").write_text("reports/\n")
     git = ["git", "-C", str(repo), "-c", "user.email=soak@example.com", "-c", "user.name=soak"]

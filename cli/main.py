@@ -20,9 +20,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prefect-server": ("cli.commands.prefect_server", "start/stop a background Prefect server validate reuses"),
 }
 
-USAGE = "usage: stagecheck COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
+USAGE = "usage: stagecheck [--version] COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
     f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()
-)
+) + """
+
+`stagecheck COMMAND --help` describes a command, its environment variables and exit status.
+environment: PREFECT_API_URL / PREFECT_PROFILE (the Prefect API; default: the active profile's),
+  STAGECHECK_* (config keys and defaults, see `stagecheck validate --help`), DOCKER_HOST
+exit status: 0 success, 1 a failed verdict or an unreachable service, 2 bad usage or input"""
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's pyproject version when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("stagecheck")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        found = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "unknown"
 
 
 # A temporary Prefect server on an offline machine would log "Failed to send telemetry" at ERROR on
@@ -42,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in {"-h", "--help", "help"}:
         print(USAGE)
         return 0 if args else 2
+    if args[0] in {"--version", "-V"}:
+        print(f"stagecheck {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"stagecheck: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)

@@ -2,11 +2,16 @@
 
     stagecheck serve [up]   start the server (SQLite under STATE_DIR/prefect), create the `process`
                             work pool and the per-service concurrency limits, register the
-                            deployments, start a worker; print the UI address (make serve)
+                            deployments of prefect.yaml, start a worker; print the UI address (make serve)
     stagecheck serve down   stop the worker and the server, by pid (make down)
     stagecheck serve status what runs, where
-    stagecheck serve register   only the setup + registration, on the Prefect API in PREFECT_API_URL
-                            (a team server or Prefect Cloud; the worker is theirs)
+    stagecheck serve register   only the setup + registration, on the Prefect API of the active Prefect
+                            profile (PREFECT_API_URL, or `prefect profile use` / `prefect cloud login`)
+
+The deployments are prefect.yaml's entries (the file `prefect deploy --all` reads), registered to run from
+this clone on a `process` pool: the pool is --pool, else PREFECT_DEFAULT_WORK_POOL_NAME, else `stagecheck`.
+`--param KEY=VALUE` (JSON values, as `prefect deploy --param`) changes the default parameters of the
+validation deployments: `make serve` points them at the local sandbox that way.
 
 Processes are detached (they outlive `make serve`) and recorded with pid and start time in
 STATE_DIR/prefect/*.json, so `down` stops exactly them and never an unrelated process.
@@ -25,21 +30,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import httpx
 
 from deployments.definitions import (
     DEFAULT_POOL,
-    DEFAULT_TARGETS_FILE,
-    RECOVERY_DEPLOYMENT,
-    RECOVERY_FLOW_NAME,
+    PREFECT_YAML,
+    RECOVERY_ENTRYPOINT,
     REPO_ROOT,
+    Definition,
     DefinitionError,
-    Target,
-    load_targets,
+    load_definitions,
     register,
-    register_recovery,
     service_names,
 )
 from localenv.processes import (
@@ -62,6 +66,10 @@ WORKER_QUERY_SECONDS = 5.0
 
 class ServeError(Exception):
     """Something the person running `stagecheck serve` must fix; the message says what."""
+
+
+class ServeUsageError(ServeError):
+    """Bad input: a flag or the prefect.yaml (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -246,24 +254,58 @@ async def ensure_pool(pool: str) -> None:
 
 @dataclass(frozen=True)
 class SetupResult:
-    deployment_ids: list[UUID]
+    deployment_ids: list[UUID]  # one per definition, in order
     limits: list[str]
-    without_services: list[str]  # targets whose config named no service (missing or unreadable)
+    without_services: list[str]  # validation deployments whose config named no service (missing, unreadable)
     recovery_id: UUID | None = None  # the recovery deployment (run by the crash trigger)
 
 
-async def setup(targets: tuple[Target, ...], *, pool: str = DEFAULT_POOL, repo_root: Path = REPO_ROOT) -> SetupResult:
+async def setup(definitions: tuple[Definition, ...] | list[Definition], *, pool: str = DEFAULT_POOL,
+                repo_root: Path = REPO_ROOT) -> SetupResult:
     """On the configured API: the work pool, the per-service limits, the deployments."""
     from stagecheck.concurrency import ensure_service_limits
 
     await ensure_pool(pool)
-    services = {target.name: service_names(target, repo_root) for target in targets}
+    services = {d.name: service_names(d, repo_root) for d in definitions if d.validates}
     limits = await ensure_service_limits([name for names in services.values() for name in names])
-    ids = await register(targets, work_pool=pool, repo_root=repo_root)
-    recovery_id = await register_recovery(work_pool=pool, repo_root=repo_root)
+    ids = await register(definitions, work_pool=pool, repo_root=repo_root)
+    recovery = [i for d, i in zip(definitions, ids, strict=True) if d.entrypoint == RECOVERY_ENTRYPOINT]
     return SetupResult(deployment_ids=ids, limits=limits,
                        without_services=[name for name, names in services.items() if not names],
-                       recovery_id=recovery_id)
+                       recovery_id=recovery[0] if recovery else None)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """Pure: `KEY=VALUE` pairs (a JSON value, else the text) as `prefect deploy --param` reads them; ServeError
+    naming a pair without `=`."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ServeUsageError(f"--param {pair!r}: KEY=VALUE, e.g. sandbox=true")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def definitions_for(path: Path, params: dict[str, Any]) -> tuple[Definition, ...]:
+    """prefect.yaml's deployments, the validation ones with `params` over their default parameters."""
+    from flows.params import ValidationRequest
+
+    unknown = sorted(set(params) - set(ValidationRequest.model_fields))
+    if unknown:
+        raise ServeUsageError(f"--param {unknown[0]}: not a parameter of the validation flow "
+                         f"({', '.join(ValidationRequest.model_fields)})")
+    return tuple(d.with_parameters(params) if d.validates else d for d in load_definitions(path))
+
+
+def default_pool() -> str:
+    """PREFECT_DEFAULT_WORK_POOL_NAME (the active profile's, as `prefect deploy` reads it), else `stagecheck`."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().deployments.default_work_pool_name or DEFAULT_POOL
 
 
 def run_with_api(url: str, coro_factory):  # type: ignore[no-untyped-def]
@@ -278,48 +320,68 @@ def run_with_api(url: str, coro_factory):  # type: ignore[no-untyped-def]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stagecheck serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="stagecheck serve", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""environment:
+  STAGECHECK_STATE_DIR             default of --state-dir
+  PREFECT_DEFAULT_WORK_POOL_NAME   default of --pool (else stagecheck)
+  PREFECT_API_URL, PREFECT_API_KEY, PREFECT_PROFILE   `register`: the API (default: the active profile's)
+
+exit status:
+  0  done
+  1  the Prefect server, API or worker failed (the log named)
+  2  bad usage, or an unusable prefect.yaml or --param (named)""")
     parser.add_argument("action", nargs="?", default="up", choices=["up", "down", "status", "register"])
     parser.add_argument("--state-dir", default=os.environ.get("STAGECHECK_STATE_DIR", ".stagecheck"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port on 127.0.0.1 (default: %(default)s)")
-    parser.add_argument("--targets", type=Path, default=DEFAULT_TARGETS_FILE, help="deployment targets (TOML)")
-    parser.add_argument("--pool", default=DEFAULT_POOL, help="process work pool (default: %(default)s)")
+    parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML,
+                        help="the deployments (default: prefect.yaml at the repository root)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a default parameter of the validation deployments (repeatable; JSON values)")
+    parser.add_argument("--pool", default=None,
+                        help=f"process work pool (default: PREFECT_DEFAULT_WORK_POOL_NAME, else {DEFAULT_POOL})")
     parser.add_argument("--no-worker", action="store_true", help="do not start a worker")
     return parser.parse_args(argv)
 
 
+def _describe(definition: Definition) -> str:
+    """Pure: one line on a registered deployment: its schedules (on/off) and triggers."""
+    schedules = ", ".join(f"{s.get('cron') or s.get('interval') or s.get('rrule')} "
+                          f"({'on' if s.get('active', True) else 'off'})" for s in definition.schedules or [])
+    triggers = len(definition.triggers or [])
+    return f"{schedules or 'no schedule'}, {triggers} trigger{'s' if triggers != 1 else ''}"
+
+
 def _up(args: argparse.Namespace, layout: Layout) -> int:
-    targets = load_targets(args.targets)
+    definitions = definitions_for(args.prefect_file, parse_params(args.param))
+    pool = args.pool or default_pool()
     url = api_url(args.port)
     print(f"stagecheck serve: starting the Prefect server on {url} (state: {layout.root}) ...", flush=True)
     start_server(layout, args.port)
-    done = run_with_api(url, lambda: setup(targets, pool=args.pool))
-    _print_setup(targets, done, args.pool)
-    for target, deployment_id in zip(targets, done.deployment_ids, strict=True):
-        schedule = (f"cron {target.cron} {target.timezone} ({'on' if target.schedule_active else 'off'})"
-                    if target.cron else "no schedule")
-        merge = "merge-triggered" if target.triggered_by_merges else "no merge trigger"
-        print(f"  deployment {target.full_name}: {schedule}, {merge} [{deployment_id}]")
+    done = run_with_api(url, lambda: setup(definitions, pool=pool))
+    _print_setup(definitions, done, pool)
     if not args.no_worker:
-        worker = start_worker(layout, url, args.pool)
-        run_with_api(url, lambda: wait_worker_online(args.pool, worker, layout.worker_log))
-        print(f"  worker on pool {args.pool!r} (pid {worker.pid}, log {layout.worker_log})")
+        worker = start_worker(layout, url, pool)
+        run_with_api(url, lambda: wait_worker_online(pool, worker, layout.worker_log))
+        print(f"  worker on pool {pool!r} (pid {worker.pid}, log {layout.worker_log})")
     ui = url.removesuffix("/api")
-    layout.info.write_text(json.dumps({"api_url": url, "ui_url": ui, "pool": args.pool}) + "\n")
-    print(f"\nPrefect UI: {ui}\n  run from the UI: Deployments -> stagecheck-validate/<target> -> Run -> Custom run\n"
-          f"  CLI: PREFECT_API_URL={url} prefect deployment run 'stagecheck-validate/{targets[0].name}'\n"
+    layout.info.write_text(json.dumps({"api_url": url, "ui_url": ui, "pool": pool}) + "\n")
+    first = next((d.name for d in definitions if d.validates), definitions[0].name)
+    print(f"\nPrefect UI: {ui}\n  run from the UI: Deployments -> stagecheck-validate/<name> -> Run -> Custom run\n"
+          f"  CLI: PREFECT_API_URL={url} prefect deployment run 'stagecheck-validate/{first}'\n"
           "  stop: make down", flush=True)
     return 0
 
 
-def _print_setup(targets: tuple[Target, ...], done: SetupResult, pool: str) -> None:
+def _print_setup(definitions: tuple[Definition, ...], done: SetupResult, pool: str) -> None:
     print(f"  work pool {pool!r} (process); concurrency limits: {', '.join(done.limits) or 'none'}")
-    print(f"  deployment {RECOVERY_FLOW_NAME}/{RECOVERY_DEPLOYMENT}: runs when a validation crashes "
-          f"[{done.recovery_id}]")
+    for definition, deployment_id in zip(definitions, done.deployment_ids, strict=True):
+        print(f"  deployment {definition.name} ({definition.entrypoint}): {_describe(definition)} [{deployment_id}]")
     for name in done.without_services:
-        target = next(t for t in targets if t.name == name)
-        print(f"  warning: target {name!r}: no services found in {target.request.config} (missing or invalid?); "
-              "its runs fail at the lock until the services' limits exist", file=sys.stderr)
+        definition = next(d for d in definitions if d.name == name)
+        where = definition.parameters.get("repository") or definition.parameters.get("config")
+        print(f"  note: {name!r}: no services read from {where}; its runs create their services' limits",
+              file=sys.stderr)
 
 
 def _status(layout: Layout) -> int:
@@ -350,17 +412,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "status":
             return _status(layout)
         if args.action == "register":
-            url = os.environ.get("PREFECT_API_URL")
+            from prefect.settings import get_current_settings
+
+            url = get_current_settings().api.url  # the active profile's, or PREFECT_API_URL
             if not url:
-                raise ServeError("PREFECT_API_URL is not set: point it at your Prefect server or Cloud workspace")
-            targets = load_targets(args.targets)
-            done = run_with_api(url, lambda: setup(targets, pool=args.pool))
-            _print_setup(targets, done, args.pool)
-            for target, deployment_id in zip(targets, done.deployment_ids, strict=True):
-                print(f"  registered {target.full_name} [{deployment_id}]")
+                raise ServeUsageError("no Prefect API: set PREFECT_API_URL, or `prefect profile use` a profile that has "
+                                 "one (or `prefect cloud login`)")
+            definitions = definitions_for(args.prefect_file, parse_params(args.param))
+            pool = args.pool or default_pool()
+            done = run_with_api(url, lambda: setup(definitions, pool=pool))
+            _print_setup(definitions, done, pool)
             return 0
         return _up(args, layout)
-    except (ServeError, DefinitionError) as exc:
+    except (ServeUsageError, DefinitionError) as exc:  # bad input: the file or a flag, named
+        print(f"stagecheck serve: {exc}", file=sys.stderr)
+        return 2
+    except ServeError as exc:
         print(f"stagecheck serve: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:

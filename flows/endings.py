@@ -105,6 +105,7 @@ class Endings(ServiceRun):
             started_at=self.started_at, finished_at=datetime.now(UTC), flow_run_url=_flow_run_url(),
             estimated_monthly_cost_usd=estimate_revision_cost(revision, price),
             previous_estimated_monthly_cost_usd=estimate_revision_cost(snapshot.previous if snapshot else None, price),
+            contract=self.contract,
         )
 
 

@@ -147,7 +147,7 @@ class RolloutSteps(Endings):
                                      since=self.revision_started or self.started_at, targets=targets,
                                      duration_s=seconds, interval_s=self.traffic_plan.bake_interval_s,
                                      probes=self.settings.probes, rules=self.settings.logs,
-                                     tokens=self.clients.tokens))
+                                     tokens=self.clients.tokens, overlap_s=self.request_timeout_s))
         # the logs stage settles to the request log of the last probe the bake actually sent
         watched = BakeData.read(result.data)
         if watched is not None and watched.last_probe_at:

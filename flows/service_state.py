@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from stagecheck.contract.findings import ContractAudit
 from stagecheck.errors import StageError
 from stagecheck.log_analysis.explanation import failure_time
 from stagecheck.model import (
@@ -45,8 +46,10 @@ class ServiceRun:
         self.urls: dict[str, str] = {}
         self.last_probe_at: datetime | None = None
         self.revision_started: datetime | None = None  # when the new revision was created (its logs start)
+        self.request_timeout_s = 300.0  # the revision's `timeout`: how late its request entries can be written
         self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
         self.failed_at: datetime | None = None  # when the first failed gate saw its failure
+        self.contract: ContractAudit | None = None  # the breaking-changes audit, when it compared
 
     @property
     def tag(self) -> str:

@@ -21,13 +21,16 @@ from stagecheck.model import (
     StageResult,
     Status,
 )
+from stagecheck.probe_auth import probe_audience
 from stagecheck.probe_targets import tagged_targets, with_advisories
 from stagecheck.settings import (
     ProbeAuth,
     ProbeMode,
+    UrlKind,
 )
 from stagecheck.stages import Stage
 from tasks.build import build_image
+from tasks.contract import audit_contract
 from tasks.deploy import DeployOutcome, deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
@@ -85,6 +88,8 @@ class ServiceValidation(RolloutSteps):
         if not await self._probe_tagged(snapshot, outcome, revision.name):
             await self._explain_failure(snapshot, outcome, revision)
             return image, revision
+        if not await self._contract(snapshot, outcome, revision.name):
+            return image, revision
         if (await self._shift_and_probe(snapshot, revision.name, outcome.service_url)
                 and await self._smoke(outcome, revision.name)
                 and await self._logs(snapshot, outcome, revision)):
@@ -137,6 +142,7 @@ class ServiceValidation(RolloutSteps):
         revision = outcome.revision
         if revision is not None:
             self.revision_started = revision.created_at or outcome.started_at
+            self.request_timeout_s = revision.timeout_s or self.request_timeout_s
         if outcome.traffic:
             self.traffic_after = outcome.traffic
         if outcome.service_url:
@@ -167,6 +173,20 @@ class ServiceValidation(RolloutSteps):
                                                 "to probe its tag through the load balancer)")
         if not self.record(result):
             await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.PROBE_TAGGED)
+            return False
+        return True
+
+    async def _contract(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: str) -> bool:
+        """The candidate's API contract against the serving revision's, before any traffic moves (tasks.contract);
+        a failed audit stops the release like a failed probe-tagged."""
+        self.starting(Stage.CONTRACT)
+        result, self.contract = await gate_value(await self._api(audit_contract)(
+            self.clients.cloudrun, self.clients.http, self.clients.tokens, self.svc.name, self.svc.contract,
+            self.settings.probes, baseline_revision=snapshot.previous.name if snapshot.previous else None,
+            candidate_url=outcome.tag_url, timeout_s=self.settings.deploy_timeout_s, ingress=snapshot.ingress,
+            audience=probe_audience(UrlKind.TAGGED, outcome.service_url, self.settings.probes)))
+        if not self.record(result):
+            await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.CONTRACT)
             return False
         return True
 

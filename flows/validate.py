@@ -28,7 +28,7 @@ from prefect.states import Failed, State
 from pydantic import Field, ValidationError
 
 from flows.gates import gate_value
-from flows.params import ValidationRequest
+from flows.params import GIT_SHA_PATTERN, ValidationRequest, flow_timeout_s
 from flows.run_labels import _initial_run_name, _label_run, _run_token, run_name, run_tags
 from flows.service_walk import ServiceValidation
 from stagecheck.checkout import remove as remove_checkout
@@ -41,6 +41,7 @@ from stagecheck.model import (
 from stagecheck.progress import progress
 from stagecheck.redact import hold_secret_values, redact, redact_run_logs
 from stagecheck.report import render_run_markdown
+from stagecheck.repository import settings_outside
 from stagecheck.secret_values import secret_values
 from stagecheck.settings import (
     ConfigError,
@@ -52,17 +53,19 @@ from tasks.checkout import checkout_commit
 from tasks.common import Clients
 from tasks.notify import notify_failure
 from tasks.report import publish_report
+from tasks.repository import fetch_repository
+from tasks.syntax import check_syntax
 
 # the names other modules and tests import from here
 __all__ = ["ServiceValidation", "gate_value", "run_name", "run_tags", "validate"]
-from tasks.syntax import check_syntax
 
 
-@flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name)
+@flow(name="stagecheck-validate", log_prints=False, persist_result=False, flow_run_name=_initial_run_name,
+      timeout_seconds=flow_timeout_s())
 async def validate(
     config: str = "stagecheck.toml",
     services: list[str] | None = None,
-    git_sha: str | None = None,
+    git_sha: Annotated[str | None, Field(pattern=GIT_SHA_PATTERN)] = None,
     git_ref: str | None = None,
     traffic_steps: list[int] | None = None,
     canary_hold_s: Annotated[float | None, Field(ge=0)] = None,
@@ -70,6 +73,8 @@ async def validate(
     dry_run: bool = False,
     sandbox: bool = False,
     state_dir: str = ".stagecheck",
+    repository: str | None = None,
+    repository_credentials: str | None = None,
 ) -> list[dict[str, str]] | State:
     """Validate a release on Cloud Run staging: build, push, deploy with no traffic, probe, shift
     traffic, read logs, decide with evidence; roll back on a failed gate. Fails when a verdict fails.
@@ -78,7 +83,7 @@ async def validate(
     set only `git_sha` and `git_ref`): the fields of `flows.params.ValidationRequest`, described alike.
 
     Args:
-        config: Path of the stagecheck.toml (relative to the working directory)
+        config: Path of the stagecheck.toml (inside `repository` when set, else relative to the working directory)
         services: Cloud Run services to validate; empty means every service in the config
         git_sha: Commit to validate (checked out for the run unless the clone is at it); empty means HEAD
         git_ref: Branch or ref the commit came from (shown in the report)
@@ -88,17 +93,25 @@ async def validate(
         dry_run: Check syntax and build the image only; deploy nothing
         sandbox: Target the local sandbox (endpoints from STATE_DIR/sandbox.json)
         state_dir: Where the sandbox writes sandbox.json
+        repository: Git URL (https://, ssh://, git@host:path, file://) or absolute path of the service repository to validate; empty: the repository of the working directory
+        repository_credentials: Prefect block holding the repository's HTTPS token: a Secret block's name, or <block type>/<name> (e.g. github-credentials/acme); never put credentials in the URL
     """
     logger = get_run_logger()
+    repo = None
     try:
         request = ValidationRequest(config=config, services=services or [], git_sha=git_sha, git_ref=git_ref,
                                     traffic_steps=traffic_steps, canary_hold_s=canary_hold_s, bake_s=bake_s,
-                                    dry_run=dry_run, sandbox=sandbox, state_dir=state_dir)
-        settings = request.load()
+                                    dry_run=dry_run, sandbox=sandbox, state_dir=state_dir, repository=repository,
+                                    repository_credentials=repository_credentials)
+        if request.repository:  # a service repository stagecheck does not live in: its tree at the commit
+            request, repo = await fetch_repository(request, _run_token())
+        settings = settings_outside(request.load(), repo)
         chosen = [settings.service(name) for name in request.services] or list(settings.services)
         if not request.git_sha:  # with a requested commit, the checkout gate checks them in its tree
             check_sources(settings, chosen)  # the build inputs exist, before any stage
-    except (ConfigError, ValidationError) as exc:  # bad input: a Failed run, the readable message, no traceback
+    except (ConfigError, ValidationError, StageError) as exc:  # bad input: a Failed run, the message, no traceback
+        if repo is not None:
+            await asyncio.to_thread(remove_checkout, repo.checkout)
         logger.error("%s", exc)
         return Failed(message=str(exc))
     hold_secret_values(secret_values(settings, os.environ))  # every output masks them from here on
@@ -125,8 +138,9 @@ async def validate(
             for svc in chosen)))
     finally:
         await clients.aclose()
-        if tree is not None:  # also on failure; a crashed run's checkout is removed by the next run
-            await asyncio.to_thread(remove_checkout, tree.checkout)
+        for done in (tree.checkout if tree else None, repo.checkout if repo else None):  # also on failure; a
+            if done is not None:                                # crashed run's tree is removed by the next run
+                await asyncio.to_thread(remove_checkout, done)
 
     paths = []
     for report in reports:

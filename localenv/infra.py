@@ -34,7 +34,7 @@ import yaml
 
 from localenv import processes
 from localenv.processes import ProcessRecord
-from sandbox.sample_image import SAMPLE_SERVICE_DIR, SampleImageError, ensure_build_context
+from sandbox.sample_image import SampleImageError, check_busybox, ensure_base_image
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_STATE_DIR = Path(".stagecheck")
@@ -182,6 +182,17 @@ def registry_config(paths: InfraPaths, addr: str) -> dict[str, object]:
 
 
 # --- probes ---------------------------------------------------------------------------------
+
+
+def ensure_sample_base(docker_host: str) -> None:
+    """The sample service's base image (its Dockerfile's BUSYBOX_IMAGE) in the engine; InfraError if not."""
+    client = docker.DockerClient(base_url=docker_host, timeout=60)
+    try:
+        ensure_base_image(client)
+    except SampleImageError as exc:
+        raise InfraError(str(exc)) from exc
+    finally:
+        client.close()
 
 
 def engine_answers(docker_host: str) -> bool:
@@ -339,14 +350,14 @@ def ensure_up(
     """Make sure a Docker Engine and a registry answer; start only what is missing. Idempotent."""
     parse_registry_addr(registry_addr)
     paths = infra_paths(state_dir)
-    if SAMPLE_SERVICE_DIR.is_dir():  # a source checkout: the sample image needs its busybox
-        try:
-            ensure_build_context()
-        except SampleImageError as exc:
-            raise InfraError(str(exc)) from exc
+    try:
+        check_busybox()  # before starting anything: the sample image's base needs a static busybox
+    except SampleImageError as exc:
+        raise InfraError(str(exc)) from exc
     with state_lock(paths):
         host, _ = ensure_engine(paths, docker_host)
         ensure_registry(paths, registry_addr)
+        ensure_sample_base(host)
         info = InfraInfo(docker_host=host, registry=registry_addr, started=sorted(owned_records(paths)))
         write_infra_json(paths, info)
     return info

@@ -185,6 +185,16 @@ class FaultInjector:
                              fault.undone)
         return None
 
+    async def apply_noted(self, method: str) -> tuple[Response | None, str | None]:
+        """As `apply` for a proxy route, with the fault's message (the request entry's textPayload: the
+        front end's own words, e.g. "The request was aborted because there was no available instance.")."""
+        fault = self.take(method)
+        if fault is None:
+            return None, None
+        if fault.latency_s > 0:
+            await asyncio.sleep(fault.latency_s)  # the injected delay itself, not a wait for a condition
+        return (fault_response(fault) if fault.status is not None else None), fault.message
+
     async def apply(self, method: str, undone: Callable[[], Response] | None = None) -> Response | None:
         """Consume one use, await the injected latency; an error Response (or, for an `undone` fault,
         what `undone()` answers), or None to proceed."""

@@ -8,7 +8,9 @@ every instance is at its concurrency another one starts if the maximum allows, a
 (queued) for a free slot up to the service's queue timeout, then gets 429 "The request was aborted
 because there was no available instance." (Cloud Run: queued up to 60 s, then 429). A revision
 scaled to zero starts an instance on the first request (cold start). An instance stops when the
-revision leaves traffic, when it is idle past the scale-to-zero delay, or when its container exits.
+revision leaves traffic, when it is idle past the scale-to-zero delay, on a scale-in, or when its
+container exits; the platform stops it with SIGTERM and SIGKILLs it 10 s later (container runtime
+contract), and a container failing its `livenessProbe` is restarted the same way.
 """
 
 from __future__ import annotations
@@ -114,6 +116,18 @@ async def wait_startup(
 
 
 NO_INSTANCE_MESSAGE = "The request was aborted because there was no available instance."
+# Container runtime contract: an instance being shut down gets SIGTERM, then SIGKILL 10 seconds later
+SHUTDOWN_GRACE_S = 10.0
+
+
+def liveness_failed_message(probe: dict[str, Any], failures: int, port: int) -> str:
+    """The platform line of a liveness failure (wording modelled on Cloud Run's startup-probe lines)."""
+    kind = "HTTP" if "httpGet" in probe else "TCP"
+    where = f'path "{(probe.get("httpGet") or {}).get("path") or "/"}"' if kind == "HTTP" else f"port {port}"
+    return (f"LIVENESS {kind} probe failed {failures} times consecutively for the container on {where}. "
+            "The container will be restarted.")
+
+
 DEFAULT_MAX_INSTANCES = 100  # scaling.maxInstanceCount unset (google.cloud.run.v2.RevisionScaling)
 
 
@@ -157,6 +171,8 @@ class Instance:
         self._task: asyncio.Task[StartFailure | None] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._stopping = False
+        self._liveness: asyncio.Task[None] | None = None
+        self.restarts = 0  # liveness restarts
         self.state: InstanceState = "STOPPED"
         self.port: int | None = None
         self.container_id: str | None = None
@@ -194,8 +210,45 @@ class Instance:
         self.last_active = time.monotonic()
         self._log.system(self.service, self.revision, "INFO",
                          f"Instance {self.instance_id[:12]} of revision {self.revision} is ready on port {self.port}.")
+        probe = self.spec.liveness_probe
+        if probe and ("httpGet" in probe or "tcpSocket" in probe):  # checked once the startup probe passed
+            self._liveness = asyncio.create_task(self._watch_liveness(probe))
         self._on_change()
         return None
+
+    async def _watch_liveness(self, probe: dict[str, Any]) -> None:
+        """`livenessProbe`: failureThreshold failures in a row restart the container (SIGTERM, grace, a new
+        container on the same instance), as Cloud Run restarts an instance that fails it."""
+        period = float(probe.get("periodSeconds") or 10)
+        timeout = float(probe.get("timeoutSeconds") or 1)
+        threshold = int(probe.get("failureThreshold") or 3)
+        await asyncio.sleep(float(probe.get("initialDelaySeconds") or 0))
+        failures = 0
+        while self.state == "READY" and not self._stopping and self.port is not None:
+            ok = await (_http_ok(self.port, probe, timeout) if "httpGet" in probe else _tcp_ok(self.port, timeout))
+            failures = 0 if ok else failures + 1
+            if failures >= threshold:
+                self._log.system(self.service, self.revision, "ERROR",
+                                 liveness_failed_message(probe, failures, self.spec.container_port))
+                self.restarts += 1
+                self.state = "STARTING"  # no new requests while it restarts
+                self._on_change()
+                await self._terminate(SHUTDOWN_GRACE_S)
+                self._liveness = None
+                self.launch()
+                return
+            await asyncio.sleep(period)
+
+    async def _terminate(self, grace_s: float) -> None:
+        """Stop the container as Cloud Run does (SIGTERM, SIGKILL after `grace_s`), wait for its exit (so the
+        exit code is the container's own) and remove it."""
+        self._stopping = True
+        exited = self._exited
+        target = self.container_id or self.container_name
+        if target and exited is not None and not exited.done():
+            await self._runtime.stop(target, grace_s)
+            await asyncio.wait({exited}, timeout=5.0)
+        await self._remove()
 
     async def _launch(self) -> StartFailure | None:
         if self._image_id is None:
@@ -245,8 +298,9 @@ class Instance:
             exited.set_result(code)
         if exited is not self._exited:
             return  # an earlier container of this revision
-        if self._stopping:
-            self._log.system(self.service, self.revision, "INFO", f"Instance of revision {self.revision} stopped.")
+        if self._stopping:  # stopped by the platform: "Container called exit(143)." after SIGTERM
+            self._log.system(self.service, self.revision, "INFO" if code == 0 else "ERROR",
+                             model.container_exit_message(code))
             return
         severity = "INFO" if code == 0 else "ERROR"
         self._log.system(self.service, self.revision, severity, model.container_exit_message(code))
@@ -255,17 +309,24 @@ class Instance:
             self._on_change()
             asyncio.get_running_loop().create_task(self._remove())
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: str, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Shut the instance down: SIGTERM, SIGKILL after `grace_s` (the container runtime contract's 10 s)."""
         if self.state == "STOPPED" and self.container_name is None:
             return
         self._stopping = True
         self._log.system(self.service, self.revision, "INFO", f"Stopping instance of revision {self.revision}: {reason}.")
+        if self._liveness is not None and self._liveness is not asyncio.current_task():
+            self._liveness.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        was_ready = self.state == "READY"
+        self.state = "STOPPED"  # no new requests meanwhile
+        self._on_change()
+        if was_ready:
+            await self._terminate(grace_s)
         await self._remove()
-        self.state = "STOPPED"
         self._on_change()
 
     async def _remove(self) -> None:
@@ -309,10 +370,12 @@ class RevisionInstance:
         max_instances: int = DEFAULT_MAX_INSTANCES,
         concurrency: int = 80,
         warm_instances: int = 2,
+        request_timeout_s: float = 300.0,
     ) -> None:
         self.service = service
         self.revision = revision
         self.spec = spec
+        self.request_timeout_s = request_timeout_s  # template.timeout: past it the front end answers 504
         self.max_instances = max(1, max_instances)
         self.concurrency = max(1, concurrency)
         self.warm_instances = max(1, min(warm_instances, self.max_instances))
@@ -395,12 +458,19 @@ class RevisionInstance:
         task.add_done_callback(self._warming.discard)
         return inst
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: str, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         self._stopping = True
         for task in list(self._warming):
             task.cancel()
-        await asyncio.gather(*(i.stop(reason) for i in self.instances), return_exceptions=True)
+        await asyncio.gather(*(i.stop(reason, grace_s) for i in self.instances), return_exceptions=True)
         self._prune()
+
+    async def scale_in(self, count: int) -> int:
+        """Stop up to `count` idle ready instances (Cloud Run scales in at will): SIGTERM and grace."""
+        idle = [i for i in self.instances if i.state == "READY" and not i.in_flight][:max(0, count)]
+        await asyncio.gather(*(i.stop("scale-in") for i in idle))
+        self._prune()
+        return len(idle)
 
     async def stop_idle(self, after_s: float, now: float, reason: str) -> None:
         """Scale to zero: stop each ready instance idle for `after_s` or longer."""

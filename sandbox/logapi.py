@@ -103,12 +103,33 @@ class ListQuota:
             calls.append(now)
 
 
+class EmptyPages:
+    """A switch: the 1st, (1 + every)-th, (1 + 2 every)-th ... entries.list call after it is set (every 0:
+    none) answers an empty page with a nextPageToken that resumes where it would have started, as the API
+    may; deterministic, so tests can count on it."""
+
+    def __init__(self, every: int = 0) -> None:
+        self.every = every
+        self.calls = 0  # since `every` was last set
+        self.answered = 0
+        self._lock = threading.Lock()
+
+    def next_is_empty(self) -> bool:
+        with self._lock:
+            empty = self.every > 0 and self.calls % self.every == 0
+            self.calls += 1
+            self.answered += empty
+            return empty
+
+
 def _projects(resource_names: list[str]) -> list[str]:
     return sorted({name.split("/")[1] for name in resource_names if name.count("/") >= 1}) or ["?"]
 
 
-def logging_routes(store: LogStore, faults: FaultInjector, quota: ListQuota | None = None) -> list[BaseRoute]:
+def logging_routes(store: LogStore, faults: FaultInjector, quota: ListQuota | None = None,
+                   pages: EmptyPages | None = None) -> list[BaseRoute]:
     quota = quota or ListQuota()
+    pages = pages or EmptyPages()
 
     async def list_entries(request: Request) -> Response:
         injected = await faults.apply(LIST_METHOD)
@@ -122,7 +143,8 @@ def logging_routes(store: LogStore, faults: FaultInjector, quota: ListQuota | No
         for project in _projects(arguments["resource_names"]):
             quota.take(project)
         # a filter over many entries is CPU work: keep the event loop (and the proxy) responsive
-        entries, token = await run_in_threadpool(lambda: store.list_entries(**arguments))
+        empty = pages.next_is_empty()
+        entries, token = await run_in_threadpool(lambda: store.list_entries(**arguments, empty_page=empty))
         answer: dict[str, Any] = {"entries": entries} if entries else {}
         if token:
             answer["nextPageToken"] = token

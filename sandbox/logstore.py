@@ -68,15 +68,16 @@ def _now_text(timestamp: datetime | None) -> str:
 
 
 def normalize_severity(value: Any) -> str:
-    """A LogSeverity name for what an application wrote (case-insensitive, common aliases); else DEFAULT."""
+    """The LogSeverity of a JSON line's `severity` field: a LogSeverity name, in any case (Google's sample
+    writes "error"), or its number; anything else is DEFAULT. Only `severity` counts: a `level` field
+    (pino, winston, bunyan) and aliases such as WARN or FATAL are not severities in Cloud Logging (the
+    structured-logging special fields), so such lines stay DEFAULT as on Cloud Run."""
     if isinstance(value, int) and not isinstance(value, bool):
         by_rank = {rank: name for name, rank in SEVERITY_RANK.items()}
         return by_rank.get(value, "DEFAULT")
     if not isinstance(value, str):
         return "DEFAULT"
     name = value.strip().upper()
-    aliases = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
-    name = aliases.get(name, name)
     return name if name in SEVERITY_RANK else "DEFAULT"
 
 
@@ -113,8 +114,7 @@ def _payload_timestamp(payload: dict[str, Any]) -> str | None:
 
 def _structured(entry: Entry, payload: dict[str, Any]) -> None:
     """Apply Cloud Logging's special JSON fields to ``entry``; the rest becomes jsonPayload."""
-    severity = payload.pop("severity", None)
-    entry["severity"] = normalize_severity(severity if severity is not None else payload.get("level"))
+    entry["severity"] = normalize_severity(payload.pop("severity", None))
     stamp = _payload_timestamp(payload)
     if stamp:
         entry["timestamp"] = stamp
@@ -193,8 +193,11 @@ def request_entry(
     response_size: int | None = None,
     timestamp: datetime | None = None,
     instance_id: str | None = None,
+    text: str | None = None,
 ) -> Entry:
-    """A request log line as Cloud Run writes it to run.googleapis.com/requests."""
+    """A request log line as Cloud Run writes it to run.googleapis.com/requests: `timestamp` is when the
+    request arrived (the store's receiveTimestamp, when it is written after the response, is later);
+    `text` is the platform's own words on a refusal or a timeout (textPayload)."""
     http: dict[str, Any] = {
         "requestMethod": method,
         "requestUrl": url,
@@ -218,6 +221,8 @@ def request_entry(
     }
     if instance_id:
         entry["labels"] = {"instanceId": instance_id}
+    if text:
+        entry["textPayload"] = text
     return entry
 
 
@@ -448,8 +453,12 @@ class LogStore:
         order_by: str = "timestamp asc",
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
+        empty_page: bool = False,
     ) -> tuple[list[Entry], str | None]:
         """One page of matching entries (deep copies) and the next page token (None on the last page).
+        `empty_page`: answer no entries and a token that resumes where this page would have started, as
+        the API may ("If entries is empty, nextPageToken may still be returned, indicating that more
+        entries may exist": ListLogEntriesResponse).
 
         Raises ApiError: 400 (filter / order_by / page_size / page_token / resource_names), 403 (project).
         """
@@ -468,6 +477,8 @@ class LogStore:
         except FilterError as exc:
             raise ApiError(400, str(exc), field="filter") from None
         cursor = decode_page_token(page_token, descending) if page_token else None
+        if empty_page:
+            return [], page_token or encode_page_token(_MAX_KEY if descending else _MIN_KEY, descending)
         low_time, high_time = time_bounds(node)
         low: Key = (timestamp_micros(low_time), -1) if low_time else _MIN_KEY
         high: Key = (timestamp_micros(high_time) + 1, -1) if high_time else _MAX_KEY

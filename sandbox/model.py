@@ -181,6 +181,7 @@ class ContainerSpec:
     memory_bytes: int
     cpus: float
     startup_probe: dict[str, Any]
+    liveness_probe: dict[str, Any] = field(default_factory=dict)
 
 
 def _enum_name(value: Any, table: dict[Any, str], fld: str) -> str:
@@ -423,6 +424,7 @@ def container_spec(template: dict[str, Any]) -> ContainerSpec:
         memory_bytes=parse_memory(limits.get("memory", DEFAULT_MEMORY), f"{fld}.resources.limits.memory"),
         cpus=parse_cpu(limits.get("cpu", DEFAULT_CPU), f"{fld}.resources.limits.cpu"),
         startup_probe=c.get("startupProbe") or {},
+        liveness_probe=c.get("livenessProbe") or {},
     )
 
 

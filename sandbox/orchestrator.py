@@ -297,6 +297,7 @@ class Orchestrator:
             concurrency=model.as_int(rev.template.get("maxInstanceRequestConcurrency"),
                                      "maxInstanceRequestConcurrency") or 80,
             warm_instances=self.behavior(svc.service_id).warm_instances,
+            request_timeout_s=model.parse_duration_s(rev.template.get("timeout", "300s"), "timeout"),
         )
         self.log.system(svc.service_id, rev.name, "INFO", f"Created revision {rev.name}.")
 
@@ -386,8 +387,20 @@ class Orchestrator:
             svc.tag_uris[tag] = await self.listeners.open_tag(svc.service_id, tag)
         retired = [inst for (sid, name), inst in self.instances.items()
                    if sid == svc.service_id and name not in serving and inst.state != "STOPPED"]
-        await asyncio.gather(*(inst.stop("revision no longer serves traffic") for inst in retired))
+        for inst in retired:  # drained in the background: SIGTERM and up to 10 s of grace each
+            task = asyncio.create_task(inst.stop("revision no longer serves traffic"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return None
+
+    async def scale_in(self, service_id: str, revision: str | None, count: int) -> int:
+        """Stop up to `count` idle ready instances of the service (of one revision, when named), as Cloud
+        Run's autoscaler may at any time: SIGTERM, 10 s of grace. Returns how many were stopped."""
+        stopped = 0
+        for (sid, name), inst in list(self.instances.items()):
+            if sid == service_id and (revision is None or name == revision) and stopped < count:
+                stopped += await inst.scale_in(count - stopped)
+        return stopped
 
     # ------------------------------------------------------------ scale to zero
 
@@ -414,7 +427,7 @@ class Orchestrator:
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*(inst.stop("sandbox shutting down") for inst in self.instances.values()),
+        await asyncio.gather(*(inst.stop("sandbox shutting down", grace_s=0) for inst in self.instances.values()),
                              return_exceptions=True)
         self.instances.clear()
         await self.runtime.remove_all()

@@ -5,11 +5,13 @@ Every proxied request, including 503s and injected faults, becomes a request-log
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -184,6 +186,18 @@ def _unavailable() -> Response:
     return PlainTextResponse("Service Unavailable", status_code=503)
 
 
+# the platform's words in a request entry's textPayload (public request-log dumps)
+READINESS_FAILED_MESSAGE = "The request failed because the instance failed the readiness check."
+TIMEOUT_MESSAGE = ("The request has been terminated because it has reached the maximum request timeout. To change "
+                   "this limit, see https://cloud.google.com/run/docs/configuring/request-timeout")
+MALFORMED_MESSAGE = ("The request failed because either the HTTP response was malformed or connection to the "
+                     "instance had an error.")
+
+
+def _timed_out() -> Response:
+    return PlainTextResponse(TIMEOUT_MESSAGE, status_code=504)
+
+
 def cold_start_answer(starting: bool) -> Response:
     """Cloud Run's answer to a request no instance took within the cold-start hold: 429 "no available
     instance" while an instance is still starting, 503 when the start failed (nothing can serve)."""
@@ -343,7 +357,9 @@ class ProxyHub:
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, target: Target) -> None:
         started = time.monotonic()
+        arrived = datetime.now(UTC)  # the request entry's timestamp; it is written when the answer is done
         counting = _Counting(send)
+        note: list[str] = []  # the platform's words on a refusal or timeout (the entry's textPayload)
         svc = self.backend.services.get(target.service)
         if svc is None:
             await _not_found()(scope, receive, counting)
@@ -360,8 +376,9 @@ class ProxyHub:
             if denied is not None:
                 await denied(scope, receive, counting)
                 return
-            fault = await self.faults.apply(target.fault_key)
-            if fault is not None:
+            fault, words = await self.faults.apply_noted(target.fault_key)
+            if fault is not None:  # the front end answered: no instance saw it; the fault's message is logged
+                note += [words] if words else []
                 await fault(scope, receive, counting)
                 return
             try:
@@ -375,17 +392,20 @@ class ProxyHub:
                 instance = await instances.acquire(behavior.cold_start_hold_s, behavior.queue_timeout_s) \
                     if instances else None
             except NoAvailableInstance:
+                note.append(NO_INSTANCE_MESSAGE)
                 await _no_instance()(scope, receive, counting)
                 return
             if instance is None or instance.port is None:
                 if instance is not None:
                     instance.end_request()
                 starting = instances is not None and any(i.state == "STARTING" for i in instances.instances)
+                note.append(NO_INSTANCE_MESSAGE if starting else READINESS_FAILED_MESSAGE)
                 await cold_start_answer(starting)(scope, receive, counting)
                 return
             instance_id = instance.instance_id
+            deadline = started + (instances.request_timeout_s if instances is not None else 300.0)
             try:
-                await self._relay(scope, body, instance.port, revision, target, counting)
+                await self._relay(scope, body, instance.port, revision, target, counting, deadline, note)
             finally:
                 instance.end_request()
         finally:
@@ -395,9 +415,13 @@ class ProxyHub:
                     method=scope["method"], url=_request_url(scope), status=counting.status,
                     latency_s=time.monotonic() - started, user_agent=_header(scope, b"user-agent") or None,
                     request_size=len(body) or None, response_size=counting.size, instance_id=instance_id,
+                    timestamp=arrived, text=" ".join(note) or None,
                 )
 
-    async def _relay(self, scope: Scope, body: bytes, port: int, revision: str, target: Target, send: Send) -> None:
+    async def _relay(self, scope: Scope, body: bytes, port: int, revision: str, target: Target, send: Send,
+                     deadline: float, note: list[str]) -> None:
+        """Forward to the instance; no answer by `deadline` (arrival + the revision's `timeout`) is a 504,
+        as Cloud Run answers past the request timeout; a body still streaming then is cut."""
         path = target.path if target.path is not None else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"http://127.0.0.1:{port}{path}" + (f"?{query}" if query else "")
@@ -408,16 +432,20 @@ class ProxyHub:
         response: httpx.Response | None = None
         for attempt in range(2):  # a pooled connection to a stopped instance may be stale: retry once
             try:
-                response = await self._client.send(request, stream=True)
+                response = await asyncio.wait_for(self._client.send(request, stream=True),
+                                                  max(0.0, deadline - time.monotonic()))
                 break
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if attempt == 1:
+                    note.append(MALFORMED_MESSAGE)
                     await _unavailable()(scope, _no_receive, send)
                     return
-            except httpx.TimeoutException:
-                await PlainTextResponse("Gateway Timeout", status_code=504)(scope, _no_receive, send)
+            except (TimeoutError, httpx.TimeoutException):
+                note.append(TIMEOUT_MESSAGE)
+                await _timed_out()(scope, _no_receive, send)
                 return
             except httpx.TransportError:  # e.g. reset by an instance stopping under the request: as Cloud Run, 503
+                note.append(MALFORMED_MESSAGE)
                 await _unavailable()(scope, _no_receive, send)
                 return
         assert response is not None
@@ -426,10 +454,11 @@ class ProxyHub:
             out_headers.append((REVISION_HEADER.encode(), revision.encode()))
             await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
             try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError:
-                pass  # the instance went away mid-response: end what was sent
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
+                    async for chunk in response.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (httpx.HTTPError, TimeoutError):
+                pass  # the instance went away mid-response, or the request timeout: end what was sent
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()

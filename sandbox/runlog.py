@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sandbox.logstore import LogStore, audit_entry, container_entry, request_entry, system_entry
@@ -44,9 +45,13 @@ class RunLog:
         request_size: int | None,
         response_size: int | None,
         instance_id: str | None = None,
+        timestamp: datetime | None = None,
+        text: str | None = None,
     ) -> None:
+        """A request entry, written when the response is done but stamped with `timestamp`, the arrival
+        (Cloud Run's request entries: `timestamp` when the request came, `receiveTimestamp` later)."""
         self.store.append(request_entry(project=self.project, location=self.location, service=service,
                                         revision=revision, method=method, url=url, status=status,
                                         latency_s=latency_s, user_agent=user_agent,
                                         request_size=request_size, response_size=response_size,
-                                        instance_id=instance_id))
+                                        instance_id=instance_id, timestamp=timestamp, text=text))

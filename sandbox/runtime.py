@@ -171,6 +171,19 @@ class DockerRuntime:
         if not loop.is_closed():
             loop.call_soon_threadsafe(on_exit, code)
 
+    async def stop(self, container_id: str, grace_s: float) -> None:
+        """Cloud Run's shutdown: SIGTERM (the image's STOPSIGNAL), SIGKILL after `grace_s` if still running."""
+
+        def _stop() -> None:
+            try:
+                self._client.api.stop(container_id, timeout=max(0, round(grace_s)))
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:  # already stopping / gone: removal follows anyway
+                pass
+
+        await self._call(_stop)
+
     async def remove(self, container_id: str) -> None:
         def _remove() -> None:
             try:

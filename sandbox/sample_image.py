@@ -1,15 +1,18 @@
 """Build and push the sample service image (examples/sample-service) with the Docker SDK.
 
-The image is `FROM scratch` plus a static busybox, so nothing is pulled: the build context's
-`bin/busybox` is a copy of the host's `/usr/bin/busybox` (package busybox-static), made here.
+The image is `FROM scratch` plus a static busybox, so nothing is pulled. Its Dockerfile is multi-stage:
+it copies `/bin/busybox` from the image named by the build argument BUSYBOX_IMAGE (default
+`stagecheck-busybox:static`), a base image made here from the host's `/usr/bin/busybox` (package
+busybox-static) and kept in the Docker Engine, the way a team keeps its base images in a registry. So the
+build context is only committed files: a per-run checkout of any commit builds.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SERVICE_DIR = REPO_ROOT / "examples" / "sample-service"
 HOST_BUSYBOX = Path("/usr/bin/busybox")
 IMAGE_LABEL = "dev.stagecheck.sample"
+BASE_IMAGE = "stagecheck-busybox:static"  # the Dockerfile's default BUSYBOX_IMAGE
+BASE_LABEL = "dev.stagecheck.base"
+BASE_DOCKERFILE = "FROM scratch\nCOPY busybox /bin/busybox\nENV PATH=/bin\n"
 
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
@@ -60,13 +66,8 @@ def is_static_elf(path: Path) -> bool:
     return True
 
 
-def ensure_build_context(context: Path = SAMPLE_SERVICE_DIR, busybox: Path = HOST_BUSYBOX) -> Path:
-    """Copy the host's static busybox into `context/bin/busybox` unless it is there already."""
-    if not (context / "Dockerfile").is_file():
-        raise SampleImageError(f"sample service build context not found: {context}/Dockerfile")
-    target = context / "bin" / "busybox"
-    if target.is_file():
-        return context
+def check_busybox(busybox: Path = HOST_BUSYBOX) -> Path:
+    """The host's busybox, if it can run FROM scratch (statically linked); SampleImageError otherwise."""
     if not busybox.is_file():
         raise SampleImageError(f"{busybox} not found: install busybox-static (run `make setup`)")
     if not is_static_elf(busybox):
@@ -74,11 +75,29 @@ def ensure_build_context(context: Path = SAMPLE_SERVICE_DIR, busybox: Path = HOS
             f"{busybox} is dynamically linked and cannot run FROM scratch: "
             "install busybox-static (run `make setup`)"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".partial-{os.getpid()}")  # test workers may copy at the same time
-    shutil.copy2(busybox, partial)
-    partial.replace(target)
-    return context
+    return busybox
+
+
+def ensure_base_image(docker_client: docker.DockerClient, busybox: Path = HOST_BUSYBOX,
+                      tag: str = BASE_IMAGE) -> str:
+    """Build the busybox base image `tag` in the engine unless it has it (idempotent; parallel callers
+    build identical images). Returns the tag."""
+    try:
+        docker_client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    check_busybox(busybox)
+    with tempfile.TemporaryDirectory(prefix="stagecheck-busybox-") as tmp:
+        shutil.copy2(busybox, Path(tmp) / "busybox")
+        (Path(tmp) / "Dockerfile").write_text(BASE_DOCKERFILE)
+        try:
+            docker_client.images.build(path=tmp, tag=tag, rm=True, forcerm=True, labels={BASE_LABEL: "1"})
+        except docker.errors.BuildError as exc:
+            raise SampleImageError(f"build of the base image {tag} failed: {exc.msg}") from exc
+        except docker.errors.APIError as exc:
+            raise SampleImageError(f"docker engine refused {tag}: {exc.explanation or exc}") from exc
+    return tag
 
 
 def _push_digest(events: Any) -> str:
@@ -107,7 +126,9 @@ def build_sample_image(
         raise SampleImageError(f"invalid image tag {tag!r}")
     if not _REPOSITORY.fullmatch(repository):
         raise SampleImageError(f"invalid repository name {repository!r}")
-    ensure_build_context(context)
+    if not (context / "Dockerfile").is_file():
+        raise SampleImageError(f"sample service build context not found: {context}/Dockerfile")
+    ensure_base_image(docker_client)
     name = f"{registry}/{repository}"
     ref = f"{name}:{tag}"
     try:

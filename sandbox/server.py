@@ -23,7 +23,7 @@ from sandbox.errors import ApiError, api_error_handler, google_error
 from sandbox.faults import FaultInjector, fault_routes
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
 from sandbox.listeners import ListenerPool
-from sandbox.logapi import ListQuota, logging_routes
+from sandbox.logapi import EmptyPages, ListQuota, logging_routes
 from sandbox.logstore import LogStore
 from sandbox.orchestrator import Behavior, Orchestrator, SandboxConfig
 from sandbox.proxy import LbConfig, ProxyHub
@@ -89,6 +89,7 @@ class SandboxServer:
         self.runtime = DockerRuntime(options.docker_host, options.instance_id)
         self.pool = ListenerPool()
         self.list_quota = ListQuota(options.log_list_per_minute)
+        self.empty_pages = EmptyPages()
         self.hub = ProxyHub(self.faults, self.log, self.pool)
         self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
         self.hub.attach(self.orch)
@@ -113,7 +114,9 @@ class SandboxServer:
                 "listeners": self.pool.ports, "proxy": self.hub.describe(), **self.orch.describe(),
                 "containers": containers,
                 "logging": {"list_quota_per_minute": self.list_quota.per_minute,
-                            "list_rejected": self.list_quota.rejected},
+                            "list_rejected": self.list_quota.rejected,
+                            "empty_page_every": self.empty_pages.every,
+                            "empty_pages_answered": self.empty_pages.answered},
             })
 
         async def shutdown(request: Request) -> Response:
@@ -130,6 +133,27 @@ class SandboxServer:
             except ValidationError as exc:
                 raise _validation_error(exc) from None
             return JSONResponse(self.hub.lb.model_dump())
+
+        async def put_logging(request: Request) -> Response:
+            """{"empty_page_every": N}: every N-th entries.list answers an empty page with a token (0: never)."""
+            body = await _json(request)
+            every = body.get("empty_page_every") if isinstance(body, dict) else None
+            if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+                raise ApiError(400, "empty_page_every must be an integer >= 0", field="empty_page_every")
+            self.empty_pages.every, self.empty_pages.calls = every, 0
+            return JSONResponse({"empty_page_every": every})
+
+        async def scale_in(request: Request) -> Response:
+            """{"instances": N, "revision": optional}: stop N idle instances as Cloud Run's scale-in does."""
+            body = await _json(request)
+            body = body if isinstance(body, dict) else {}
+            count, revision = body.get("instances", 1), body.get("revision")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ApiError(400, "instances must be an integer >= 1", field="instances")
+            if revision is not None and not isinstance(revision, str):
+                raise ApiError(400, "revision must be a string", field="revision")
+            stopped = await self.orch.scale_in(request.path_params["service"], revision, count)
+            return JSONResponse({"stopped": stopped})
 
         async def get_behavior(request: Request) -> Response:
             return JSONResponse(asdict(self.orch.behavior(request.path_params["service"])))
@@ -158,6 +182,8 @@ class SandboxServer:
             Route("/sandbox/v1/shutdown", shutdown, methods=["POST"]),
             Route("/sandbox/v1/lb", get_lb, methods=["GET"]),
             Route("/sandbox/v1/lb", put_lb, methods=["PUT"]),
+            Route("/sandbox/v1/logging", put_logging, methods=["PUT"]),
+            Route("/sandbox/v1/services/{service}/scale-in", scale_in, methods=["POST"]),
             Route("/sandbox/v1/services/{service}/behavior", get_behavior, methods=["GET"]),
             Route("/sandbox/v1/services/{service}/behavior", put_behavior, methods=["PUT"]),
         ]
@@ -169,7 +195,7 @@ class SandboxServer:
         routes = [
             *iam_routes(self.iam, self.orch.service, self.faults.apply),  # before run_routes: ":getIamPolicy"
             *run_routes(self.orch, self.faults),
-            *logging_routes(self.store, self.faults, self.list_quota),
+            *logging_routes(self.store, self.faults, self.list_quota, self.empty_pages),
             *fault_routes(self.faults),
             *self.admin_routes(),
         ]

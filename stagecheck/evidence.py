@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
 
@@ -120,6 +120,9 @@ class LogsData(StageData):
     below_threshold: int
     crashes: list[SignatureGroupData]
     truncated: bool = False
+    platform_refusals: int = 0  # Cloud Run front-end refusals excused (cold_start_errors holds the same)
+    counted_requests: int = 0  # the 5xx rate's denominator
+    by_origin: dict[str, list[int]] = Field(default_factory=dict)  # probe/advisory/other -> [requests, failed]
 
 
 # ------------------------------------------------------------------------------------------------ bake

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from stagecheck.contract.findings import ContractAudit
+
 
 class Status(StrEnum):
     PASS = "PASS"
@@ -99,6 +101,7 @@ class RevisionInfo(BaseModel):
     min_instances: int | None = None
     max_instances: int | None = None
     log_url: str | None = None
+    timeout_s: float | None = None  # the revision's request timeout (template.timeout)
 
     @property
     def startup_s(self) -> float | None:
@@ -146,6 +149,7 @@ class ServiceReport(BaseModel):
     flow_run_url: str | None = None
     estimated_monthly_cost_usd: float | None = None
     previous_estimated_monthly_cost_usd: float | None = None
+    contract: ContractAudit | None = None  # the breaking-changes audit (stage `contract`), when it compared
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.name == name), None)

@@ -319,6 +319,35 @@ def _health(report: ServiceReport, out: _Out, h: str) -> list[str]:
     return lines
 
 
+def _contract(report: ServiceReport, out: _Out, h: str, limit: int = 50) -> list[str]:
+    """The breaking-changes audit: what was compared, then one line per finding (rule id, level, operation,
+    location, text): a list, not a table, as the texts are long."""
+    lines = [f"{h}# Breaking changes audit", ""]
+    stage = report.stage(Stage.CONTRACT)
+    if stage is None:
+        return [*lines, "_Not run: the release stopped before the audit (or it is a dry run)._"]
+    lines.append(f"{STATUS_LABEL[stage.status]}: {out.text(stage.summary)}")
+    audit = report.contract
+    if audit is None:
+        return lines
+    lines += ["", f"- baseline: {out.code(audit.baseline_url or '—')} ({out.text(audit.baseline_revision or '—')}, "
+                  f"serving); candidate: {out.code(audit.candidate_url or '—')}",
+              f"- policy: fail_on = {out.code(audit.fail_on.value)}"
+              + (f"; ignore file {out.code(audit.ignore_file)}" if audit.ignore_file else "")]
+    lines += [f"- ⚠️ {out.text(problem)}" for problem in audit.problems]
+    if not audit.findings:
+        return [*lines, "", "_No change a client could notice._"]
+    ordered = sorted(audit.findings, key=lambda f: (f.ignored, -f.level.rank))
+    lines.append("")
+    for f in ordered[:limit]:
+        ignored = " _(ignored: in the ignore file)_" if f.ignored else ""
+        lines.append(f"- **{f.level.value}** {out.code(f.id)} · {out.code(f.operation)} · {out.code(f.location)} — "
+                     f"{out.text(f.text)}{ignored}")
+    if len(ordered) > limit:
+        lines.append(f"- … and {len(ordered) - limit} more in the JSON report (`contract.findings`)")
+    return lines
+
+
 def _bake(report: ServiceReport, out: _Out, h: str) -> list[str]:
     """What the bake window watched, for how long, and when a failure was first seen."""
     stages = [s for s in report.stages if s.name == Stage.BAKE]
@@ -363,6 +392,17 @@ def _group_lines(groups: Sequence[SignatureGroupData], out: _Out, limit: int = 1
     return lines
 
 
+
+_ORIGINS = {"probe": "stagecheck's probes", "advisory": "probes of advisory URLs (not in the rate)",
+            "other": "other traffic"}
+
+
+def request_origin_lines(data: LogsData) -> list[str]:
+    """One line per request origin: stagecheck's own probes apart from other traffic."""
+    return [f"  - {_ORIGINS.get(k, k)}: {v[0]} requests, {v[1]} failed" for k, v in data.by_origin.items()
+            if len(v) == 2]
+
+
 def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Logs analysis", ""]
     stage = report.stage(Stage.LOGS)
@@ -381,8 +421,9 @@ def _logs(report: ServiceReport, out: _Out, h: str) -> list[str]:
         f"compared with {out.code(previous)} over an equal window before it",
         f"- Entries: {data.total}; container/system by severity: {out.text(counts)}; "
         f"gating threshold {out.text(data.threshold)}",
-        f"- Requests: {data.requests}, 5xx: {data.server_errors} "
-        f"({data.error_rate_5xx * 100:.2f} %), cold-start 503/429 (excluded): {data.cold_start_errors}",
+        f"- Requests: {data.requests}, failed (5xx/429): {data.server_errors} of {data.counted_requests} counted "
+        f"({data.error_rate_5xx * 100:.2f} %), platform refusals (excused): {data.platform_refusals}",
+        *request_origin_lines(data),
     ]
     if data.truncated:
         lines.append("- ⚠️ The read was capped at the entry limit: older entries were not analysed")
@@ -539,6 +580,7 @@ def render_markdown(report: ServiceReport, *, secret_values: Iterable[str] = (),
         _stages_table(report, out, h),
         _performance(report, out, h),
         _health(report, out, h),
+        _contract(report, out, h),
         _bake(report, out, h),
         _logs(report, out, h),
         _criteria_table(report, out, h),

@@ -17,6 +17,7 @@ class Stage(StrEnum):
     PUSH = "push"  # the image is in the registry, pinned by digest
     DEPLOY = "deploy"  # a new revision, no traffic, with a tag; Ready
     PROBE_TAGGED = "probe-tagged"  # the candidate answers on its tag URL before any traffic
+    CONTRACT = "contract"  # the candidate's API contract (OpenAPI) against the serving revision's, before any traffic
     TRAFFIC = "traffic"  # one step of the traffic plan, verified against what serves
     PROBE_SERVING = "probe-serving"  # the service / LB URLs answer after each step
     BAKE = "bake"  # the canary hold / release bake: probes and logs watched for a while

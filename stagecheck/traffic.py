@@ -19,6 +19,7 @@ from stagecheck.stages import Stage
 LATEST = "LATEST"
 TAG_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 OWN_TAG_RE = re.compile(r"^sc-[0-9a-f]{7,40}$")  # the tags stagecheck gives its candidates (sc-<sha>)
+BASE_TAG = "sc-base"  # the tag stagecheck gives the serving revision (its baseline URL) for one release
 
 
 def _target(revision: str | None, percent: int, tag: str | None = None) -> TrafficTarget:
@@ -94,6 +95,16 @@ def with_tagged_candidate(serving: Sequence[TrafficTarget], revision: str, tag: 
         if t.revision == revision and t.tag is None:
             out[i] = _target(revision, t.percent, tag)
             return out
+    return [*out, _target(revision, 0, tag)]
+
+
+def with_tag(split: Sequence[TrafficTarget], revision: str, tag: str) -> list[TrafficTarget]:
+    """The split with `tag` on `revision` (a 0 % tag-only target; the tag leaves whichever target held it):
+    the revision gets a URL, every percent stays as it was."""
+    _check_tag(tag)
+    if not revision:
+        raise ValueError("revision name is empty")
+    out = _without_tag(split, tag)
     return [*out, _target(revision, 0, tag)]
 
 
@@ -187,17 +198,19 @@ def prune_own_tags(
     split: Sequence[TrafficTarget], keep: int, created: Mapping[str, datetime | None], current_tag: str | None
 ) -> tuple[list[TrafficTarget], list[str]]:
     """(split, removed tags): stagecheck's own `sc-*` tags beyond the `keep` newest (by the creation of
-    the revision they point to; the current candidate's tag counts first) lose their tag; a 0 % target
-    left without a tag is dropped, a serving one stays untagged. Tags that are not ours are never touched."""
+    the revision they point to; the current candidate's tag counts first) lose their tag, and so does the
+    baseline's `sc-base` (it served one release's comparison); a 0 % target left without a tag is dropped,
+    a serving one stays untagged. Tags that are not ours are never touched."""
     if keep < 1:
         raise ValueError("keep at least the current candidate's tag (keep >= 1)")
     own = [t for t in split if t.tag is not None and OWN_TAG_RE.match(t.tag)]
+    base = [t.tag for t in split if t.tag == BASE_TAG]
 
     def age_key(t: TrafficTarget) -> tuple[bool, float]:
         when = created.get(t.revision or "")
         return t.tag != current_tag, -(when.timestamp() if when else float("-inf"))
 
-    removed = [t.tag for t in sorted(own, key=age_key)[keep:] if t.tag is not None]
+    removed = [t.tag for t in sorted(own, key=age_key)[keep:] if t.tag is not None] + base
     out = [_target(t.revision, t.percent, None if t.tag in removed else t.tag) for t in split]
     return [t for t in out if t.percent > 0 or t.tag is not None], removed
 

@@ -24,6 +24,8 @@ REQUIRED_STAGES: tuple[Stage, ...] = (
     Stage.LOGS,
 )
 DRY_RUN_STAGES: tuple[Stage, ...] = (Stage.SYNTAX, Stage.BUILD)
+# not required: `contract` (it SKIPs by design when the serving revision has no API document or on a first
+# deployment; when it runs, a FAIL fails the verdict like any stage's)
 
 
 def required_stages(*, dry_run: bool) -> tuple[Stage, ...]:

@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported w
     from stagecheck.clients.identity import IdTokens
 
 PAGE = 1000  # entries per incremental read (one entries.list request)
+DEFAULT_REQUEST_TIMEOUT_S = 300.0  # Cloud Run's default `timeout`: how late a request entry can be written
+# entries arrive in Logging a little after they are written: entries.tail buffers 2 s by default "to prevent
+# out of order results due to late arriving log entries" (TailLogEntriesRequest.buffer_window)
+INGESTION_MARGIN_S = 2.0
 
 
 async def _pause(done: asyncio.Event, seconds: float) -> None:
@@ -50,9 +54,15 @@ async def _pause(done: asyncio.Event, seconds: float) -> None:
 async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: str, service: str, revision: str,
                         previous_revision: str | None, since: datetime, targets: list[ProbeTarget],
                         duration_s: float, interval_s: float, probes: ProbePolicy, rules: LogRules,
-                        tokens: IdTokens | None = None) -> StageResult:
+                        tokens: IdTokens | None = None,
+                        overlap_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> StageResult:
     """Watch the serving release for `duration_s`: probes every `interval_s`, log reads as often as the
-    project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate."""
+    project's read budget allows; FAIL at the first failed probe, new ERROR+ signature, crash or 5xx rate.
+
+    A request entry is stamped when the request arrived and written after the answer, so a slow one (a
+    504 at the request timeout) lands behind entries already read: each pass of reads starts `overlap_s`
+    (the revision's request timeout, plus an ingestion margin) before the previous pass began, and
+    entries are de-duplicated on insertId."""
     watched = [t for t in targets if t.mode != ProbeMode.OFF]
     watch = BakeWatch(label=label, planned_s=duration_s, started_at=datetime.now(UTC),
                       urls=[safe_url(t.url) for t in watched])
@@ -95,7 +105,8 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                                           deadline=ends)
         watch.log_reads += read.requests
         watch.log_retries += read.retried
-        return summarise([record_from_entry_dict(e) for e in read.entries], revision=previous_revision,
+        return summarise([record_from_entry_dict(e, rules.severity_fields) for e in read.entries],
+                         revision=previous_revision,
                          window=(since - length, since), retry_statuses=probes.retry_statuses), not read.declined
 
     async def log_loop() -> None:
@@ -103,18 +114,32 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
         if not complete:  # without the whole baseline every old signature would look new: the logs stage judges
             return
         records: dict[str, LogRecord] = {}
-        cursor = since
+        lookback = timedelta(seconds=overlap_s + INGESTION_MARGIN_S)
+        settled_to = since  # entries stamped before this were all written when the last pass began
+        resume: datetime | None = None  # paging through a backlog (the last read was a full page)
+        pass_began = datetime.now(UTC)
         while not done.is_set():
-            read = await reader.read_revision(service=service, revision=revision, start=cursor, max_entries=PAGE,
+            if resume is None:  # a new pass: from the request timeout (and the ingestion margin) back
+                pass_began = datetime.now(UTC)
+                start = max(since, settled_to)
+            else:
+                start = resume
+            read = await reader.read_revision(service=service, revision=revision, start=start, max_entries=PAGE,
                                               deadline=ends)
             watch.log_reads += read.requests
             watch.log_retries += read.retried
             if read.declined:  # no read slot left before the watch ends: the logs stage reads what follows
                 return
-            for entry in read.entries:
-                record = record_from_entry_dict(entry)
+            page_last = start
+            for entry in read.entries:  # de-duplicated on insertId: the overlap is read again each pass
+                record = record_from_entry_dict(entry, rules.severity_fields)
                 records.setdefault(record.insert_id or f"{record.timestamp.isoformat()} {record.message}", record)
-                cursor = max(cursor, record.timestamp)  # timestamp >= cursor: the last ones are read again, deduped
+                page_last = max(page_last, record.timestamp)
+            # a full page: read on from its last entry (timestamp >= it); else the pass is over: any request
+            # that arrived `overlap_s` before it began has been answered and written (a 504 at the timeout too)
+            resume = page_last if read.truncated and page_last > start else None
+            if resume is None:
+                settled_to = pass_began - lookback
             watch.log_entries = len(records)
             current = summarise(records.values(), revision=revision, window=(since, datetime.now(UTC)),
                                 retry_statuses=probes.retry_statuses)
@@ -127,7 +152,7 @@ async def watch_release(http: httpx.AsyncClient, reader: LogReader, *, label: st
                 firsts = [g.first_seen for g in comparison.new]
                 found("logs", reason, min(firsts) if firsts else None)
                 return
-            if not read.truncated:  # a full page: more is waiting, read on at once
+            if resume is None:  # after a full page more is waiting: read on at once
                 await _pause(done, interval_s)
 
     async def guard(loop: Callable[[], Awaitable[None]]) -> None:

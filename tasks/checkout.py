@@ -15,7 +15,7 @@ from stagecheck.checkout import Checkout, CheckoutError, prepare, remove
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.request import ValidationRequest
-from stagecheck.settings import ConfigError, ServiceConfig, Settings, check_sources
+from stagecheck.settings import ConfigError, ContractSettings, ServiceConfig, Settings, check_sources
 from stagecheck.stages import Stage
 from tasks.common import gate, guarded
 
@@ -45,9 +45,15 @@ def settings_in_tree(request: ValidationRequest, settings: Settings, checkout: C
         return fresh.model_copy(update={"report_dir": settings.report_dir})
     return settings.model_copy(update={
         "repo_root": checkout.relocate(settings.repo_root),
-        "services": tuple(s.model_copy(update={"source_dir": checkout.relocate(s.source_dir)})
-                          for s in settings.services),
+        "services": tuple(s.model_copy(update={"source_dir": checkout.relocate(s.source_dir), "contract": _moved_contract(
+                          s, checkout)}) for s in settings.services),
     })
+
+
+def _moved_contract(svc: ServiceConfig, checkout: Checkout) -> ContractSettings:
+    """The service's contract settings with its ignore file read from the commit's tree."""
+    ignore = svc.contract.ignore_file
+    return svc.contract.model_copy(update={"ignore_file": checkout.relocate(ignore) if ignore else None})
 
 
 def checkout_stage_result(checkout: Checkout, requested: str | None) -> StageResult:

@@ -15,6 +15,7 @@ import httpx
 from stagecheck.clients.images import Images, google_access_token
 from stagecheck.clients.result_storage import PushedImageRecords
 from stagecheck.errors import StageError
+from stagecheck.log_analysis.requests import PROBE_USER_AGENT
 from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.secret_values import registry_auth
 from stagecheck.settings import Settings
@@ -45,7 +46,7 @@ class Clients:
         """The probes' HTTP client (one pool for every probe of the run)."""
         if self._http is None:
             self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                           headers={"User-Agent": "stagecheck-probe/0.1"})
+                                           headers={"User-Agent": PROBE_USER_AGENT})
         return self._http
 
     @property
@@ -62,7 +63,7 @@ class Clients:
         if self._tokens is None:
             from stagecheck.clients.identity import IdTokens
 
-            self._tokens = IdTokens(self.settings.endpoints.credentials_file)
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block)
         return self._tokens
 
     @property

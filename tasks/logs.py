@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # the Logging client module loads google.api_core: imported w
     from stagecheck.clients.cloudlogging import LogReader
 
 
-def _records(entries: list[dict[str, Any]]) -> list[LogRecord]:
-    return [record_from_entry_dict(e) for e in entries]
+def _records(entries: list[dict[str, Any]], severity_fields: tuple[str, ...] = ()) -> list[LogRecord]:
+    return [record_from_entry_dict(e, severity_fields) for e in entries]
 
 
 def ingested_since(records: list[LogRecord], since: datetime) -> bool:
@@ -59,13 +59,13 @@ async def read_settled(reader: LogReader, *, service: str, revision: str, start:
         end = datetime.now(UTC)
         read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
                                           max_entries=page, newest_first=True)
-        records = _records(read.entries)
+        records = _records(read.entries, rules.severity_fields)
         settled = last_probe_at is None or ingested_since(records, last_probe_at - timedelta(seconds=1))
         if settled or time.monotonic() >= deadline:
             if read.truncated and rules.max_entries > page:  # the rest, up to max_entries, newest first
                 read = await reader.read_revision(service=service, revision=revision, start=start, end=end,
                                                   max_entries=rules.max_entries, newest_first=True)
-                records = _records(read.entries)
+                records = _records(read.entries, rules.severity_fields)
             return records, settled, read.truncated
         pause = interval - (time.monotonic() - asked)
         await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
@@ -90,7 +90,8 @@ async def analyse_logs(reader: LogReader, *, service: str, revision: str, previo
                 prev = await reader.read_revision(service=service, revision=previous_revision,
                                                   start=prev_window[0], end=prev_window[1],
                                                   max_entries=rules.max_entries, newest_first=True)
-                previous = summarise(_records(prev.entries), revision=previous_revision, window=prev_window,
+                previous = summarise(_records(prev.entries, rules.severity_fields), revision=previous_revision,
+                                     window=prev_window,
                                      retry_statuses=probes.retry_statuses)
         except StageError as exc:
             return judge_logs_unavailable(str(exc)), None

@@ -10,6 +10,7 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from stagecheck.log_analysis.requests import probe_user_agent
 from stagecheck.model import Criterion, StageResult, Status
 from stagecheck.probe_auth import auth_failures
 from stagecheck.prober import ProbeResult, ProbeTarget, probe_many, probe_websocket
@@ -22,7 +23,8 @@ if TYPE_CHECKING:  # google.auth's JWT and crypto modules: loaded where ID token
 
 async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, tokens: IdTokens | None,
                            service: str) -> list[ProbeTarget]:
-    """The targets with their ID-token header (probes.auth = "id_token") and the meaning of a 401/403.
+    """The targets with their ID-token header (probes.auth = "id_token"), stagecheck's User-Agent (an
+    advisory URL's probes marked: `log_analysis.requests`) and the meaning of a 401/403.
     A token that cannot be minted raises StageError (the stage fails with the reason)."""
     out: list[ProbeTarget] = []
     identity = tokens.identity if tokens is not None else "the run's identity"
@@ -33,8 +35,10 @@ async def with_credentials(targets: Sequence[ProbeTarget], policy: ProbePolicy, 
             token = await tokens.headers(target.audience)
         errors = auth_failures(auth=policy.auth, audience=target.audience if token else None, identity=identity,
                                service=service)
-        # the target's own headers (e.g. the Host of a load-balancer tag route) stay; the token joins them
-        headers = {**(target.headers or {}), **(token or {})} or None
+        # the target's own headers (e.g. the Host of a load-balancer tag route) stay; the token joins them;
+        # the User-Agent says the request is stagecheck's probe, of an advisory URL or not (request logs)
+        agent = {"User-Agent": probe_user_agent(target.mode == ProbeMode.ADVISORY)}
+        headers = {**agent, **(target.headers or {}), **(token or {})}
         out.append(replace(target, headers=headers, auth_errors=errors))
     return out
 

@@ -38,6 +38,9 @@ def rec(
     status: int | None = None,
     insert_id: str = "",
     url: str | None = None,
+    instance: str = "",
+    latency: float | None = None,
+    agent: str = "",
 ) -> LogRecord:
     return LogRecord(
         timestamp=T0 + timedelta(seconds=seconds),
@@ -48,7 +51,13 @@ def rec(
         insert_id=insert_id,
         http_status=status,
         request_url=url,
+        instance_id=instance,
+        latency_s=latency,
+        user_agent=agent,
     )
+
+
+NO_INSTANCE = "The request was aborted because there was no available instance."
 
 
 # ----------------------------------------------------------------------------------------- entry parsing
@@ -255,43 +264,61 @@ def test_examples_are_redacted() -> None:
     assert "[REDACTED]" in s.groups[0].example
 
 
-def test_cold_start_errors_are_counted_apart_from_the_5xx_rate() -> None:
+def test_real_503s_and_429s_count_even_when_a_2xx_follows() -> None:
+    """Issue 18: the rate is judged entry by entry, not by status order; a later 2xx excuses nothing."""
     records = [
-        rec(1, status=503, url="https://x/health"),
-        rec(2, status=429, url="https://x/health"),
-        rec(3, status=200, url="https://x/health"),
-        *[rec(4 + i, status=200, url="https://x/health") for i in range(6)],
-        rec(20, status=503, url="https://x/api/pay?id=7"),  # after the first 2xx: a real error
-        rec(21, status=500, url="https://x/api/pay"),
-        rec(22, status=404, url="https://x/missing"),
+        rec(1, status=503, url="https://x/health", instance="i-1", latency=0.01),  # an app's own 503
+        rec(2, status=429, url="https://x/health", latency=60.0,  # max instances: queued 60 s, then 429
+            message=NO_INSTANCE),
+        rec(3, status=200, url="https://x/health", instance="i-1"),
+        *[rec(4 + i, status=200, url="https://x/health", instance="i-1") for i in range(6)],
+        rec(20, status=503, url="https://x/api/pay?id=7", instance="i-1"),
+        rec(21, status=500, url="https://x/api/pay", instance="i-1"),
+        rec(22, status=404, url="https://x/missing", instance="i-1"),
     ]
     s = summarise(records, revision=NEW_REV, window=WINDOW)
-    assert s.requests == 12
-    assert s.cold_start_errors == 2
-    assert s.server_errors == 2
-    assert s.error_rate_5xx == pytest.approx(2 / 10)  # 12 requests less 2 cold-start
-    assert s.server_error_urls == {"503 /api/pay": 1, "500 /api/pay": 1}
+    assert s.requests == 12 and s.platform_refusals == 0
+    assert s.server_errors == 4
+    assert s.error_rate_5xx == pytest.approx(4 / 12)
+    assert s.server_error_urls == {"503 /health": 1, "429 /health": 1, "503 /api/pay": 1, "500 /api/pay": 1}
     assert s.groups == []  # request logs are not signature groups
     assert s.by_severity == {}
 
 
-def test_every_recovered_run_is_a_cold_start_but_an_unrecovered_one_is_not() -> None:
+def test_a_platform_refusal_is_classified_by_the_entry_itself_and_excused() -> None:
+    """firebase/firebase-functions#965: status 500, 0 ms, no instanceId, "no available instance"."""
+    refusal = rec(5, status=500, message=NO_INSTANCE, latency=0.0, insert_id="r1")
+    served = [rec(1 + i, status=200, instance="i-1") for i in range(3)]
+    s = summarise([*served, refusal], revision=NEW_REV, window=WINDOW)
+    assert (s.platform_refusals, s.server_errors, s.error_rate_5xx) == (1, 0, 0.0)
+    assert s.refusal_ids == ["r1"] and s.counted_requests == 3
+    # any one sign missing and it is the release's failure: an instance answered, or it waited, or no text
+    for not_refusal in (rec(5, status=500, message=NO_INSTANCE, latency=0.0, instance="i-1"),
+                        rec(5, status=500, message=NO_INSTANCE, latency=3.0),
+                        rec(5, status=500, message="", latency=0.0)):
+        s = summarise([*served, not_refusal], revision=NEW_REV, window=WINDOW)
+        assert (s.platform_refusals, s.server_errors) == (0, 1), not_refusal
+
+
+def test_probe_requests_are_counted_apart_and_advisory_probes_do_not_gate() -> None:
+    from stagecheck.log_analysis.requests import ADVISORY_USER_AGENT, PROBE_USER_AGENT
+
     records = [
-        rec(1, status=503), rec(2, status=200),                       # first start
-        rec(10, status=503), rec(11, status=503), rec(12, status=200),  # after scaling to zero
-        rec(20, status=503), rec(21, status=500), rec(22, status=200),  # a 500 inside: real errors
-        rec(30, status=503),                                          # never recovered
+        *[rec(1 + i, status=200, agent=PROBE_USER_AGENT, instance="i-1") for i in range(4)],
+        *[rec(10 + i, status=503, agent=ADVISORY_USER_AGENT, instance="i-1") for i in range(3)],
+        rec(20, status=200, agent="Mozilla/5.0", instance="i-1"),
+        rec(21, status=502, agent="Mozilla/5.0", instance="i-1", url="https://x/api"),
     ]
     s = summarise(records, revision=NEW_REV, window=WINDOW)
-    assert s.cold_start_errors == 3
-    assert s.server_errors == 3
-    assert s.server_error_urls == {"503 ?": 2, "500 ?": 1}
-
-
-def test_without_any_2xx_nothing_is_cold_start() -> None:
-    s = summarise([rec(1, status=503), rec(2, status=503)], revision=NEW_REV, window=WINDOW)
-    assert s.cold_start_errors == 0
-    assert s.error_rate_5xx == 1.0
+    assert s.by_origin == {"advisory": (3, 3), "other": (2, 1), "probe": (4, 0)}
+    assert s.server_errors == 1 and s.counted_requests == 6  # advisory probes shown, not gated
+    assert s.error_rate_5xx == pytest.approx(1 / 6)
+    assert s.server_error_urls == {"502 /api": 1}
+    result = judge_logs(s, compare(s, None, LogRules(max_5xx_rate=0.2)), LogRules(max_5xx_rate=0.2))
+    rate = next(c for c in result.criteria if c.name.startswith("5xx rate"))
+    assert rate.status is Status.PASS
+    assert "stagecheck's probes 4 (0 failed)" in rate.observed and "other traffic 2 (1 failed)" in rate.observed
+    assert "probes of advisory URLs (not gated) 3 (3 failed)" in rate.observed
 
 
 def test_naive_or_inverted_window_is_rejected() -> None:
@@ -382,7 +409,8 @@ def _criterion(result: Any, prefix: str) -> Any:
 
 
 def test_judge_passes_clean_logs() -> None:
-    current = [rec(1, "started"), rec(2, status=503), rec(3, status=200), rec(4, status=200)]
+    refusal = rec(2, status=503, message=NO_INSTANCE, latency=0.0)  # Cloud Run's front end: excused
+    current = [rec(1, "started"), refusal, rec(3, status=200), rec(4, status=200)]
     cur, prev = _summaries(current, [_old(1, "started")])
     result = judge_logs(cur, compare(cur, prev, LogRules()), LogRules())
     assert result.name == "logs"
@@ -393,8 +421,8 @@ def test_judge_passes_clean_logs() -> None:
         "No crash signatures",
         "5xx rate <= 0 %",
     ]
-    assert "1 cold-start" in _criterion(result, "5xx").observed
-    assert result.data["cold_start_errors"] == 1
+    assert "1 platform refusal(s) (excused)" in _criterion(result, "5xx").observed
+    assert result.data["platform_refusals"] == result.data["cold_start_errors"] == 1
 
 
 def test_judge_fails_on_new_error_signature_and_lists_evidence() -> None:
@@ -658,3 +686,13 @@ def test_failed_logs_gate_names_the_top_signatures_with_a_redacted_example() -> 
     assert "x2 (e.g. \"ledger write failed for token=" in result.summary
     assert "sk_live_abcdefghijklmnop1234" not in result.summary
     assert "\"Traceback: KeyError: 'discount_code'\" x1 (e.g. \"KeyError: 'discount_code'\")" in result.summary
+
+
+def test_an_apps_own_access_log_line_is_not_counted_again() -> None:
+    """An app that logs `httpRequest` in its JSON lines (the sample service does) writes a second record of
+    a request Cloud Run's request log already holds: only the platform's entry counts."""
+    platform = rec(1, status=503, instance="i-1")
+    own = LogRecord(timestamp=T0 + timedelta(seconds=1), severity="ERROR", message="GET /health 503",
+                    stream="stdout", revision=NEW_REV, http_status=503, instance_id="i-1")
+    s = summarise([platform, own], revision=NEW_REV, window=WINDOW)
+    assert (s.requests, s.server_errors) == (1, 1) and s.groups == []

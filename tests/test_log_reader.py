@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,22 @@ def test_newest_first_reads_keep_the_newest_and_say_they_were_truncated(logging_
     assert newest.truncated and newest.requests == 1
     whole = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=10))
     assert len(whole.entries) == 10 and not whole.truncated
+
+
+def test_an_empty_page_with_a_next_page_token_is_not_the_end(logging_api: LoggingSandbox) -> None:
+    """ListLogEntriesResponse: "If entries is empty, nextPageToken may still be returned, indicating that
+    more entries may exist." The sandbox answers so every other call here; the reader pages on."""
+    start = add_lines(logging_api, 10)
+    logging_api.pages.every = 2  # calls 1, 3, 5 ...: an empty page and a token
+    reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file))
+    fast(reader)
+    read = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=100))
+    assert [e["textPayload"] for e in read.entries] == [f"line {n}" for n in range(10)]
+    assert read.requests == 2 and not read.truncated and logging_api.pages.answered == 1
+    newest = asyncio.run(reader.read_revision(service="shop", revision=REV, start=start, max_entries=3,
+                                              newest_first=True))
+    assert [e["textPayload"] for e in newest.entries] == ["line 9", "line 8", "line 7"]
+    assert newest.truncated and logging_api.pages.answered == 2
 
 
 def test_the_settle_check_sees_the_last_probe_on_a_busy_revision_and_reports_the_cap(
@@ -413,3 +430,31 @@ def test_a_shared_answer_that_cannot_be_split_fails_every_read_closed() -> None:
     for w in waiting:
         with pytest.raises(StageError, match=f"{w.what} \\(malformed answer\\)"):
             w.outcome.result(timeout=5)
+
+
+def test_a_level_field_is_default_on_cloud_run_and_gated_only_when_opted_in(logging_api: LoggingSandbox) -> None:
+    """`{"level": "error"}` is no severity in Cloud Logging (only `severity` is): the entry is DEFAULT and
+    the gate does not see it, unless `logs.severity_fields = ["level"]` says where the app writes it."""
+    from stagecheck.model import Status
+    from stagecheck.settings import ProbePolicy
+    from tasks.logs import analyse_logs
+
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    for n in range(3):
+        logging_api.store.append(container_entry(
+            project=PROJECT, location="europe-west1", service="shop", revision=REV, stream="stdout",
+            line=f'{{"level": "error", "msg": "ledger write failed (order {n})"}}',
+            timestamp=start + timedelta(seconds=n)))
+    raw = logging_api.store.list_entries(resource_names=[f"projects/{PROJECT}"], filter_="")[0]
+    assert {e["severity"] for e in raw} == {"DEFAULT"}
+
+    def judged(rules: LogRules) -> Any:
+        reader = LogReader(settings(logging_api.endpoint, logging_api.credentials_file))
+        return asyncio.run(analyse_logs.fn(reader, service="shop", revision=REV, previous_revision=None,
+                                           start=start, last_probe_at=None, rules=rules, probes=ProbePolicy()))
+
+    unseen = judged(LogRules())
+    assert unseen.data["by_severity"] == {"DEFAULT": 3} and not unseen.data["new"]
+    opted = judged(LogRules(severity_fields=("level",)))
+    assert opted.status is Status.FAIL and opted.data["by_severity"] == {"ERROR": 3}
+    assert [g["severity"] for g in opted.data["new"]] == ["ERROR"]

@@ -42,6 +42,7 @@ SECTIONS = [
     "Stages",
     "Performance impact vs previous revision",
     "Service health",
+    "Breaking changes audit",
     "Logs analysis",
     "Success criteria",
     "Issues identified",
@@ -126,11 +127,15 @@ def logs_stage(current: list[tuple[float, str, str]], previous: list[tuple[float
         LogRecord(
             timestamp=T0 + timedelta(seconds=1 + i),
             severity="INFO",
-            message="",
+            # the 503: Cloud Run's front end refused it (no instance, 0 s, its text), excused
+            message="The request was aborted because there was no available instance." if code == 503 else "",
             stream="requests",
             revision=NEW,
             http_status=code,
             request_url="https://tag---checkout.run.app/health",
+            latency_s=0.0,
+            instance_id="" if code == 503 else "00ab",
+            user_agent="stagecheck-probe/0.1",
         )
         for i, code in enumerate([503, 200, 200, 200])
     ]
@@ -397,7 +402,8 @@ def test_logs_failure_with_rollback(logs_fail_report: ServiceReport) -> None:
     assert "**New signatures (gated):** 2" in logs
     assert "**Pre-existing signatures (also on the previous revision):** 1" in logs
     assert "No module named 'stripe'" in logs and "crash: import-error" in logs
-    assert "cold-start 503/429 (excluded): 1" in logs
+    assert "platform refusals (excused): 1" in logs
+    assert "stagecheck's probes: 4 requests, 0 failed" in logs
     rollback = section(md, "Rollback")
     assert f"succeeded: traffic restored to {OLD} 100%" in rollback
     assert "restored in 3.2 s" in rollback

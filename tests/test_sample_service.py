@@ -197,6 +197,23 @@ def test_crash_on_start_prints_a_python_traceback(run_service: RunService) -> No
     assert "ModuleNotFoundError: No module named" in err
 
 
+def test_openapi_document_is_the_selected_variant_or_404(run_service: RunService) -> None:
+    from pathlib import Path
+
+    variants = Path(__file__).resolve().parents[1] / "examples" / "sample-service" / "app" / "openapi"
+    _, with_doc = run_service(OPENAPI_VARIANT="removed-operation")
+    _, without = run_service()
+    served, _ = first_response(f"http://127.0.0.1:{with_doc}/openapi.json", timeout_s=5)
+    missing, _ = first_response(f"http://127.0.0.1:{without}/openapi.json", timeout_s=5)
+    assert served.status_code == 200 and served.headers["content-type"] == "application/json"
+    assert served.json() == json.loads((variants / "removed-operation.json").read_text())
+    assert missing.status_code == 404
+    for bad in ("../etc/passwd", "no-such-variant"):
+        container, _ = run_service(OPENAPI_VARIANT=bad)
+        assert container.wait(timeout=15)["StatusCode"] != 0
+        assert "OPENAPI_VARIANT" in stdout_lines(container)[-1]["message"]
+
+
 def test_invalid_configuration_is_logged_and_exits(run_service: RunService) -> None:
     container, _ = run_service(HEALTH_STATUS="sideways")
     assert container.wait(timeout=15)["StatusCode"] != 0

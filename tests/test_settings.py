@@ -168,3 +168,13 @@ def test_cpu_rule(cpu: str, valid: bool) -> None:
     from stagecheck.settings import cpu_is_valid
 
     assert cpu_is_valid(cpu) is valid
+
+
+def test_log_severity_fields_are_opt_in_json_field_names(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, MINIMAL), environ={}).logs.severity_fields == ()  # off by default
+    ok = load_settings(write(tmp_path, MINIMAL + '[logs]\nseverity_fields = ["level"]\n'), environ={})
+    assert ok.logs.severity_fields == ("level",)
+    for bad, words in (('["lev el"]', "is not a JSON field name"), ('["severity"]', "Cloud Logging already reads it")):
+        with pytest.raises(ConfigError) as info:
+            load_settings(write(tmp_path, MINIMAL + f"[logs]\nseverity_fields = {bad}\n"), environ={})
+        assert "logs.severity_fields" in str(info.value) and words in str(info.value)

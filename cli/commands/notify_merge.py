@@ -1,10 +1,10 @@
-"""`stagecheck notify-merge --sha SHA --ref REF --repo NAME`: tell Prefect a commit was merged.
+"""`stagecheck notify-merge --sha SHA --ref REF --repo NAME [--url GIT_URL] [--config PATH]`: tell Prefect a
+commit was merged.
 
-Emits the `stagecheck.git.merged` event (resource `git.repo.<name>`, payload sha/ref/repo) through
-the Prefect API in PREFECT_API_URL (or --api-url); deployments with a merge trigger start a
-validation of that SHA. One line in any CI system after the merge step.
-
-Exit 0 when the API took the event, 1 when it could not be reached, 2 on bad input.
+Emits the `stagecheck.git.merged` event (resource `git.repo.<name>` with labels `stagecheck.git.ref`, and
+`stagecheck.git.url` / `stagecheck.git.config` when given; payload sha/ref/repo/url/config) through the Prefect
+API of the active Prefect profile (PREFECT_API_URL, a profile's, Prefect Cloud's after `prefect cloud login`)
+or --api-url; deployments with a merge trigger start a validation of that SHA. One line in any CI system.
 """
 
 from __future__ import annotations
@@ -17,16 +17,35 @@ import sys
 from deployments.events import MERGE_EVENT, MergeEvent, MergeEventError
 
 RECONNECTION_ATTEMPTS = 2
+EPILOG = """environment:
+  PREFECT_API_URL, PREFECT_API_KEY   the Prefect API (default: the active profile's, `prefect profile use`)
+  PREFECT_PROFILE                    the Prefect profile to use
+
+exit status:
+  0  the API took the event
+  1  the API could not be reached or refused the event
+  2  bad input (the flag named with its rule) or no Prefect API configured"""
+
+
+def profile_api_url() -> str | None:
+    """The API URL of the active Prefect profile (PREFECT_API_URL in the environment wins, as in Prefect)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stagecheck notify-merge",
-                                     description="Emit a merge event that triggers a staging validation.")
+    parser = argparse.ArgumentParser(
+        prog="stagecheck notify-merge", description="Emit a merge event that triggers a staging validation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--sha", required=True, help="the merged commit (hex, 7-40 characters)")
     parser.add_argument("--ref", required=True, help="the branch merged into, e.g. main or refs/heads/main")
     parser.add_argument("--repo", required=True, help="repository name, e.g. shop or acme/shop")
-    parser.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL"),
-                        help="Prefect API (default: $PREFECT_API_URL)")
+    parser.add_argument("--url", help="the repository's git URL, without credentials (targets of another "
+                                      "repository take only merges of their URL)")
+    parser.add_argument("--config", help="path of the stagecheck.toml inside the repository (an event label)")
+    parser.add_argument("--api-url", default=None,
+                        help="Prefect API (default: the active Prefect profile's PREFECT_API_URL)")
     return parser.parse_args(argv)
 
 
@@ -47,18 +66,19 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
     try:
-        merge = MergeEvent.parse(args.sha, args.ref, args.repo)
+        merge = MergeEvent.parse(args.sha, args.ref, args.repo, args.url, args.config)
     except MergeEventError as exc:
         print(f"stagecheck notify-merge: {exc}", file=sys.stderr)
         return 2
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    args.api_url = args.api_url or profile_api_url()
     if not args.api_url:
-        print("stagecheck notify-merge: no Prefect API: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) "
-              "or pass --api-url", file=sys.stderr)
+        print("stagecheck notify-merge: no Prefect API: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), "
+              "use a Prefect profile that has one (`prefect profile use`), or pass --api-url", file=sys.stderr)
         return 2
     if not args.api_url.startswith(("http://", "https://")):
         print(f"stagecheck notify-merge: --api-url {args.api_url!r} is not an http(s) URL", file=sys.stderr)
         return 2
-    os.environ.setdefault("DO_NOT_TRACK", "1")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     try:

@@ -1,10 +1,12 @@
 """`stagecheck validate`: run the validation flow with a live stage display.
 
-Exit 0 when every verdict passes, 1 when one fails, 2 on bad usage or configuration."""
+Exit 0 when every verdict passes, 1 when one fails, 2 on bad usage or configuration. With `--format json` the
+verdicts and report paths are one JSON document on stdout and the progress goes to stderr."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, NoReturn
@@ -18,14 +20,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+EPILOG = """environment:
+  STAGECHECK_CONFIG        default of --config
+  STAGECHECK_STATE_DIR     default of --state-dir (where the sandbox writes sandbox.json)
+  STAGECHECK_CACHE_DIR     the syntax cache and the per-run checkouts (default ~/.cache/stagecheck)
+  STAGECHECK_GIT_REMOTE    the remote a commit is fetched from (default: the clone's origin)
+  STAGECHECK_FLOW_TIMEOUT_S  the flow's timeout, a backstop (default 30 hours)
+  STAGECHECK_<KEY>, STAGECHECK_<SECTION>__<KEY>   any config key, e.g. STAGECHECK_PROBES__DEADLINE_S=90
+  STAGECHECK_REGISTRY_USERNAME, STAGECHECK_REGISTRY_PASSWORD   a registry login that is not Google's
+  PREFECT_API_URL, PREFECT_API_KEY, PREFECT_PROFILE   the Prefect API (default: the active profile's, else a
+                           temporary local server); GOOGLE_APPLICATION_CREDENTIALS / ADC for Google Cloud
+  DOCKER_HOST              the Docker Engine of the build stage
+
+exit status:
+  0  every verdict passed
+  1  a verdict failed, or the run could not start (Prefect API, concurrency limits)
+  2  bad usage or configuration (the flag or field named with its rule; nothing built or deployed)"""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.")
+    parser = _Parser(prog="stagecheck validate", description="Validate a release on Cloud Run staging.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--config", default=os.environ.get("STAGECHECK_CONFIG", "stagecheck.toml"),
-                        help="stagecheck.toml to use (default: %(default)s)")
+                        help="stagecheck.toml to use (default: %(default)s; with --repository: its path in there)")
+    parser.add_argument("--repository", help="git URL or absolute path of the service repository to validate "
+                                             "(default: the repository of the working directory)")
+    parser.add_argument("--repository-credentials", metavar="BLOCK",
+                        help="Prefect block with the repository's HTTPS token (a Secret's name, or type/name)")
     parser.add_argument("--service", action="append", default=[], help="only this service (repeatable)")
     parser.add_argument("--sandbox", action="store_true", help="target the local sandbox (sandbox.json endpoints)")
     parser.add_argument("--state-dir", default=os.environ.get("STAGECHECK_STATE_DIR", ".stagecheck"))
     parser.add_argument("--git-sha", help="commit to validate (default: HEAD)")
+    parser.add_argument("--git-ref", help="branch or ref the commit came from (in the report; with --repository "
+                                          "and no --git-sha: the ref to check out)")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="json: the verdicts and report paths as JSON on stdout, the progress on stderr")
     parser.add_argument("--traffic", help="traffic steps, e.g. 10,50,100 (default: from the config)")
     parser.add_argument("--hold", help="seconds to hold each canary step")
     parser.add_argument("--bake", help="seconds to watch the release after the last step")
@@ -43,7 +72,9 @@ class UsageError(Exception):
 
 # ValidationRequest field -> the flag that sets it
 FLAGS = {"config": "--config", "services": "--service", "git_sha": "--git-sha", "traffic_steps": "--traffic",
-         "canary_hold_s": "--hold", "bake_s": "--bake", "state_dir": "--state-dir", "dry_run": "--dry-run", "sandbox": "--sandbox"}
+         "canary_hold_s": "--hold", "bake_s": "--bake", "state_dir": "--state-dir", "dry_run": "--dry-run",
+         "sandbox": "--sandbox", "git_ref": "--git-ref", "repository": "--repository",
+         "repository_credentials": "--repository-credentials"}
 
 
 def parse_traffic(text: str) -> list[int]:
@@ -87,13 +118,23 @@ def build_request(args: argparse.Namespace) -> Any:
 
     if args.git_sha is not None and not re.fullmatch(r"[0-9a-f]{7,40}", args.git_sha):
         raise UsageError(f"--git-sha {args.git_sha[:60]!r}: a commit SHA, 7 to 40 lowercase hex digits")
+    if args.git_ref is not None and (not re.fullmatch(r"[A-Za-z0-9._/+-]{1,255}", args.git_ref) or ".." in args.git_ref):
+        raise UsageError(f"--git-ref {args.git_ref[:60]!r}: a git ref, e.g. main or refs/heads/main")
+    if args.repository is not None:
+        from stagecheck.repository import RepositoryError, check_url
+
+        try:
+            check_url(args.repository)
+        except RepositoryError as exc:
+            raise UsageError(f"--repository: {str(exc).removeprefix('repository').lstrip(': ')}") from None
     steps = parse_traffic(args.traffic) if args.traffic is not None else None
     hold = parse_hold(args.hold) if args.hold is not None else None
     bake = parse_hold(args.bake, "--bake") if args.bake is not None else None
     try:
         return ValidationRequest(config=args.config, services=args.service, git_sha=args.git_sha,
-                                 traffic_steps=steps, canary_hold_s=hold, bake_s=bake, dry_run=args.dry_run,
-                                 sandbox=args.sandbox, state_dir=args.state_dir)
+                                 git_ref=args.git_ref, traffic_steps=steps, canary_hold_s=hold, bake_s=bake,
+                                 dry_run=args.dry_run, sandbox=args.sandbox, state_dir=args.state_dir,
+                                 repository=args.repository, repository_credentials=args.repository_credentials)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
@@ -117,12 +158,14 @@ def main(argv: list[str]) -> int:
 
     try:
         request = build_request(args)
-        settings = request.load()
-        try:
-            chosen = [settings.service(name) for name in request.services]
-        except ConfigError as exc:
-            raise UsageError(f"--service: {exc}") from None
-        check_sources(settings, chosen or None)
+        settings = None
+        if not request.repository:  # else the config is in that repository: the run reads it at the commit
+            settings = request.load()
+            try:
+                chosen = [settings.service(name) for name in request.services]
+            except ConfigError as exc:
+                raise UsageError(f"--service: {exc}") from None
+            check_sources(settings, chosen or None)
     except (UsageError, ConfigError) as exc:
         print(f"stagecheck validate: {exc}", file=sys.stderr)
         return 2
@@ -190,17 +233,20 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     from stagecheck.concurrency import ensure_service_limits
     from stagecheck.progress import current_progress
 
-    try:  # this run's setup: the per-service limits its flow acquires with strict=True (a dry run takes none)
-        if not request.dry_run:
-            asyncio.run(ensure_service_limits(request.services or [s.name for s in settings.services]))
+    # --format json: stdout carries only the JSON document, the progress goes to stderr
+    out = sys.stderr if args.format == "json" else sys.stdout
+    names = request.services or ([s.name for s in settings.services] if settings else [])
+    try:  # this run's setup: the per-service limits its flow acquires with strict=True (a dry run takes none;
+        if not request.dry_run and names:  # a run of another repository creates its services' limits itself)
+            asyncio.run(ensure_service_limits(names))
     except Exception as exc:
         print(f"stagecheck validate: cannot set up the per-service concurrency limits: {exc}", file=sys.stderr)
         return 1
 
-    display = LiveDisplay()
-    names = ", ".join(request.services or [s.name for s in settings.services])
-    print(f"stagecheck: validating {names} on {settings.project}/{settings.region}"
-          f"{' (sandbox)' if args.sandbox else ''}", flush=True)
+    display = LiveDisplay(out)
+    where = f"{settings.project}/{settings.region}" if settings else f"{request.repository} ({request.config})"
+    print(f"stagecheck: validating {', '.join(names) or 'every service'} of {where}"
+          f"{' (sandbox)' if args.sandbox else ''}", file=out, flush=True)
     token = current_progress.set(display)
     try:
         with display:
@@ -208,10 +254,26 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     finally:
         current_progress.reset(token)
     display.print_summary()
-    links = dict.fromkeys(r.flow_run_url for r, _ in display.reports if r.flow_run_url)
-    for link in links:
-        print(f"Prefect UI: {link}", flush=True)
+    passed = state.is_completed() and bool(display.reports) and all(r.verdict.value == "pass"
+                                                                     for r, _ in display.reports)
+    if args.format == "json":
+        print(json.dumps(verdict_document(display.reports, passed, None if display.reports
+                                          else redact(str(state.message)))), flush=True)
+    else:
+        for link in dict.fromkeys(r.flow_run_url for r, _ in display.reports if r.flow_run_url):
+            print(f"Prefect UI: {link}", flush=True)
     if not display.reports:  # the flow died before any report: say why
         print(f"stagecheck validate: run failed before reporting: {redact(str(state.message))}", file=sys.stderr)
         return 1
-    return 0 if state.is_completed() and all(r.verdict.value == "pass" for r, _ in display.reports) else 1
+    return 0 if passed else 1
+
+
+def verdict_document(reports: list[Any], passed: bool, reason: str | None) -> dict[str, Any]:
+    """Pure: what `--format json` prints: the run's verdict, each service's verdict and report path, and why a
+    run that reported nothing failed."""
+    doc: dict[str, Any] = {"verdict": "pass" if passed else "fail", "services": [
+        {"service": r.service, "verdict": r.verdict.value, "decided_by": r.decided_by, "git_sha": r.git_sha,
+         "report": str(path)} for r, path in reports]}
+    if reason is not None:
+        doc["reason"] = reason
+    return doc

@@ -137,6 +137,7 @@ def revision_info(rev: run_v2.Revision) -> RevisionInfo:
         cpu=limits.get("cpu"),
         min_instances=rev.scaling.min_instance_count,
         max_instances=rev.scaling.max_instance_count,
+        timeout_s=rev.timeout.total_seconds() if "timeout" in rev else None,
     )
 
 
@@ -443,6 +444,18 @@ class CloudRun:
         op, _ = await self.update_with_retry(current, lambda _: (None, split), update_mask=mask,
                                              annotations=annotations)
         return await self.finish(op, f"set traffic of {service}", timeout_s)
+
+    async def tag_revision(self, service: str, revision: str, tag: str, timeout_s: float) -> run_v2.Service:
+        """Give `revision` the traffic tag `tag` (a 0 % target) without moving traffic: the split read now
+        (again after an etag mismatch) with the tag added, mask `traffic`; the service once the operation is done."""
+        from stagecheck.traffic import with_tag
+
+        current = await self.get_service(service)
+        if current is None:
+            raise StageError(f"service {service} not found")
+        op, _ = await self.update_with_retry(
+            current, lambda svc: (None, with_tag(split_from_proto(svc.traffic), revision, tag)), update_mask=TRAFFIC_MASK)
+        return await self.finish(op, f"tag {revision} of {service} as {tag}", timeout_s)
 
     async def set_annotations(self, service: str, changes: Mapping[str, str | None], timeout_s: float,
                               *, wait: bool = True) -> run_v2.Service | None:

@@ -100,11 +100,44 @@ def _mint_with_key(credentials_file: str, audience: str) -> str:
     return str(creds.token)
 
 
-def _mint_with_adc(audience: str) -> str:
-    from google.auth.transport.requests import Request
-    from google.oauth2 import id_token
+def id_token_source(creds: Credentials, audience: str) -> Credentials:
+    """ID-token credentials of the same identity as the API credentials `creds`: a service-account key signs
+    its own; impersonated credentials (`gcloud auth application-default login --impersonate-service-account
+    SA`) ask the IAM Credentials API for SA's token; the metadata server's identity asks the metadata server.
+    A person's own user credentials cannot mint ID tokens (DefaultCredentialsError saying what to do)."""
+    from google.auth import compute_engine, impersonated_credentials
+    from google.oauth2 import service_account
 
-    return str(id_token.fetch_id_token(Request(), audience))
+    if isinstance(creds, service_account.Credentials):
+        return service_account.IDTokenCredentials(
+            creds.signer, creds.service_account_email, creds._token_uri, audience)  # the key's token endpoint
+    if isinstance(creds, impersonated_credentials.Credentials):
+        return impersonated_credentials.IDTokenCredentials(creds, target_audience=audience, include_email=True)
+    if isinstance(creds, compute_engine.Credentials):
+        from google.auth.transport.requests import Request
+
+        return compute_engine.IDTokenCredentials(Request(), audience, use_metadata_identity_endpoint=True)
+    raise auth_exc.DefaultCredentialsError(
+        f"{type(creds).__module__}.{type(creds).__name__} cannot mint ID tokens: use a service account "
+        "(impersonate one: gcloud auth application-default login --impersonate-service-account SA)")
+
+
+def mint_id_token(creds: Credentials, audience: str) -> str:
+    """An ID token for `audience` of the identity of `creds` (blocking: call it in a worker thread)."""
+    from google.auth.transport.requests import Request
+
+    source = id_token_source(creds, audience)
+    source.refresh(Request())  # type: ignore[no-untyped-call]
+    return str(source.token)
+
+
+def _mint_with_adc(audience: str) -> str:
+    """Application Default Credentials, as the API clients read them (GOOGLE_APPLICATION_CREDENTIALS, gcloud's
+    application-default file, impersonated or not, the metadata server): the same identity for both."""
+    import google.auth
+
+    creds, _ = google.auth.default()
+    return mint_id_token(creds, audience)
 
 
 def token_expiry(token: str) -> float:
@@ -122,13 +155,21 @@ class _Cached:
 class IdTokens:
     """Google ID tokens per audience, minted once and reused until REFRESH_MARGIN_S before expiry."""
 
-    def __init__(self, credentials_file: str | None, *, clock: Callable[[], float] = time.time,
-                 mint: Callable[[str], str] | None = None) -> None:
+    def __init__(self, credentials_file: str | None, *, block: str | None = None,
+                 clock: Callable[[], float] = time.time, mint: Callable[[str], str] | None = None) -> None:
+        """The identity is the API clients' (`api_credentials`): the GcpCredentials `block` when set, else the
+        key file, else Application Default Credentials."""
         self.credentials_file = credentials_file
-        self.identity = identity_of(credentials_file)
+        self.identity = f"the GcpCredentials block {block!r}" if block else identity_of(credentials_file)
         self._clock = clock
-        self._mint = mint or (
-            (lambda aud: _mint_with_key(credentials_file, aud)) if credentials_file else _mint_with_adc)
+        if mint is None:
+            if block:
+                mint = lambda aud: mint_id_token(block_credentials(block), aud)  # noqa: E731
+            elif credentials_file:
+                mint = lambda aud: _mint_with_key(credentials_file, aud)  # noqa: E731
+            else:
+                mint = _mint_with_adc
+        self._mint = mint
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.minted = 0  # how many tokens were minted (tests check the reuse)
@@ -142,6 +183,8 @@ class IdTokens:
             try:
                 token = await asyncio.to_thread(self._mint, audience)
                 expires_at = token_expiry(token)
+            except StageError:  # the block is missing or unusable: its own message
+                raise
             except (auth_exc.GoogleAuthError, ValueError, KeyError, OSError) as exc:
                 # the exception text may quote the server's answer but never a token we hold
                 raise StageError(f"could not get an ID token for audience {audience} as {self.identity}: "

@@ -64,6 +64,18 @@ def top_signatures(groups: Sequence[SignatureGroup], limit: int = MAX_REASON_SIG
     return "; ".join(parts)
 
 
+_ORIGIN_NAMES = {"probe": "stagecheck's probes", "advisory": "probes of advisory URLs (not gated)",
+                 "other": "other traffic"}
+
+
+def origins(summary: LogSummary) -> str:
+    """`stagecheck's probes 12 (0 failed), other traffic 30 (1 failed), 1 platform refusal (excused)`."""
+    parts = [f"{_ORIGIN_NAMES.get(k, k)} {n} ({failed} failed)" for k, (n, failed) in summary.by_origin.items()]
+    if summary.platform_refusals:
+        parts.append(f"{summary.platform_refusals} platform refusal(s) (excused)")
+    return ", ".join(parts) or "no requests"
+
+
 def judge_logs(
     current: LogSummary, comparison: LogComparison, rules: LogRules, *, truncated: bool = False
 ) -> StageResult:
@@ -104,23 +116,23 @@ def judge_logs(
         evidence=[_pointer("new", g) for g in crashes_new[:5]]
         + [_pointer("pre-existing", g) for g in crashes_pre[:5]],
     )
-    counted = current.requests - current.cold_start_errors
     rate_fail = current.error_rate_5xx > rules.max_5xx_rate
     rate_status = Status.FAIL if rate_fail else Status.WARN if current.requests == 0 else Status.PASS
     rate = Criterion(
         name=f"5xx rate <= {_percent(rules.max_5xx_rate)}",
         stage=STAGE_NAME,
         status=rate_status,
-        expected=f"<= {_percent(rules.max_5xx_rate)} of request logs answered 5xx (cold-start 503/429 excluded)",
+        expected=f"<= {_percent(rules.max_5xx_rate)} of request logs answered 5xx or 429 (Cloud Run's platform "
+        "refusals and advisory URLs' probes excluded)",
         observed=(
             "no request logs in the window"
             if current.requests == 0
-            else f"{_percent(current.error_rate_5xx)} ({current.server_errors}/{counted}), "
-            f"{current.cold_start_errors} cold-start"
+            else f"{_percent(current.error_rate_5xx)} ({current.server_errors}/{current.counted_requests}); "
+            f"{origins(current)}"
         ),
         evidence=[
             f"{key} x{n}" for key, n in sorted(current.server_error_urls.items(), key=lambda kv: -kv[1])[:5]
-        ],
+        ] + [f"platform refusal {i}" for i in current.refusal_ids],
     )
 
     problems: list[str] = []
@@ -153,7 +165,7 @@ def judge_logs(
         Evidence(
             kind="log",
             summary=f"{current.total} entries of {current.revision} ({counts}); "
-            f"{current.requests} requests, {current.server_errors} 5xx, {current.cold_start_errors} cold-start",
+            f"{current.requests} requests, {current.server_errors} failed; {origins(current)}",
             data={
                 "by_severity": dict(current.by_severity),
                 "total": current.total,
@@ -184,6 +196,9 @@ def judge_logs(
         below_threshold=len(comparison.below_threshold),
         crashes=[groups(g) for g in current.crashes],
         truncated=truncated,
+        platform_refusals=current.platform_refusals,
+        counted_requests=current.counted_requests,
+        by_origin={k: list(v) for k, v in current.by_origin.items()},
     )
     return StageResult(
         name=STAGE_NAME,

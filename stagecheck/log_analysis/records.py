@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,7 @@ class LogRecord:
     request_url: str | None = None
     instance_id: str = ""  # labels.instanceId: lines of one instance belong together
     insert_ids: tuple[str, ...] = ()  # every entry of a grouped record (a multi-line traceback)
+    user_agent: str = ""  # httpRequest.userAgent of a request entry (stagecheck's probes say who they are)
 
 
 def _stream_of(log_name: str) -> str:
@@ -113,8 +114,35 @@ def _duration_s(value: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def record_from_entry_dict(entry: Mapping[str, Any]) -> LogRecord:
-    """A Cloud Logging API entry (JSON shape) -> LogRecord. ValueError when it lacks a timestamp."""
+# what applications write in their own severity fields (`logs.severity_fields`), as LogSeverity names
+_SEVERITY_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR",
+                     "TRACE": "DEBUG", "PANIC": "EMERGENCY"}
+
+
+def app_severity(payload: Mapping[str, Any], fields: Sequence[str]) -> str | None:
+    """Pure: the severity an application wrote in one of its own jsonPayload fields (e.g. pino/winston
+    `level`), opted into with `logs.severity_fields`: a LogSeverity name in any case or a common alias
+    (WARN, FATAL, ERR, TRACE, ...), or pino's numbers (10..60). Cloud Logging itself reads only
+    `severity` and leaves such an entry at DEFAULT."""
+    for name in fields:
+        value = payload.get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            pino = {10: "DEBUG", 20: "DEBUG", 30: "INFO", 40: "WARNING", 50: "ERROR", 60: "CRITICAL"}
+            found = pino.get(int(value))
+        else:
+            text = str(value).strip().upper()
+            text = _SEVERITY_ALIASES.get(text, text)
+            found = text if text in _RANK else None
+        if found is not None:
+            return found
+    return None
+
+
+def record_from_entry_dict(entry: Mapping[str, Any], severity_fields: Sequence[str] = ()) -> LogRecord:
+    """A Cloud Logging API entry (JSON shape) -> LogRecord. ValueError when it lacks a timestamp.
+    `severity_fields`: jsonPayload fields read as the severity of an entry Cloud Logging left at DEFAULT."""
     raw_ts = entry.get("timestamp") or entry.get("receiveTimestamp")
     if not raw_ts:
         raise ValueError(f"log entry {entry.get('insertId', '?')!r} has no timestamp")
@@ -136,9 +164,12 @@ def record_from_entry_dict(entry: Mapping[str, Any]) -> LogRecord:
     http = entry.get("httpRequest") or {}
     status = http.get("status")
     labels = (entry.get("resource") or {}).get("labels") or {}
+    severity = _severity_of(entry.get("severity"))
+    if severity == "DEFAULT" and severity_fields and isinstance(entry.get("jsonPayload"), Mapping):
+        severity = app_severity(entry["jsonPayload"], severity_fields) or severity
     return LogRecord(
         timestamp=timestamp,
-        severity=_severity_of(entry.get("severity")),
+        severity=severity,
         message=message,
         stream=_stream_of(str(entry.get("logName", ""))),
         revision=str(labels.get("revision_name", "")),
@@ -147,6 +178,7 @@ def record_from_entry_dict(entry: Mapping[str, Any]) -> LogRecord:
         latency_s=_duration_s(http.get("latency")),
         request_url=http.get("requestUrl"),
         instance_id=str((entry.get("labels") or {}).get("instanceId", "")),
+        user_agent=str(http.get("userAgent") or ""),
     )
 
 

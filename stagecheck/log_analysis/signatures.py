@@ -16,6 +16,7 @@ from typing import Any
 
 from stagecheck.evidence import SignatureGroupData
 from stagecheck.log_analysis.records import _RANK, TRACEBACK_HEAD, LogRecord, group_tracebacks, severity_rank
+from stagecheck.log_analysis.requests import count_requests
 from stagecheck.redact import redact
 
 MAX_SIGNATURE_LEN = 200
@@ -125,10 +126,29 @@ _CRASH_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# An instance stopped by Cloud Run (scale-in, a revision leaving traffic) gets SIGTERM and 10 s of grace
+# (container runtime contract): what it prints then is the platform's doing, not the release's. Cloud Run
+# logs "Container called exit(143)." (128 + SIGTERM); npm reports "npm error signal SIGTERM"
+# (GoogleCloudPlatform/functions-framework-nodejs#704).
+_SHUTDOWN_RULES: tuple[re.Pattern[str], ...] = (
+    re.compile(r"Container called exit\(\s*143\s*\)"),
+    re.compile(r"^\s*npm (?:error|ERR!) signal SIGTERM\s*$", re.M),
+    re.compile(r"exited with (?:exit )?(?:code|status) 143\b|exit (?:code|status):? 143\b", re.I),
+)
+
+
+def is_shutdown_line(message: str) -> bool:
+    """Pure: a line an instance prints because Cloud Run stopped it with SIGTERM (never a crash)."""
+    return any(pattern.search(message) for pattern in _SHUTDOWN_RULES)
+
+
 def crash_kind(message: str) -> str | None:
     """The kind of crash a log line reports, or None. Covers Cloud Run's own messages
     ("Memory limit of 512 MiB exceeded ...", "Container called exit(1).", "... failed to start and
-    listen on the port ...") and common runtime ones (Python, Go, Node, JVM, gunicorn)."""
+    listen on the port ...") and common runtime ones (Python, Go, Node, JVM, gunicorn). A shutdown
+    line (`is_shutdown_line`: the instance was stopped with SIGTERM) is no crash."""
+    if is_shutdown_line(message):
+        return None
     for kind, pattern in _CRASH_RULES:
         if pattern.search(message):
             return kind
@@ -136,8 +156,12 @@ def crash_kind(message: str) -> str | None:
 
 
 def effective_severity(record: LogRecord) -> str:
-    """The record's severity, raised to ERROR for crash lines (plain stderr text is DEFAULT)."""
+    """The record's severity, raised to ERROR for crash lines (plain stderr text is DEFAULT); Cloud Run's
+    own line about a SIGTERM stop ("Container called exit(143).") is at most INFO, whatever it was
+    logged at."""
     severity = record.severity.upper() if record.severity.upper() in _RANK else "DEFAULT"
+    if record.stream == "system" and is_shutdown_line(record.message):
+        return severity if severity_rank(severity) <= _RANK["INFO"] else "INFO"
     if severity_rank(severity) < _RANK["ERROR"] and crash_kind(record.message):
         return "ERROR"
     return severity
@@ -185,10 +209,14 @@ class LogSummary:
     groups: list[SignatureGroup]  # worst severity first, then most frequent
     crashes: list[SignatureGroup]
     requests: int
-    server_errors: int  # 5xx after the revision's first 2xx
-    cold_start_errors: int  # retry statuses (503/429) answered before the first 2xx
-    error_rate_5xx: float  # server_errors / (requests - cold_start_errors)
+    server_errors: int  # counted failures: 5xx and 429 that are not platform refusals (advisory probes apart)
+    cold_start_errors: int  # the platform refusals excused (the old name kept for readers of the summary)
+    error_rate_5xx: float  # server_errors / counted_requests
     server_error_urls: dict[str, int] = field(default_factory=dict)  # "500 /api/pay" -> count
+    platform_refusals: int = 0  # Cloud Run's front end refused, no instance saw it (log_analysis.requests)
+    refusal_ids: list[str] = field(default_factory=list)  # insertIds of the first few refusals
+    by_origin: dict[str, tuple[int, int]] = field(default_factory=dict)  # probe/advisory/other -> (requests, failures)
+    counted_requests: int = 0  # the rate's denominator
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +231,8 @@ class LogSummary:
             "cold_start_errors": self.cold_start_errors,
             "error_rate_5xx": self.error_rate_5xx,
             "server_error_urls": dict(self.server_error_urls),
+            "platform_refusals": self.platform_refusals,
+            "by_origin": {k: list(v) for k, v in self.by_origin.items()},
         }
 
 
@@ -219,13 +249,6 @@ def _example(message: str) -> str:
     return text if len(text) <= MAX_EXAMPLE_LEN else text[: MAX_EXAMPLE_LEN - 1] + "…"
 
 
-def _url_path(url: str | None) -> str:
-    if not url:
-        return "?"
-    path = re.sub(r"^[a-z]+://[^/]+", "", url) or "/"
-    return path.split("?", 1)[0]
-
-
 def summarise(
     records: Iterable[LogRecord],
     *,
@@ -235,10 +258,10 @@ def summarise(
 ) -> LogSummary:
     """Summarise one revision's records inside the window (others are ignored).
 
-    Request logs feed `requests`, `server_errors` and the 5xx rate. A run of retry statuses (503/429)
-    that ends with a 2xx is a cold start (an instance starting: first deploy or after scaling to
-    zero) - counted, but not in the rate, as the probes ride it out too. A run that never recovers, or
-    is broken by another 5xx, counts as server errors (fail closed). Container and system lines are
+    Request logs feed `requests`, `server_errors` and the 5xx rate, each entry judged by itself
+    (`log_analysis.requests.count_requests`): a platform refusal is excused, every other 5xx or 429
+    counts, whatever came after it; stagecheck's probes are counted apart from other traffic.
+    `retry_statuses` is accepted for older callers and no longer used. Container and system lines are
     grouped by `normalise_signature`.
     """
     _check_window(window)
@@ -249,8 +272,10 @@ def summarise(
     groups: dict[str, SignatureGroup] = {}
     request_records: list[LogRecord] = []
     for record in selected:
-        if record.stream == "requests" or record.http_status is not None:
+        if record.stream == "requests":
             request_records.append(record)
+            continue
+        if record.http_status is not None:  # an app's own access-log line: Cloud Run's request entry counts it
             continue
         severity = effective_severity(record)
         by_severity[severity] = by_severity.get(severity, 0) + 1
@@ -284,31 +309,7 @@ def summarise(
         if record.stream not in group.streams:
             group.streams.append(record.stream)
 
-    cold = server = 0
-    server_urls: dict[str, int] = {}
-    pending: list[LogRecord] = []  # a run of retry statuses not yet followed by a 2xx
-
-    def count_server(record: LogRecord) -> None:
-        nonlocal server
-        server += 1
-        key = f"{record.http_status} {_url_path(record.request_url)}"
-        server_urls[key] = server_urls.get(key, 0) + 1
-
-    for record in request_records:
-        status = record.http_status or 0
-        if status in retry_statuses:
-            pending.append(record)
-        elif 200 <= status < 300:
-            cold += len(pending)  # the instance came up: that run was a cold start
-            pending = []
-        elif status >= 500:
-            for held in pending:  # another failure in between: not just starting
-                count_server(held)
-            pending = []
-            count_server(record)
-    for held in pending:  # never recovered: an outage, not a cold start (fail closed)
-        count_server(held)
-    counted = len(request_records) - cold
+    counts = count_requests(request_records)
     ordered = sorted(groups.values(), key=lambda g: (-severity_rank(g.severity), -g.count, g.signature))
     return LogSummary(
         revision=revision,
@@ -317,11 +318,15 @@ def summarise(
         by_severity=dict(sorted(by_severity.items(), key=lambda kv: -severity_rank(kv[0]))),
         groups=ordered,
         crashes=[g for g in ordered if g.crash],
-        requests=len(request_records),
-        server_errors=server,
-        cold_start_errors=cold,
-        error_rate_5xx=server / counted if counted > 0 else 0.0,
-        server_error_urls=server_urls,
+        requests=counts.requests,
+        server_errors=counts.failures,
+        cold_start_errors=counts.refusals,
+        error_rate_5xx=counts.rate,
+        server_error_urls=counts.failure_urls,
+        platform_refusals=counts.refusals,
+        refusal_ids=list(counts.refusal_ids),
+        by_origin={k: (v[0], v[1]) for k, v in sorted(counts.by_origin.items())},
+        counted_requests=counts.counted,
     )
 
 

@@ -8,6 +8,9 @@ overrides (flow parameters / CLI flags). `--sandbox` fills the endpoints from th
 
 from __future__ import annotations
 
+from stagecheck.settings.contract import (
+    ContractSettings,
+)
 from stagecheck.settings.endpoints import (
     Endpoints,
     SyntaxSettings,
@@ -99,6 +102,7 @@ __all__ = [
     "TRAFFIC_TAG_PREFIX",
     "AfterPass",
     "ConfigError",
+    "ContractSettings",
     "DegradedPolicy",
     "Endpoints",
     "HealthChecks",

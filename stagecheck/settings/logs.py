@@ -23,6 +23,20 @@ class LogRules(Strict):
         description="entries.list budget per project for the whole run (Cloud Logging allows 60/min/project)")
     read_retries: int = Field(5, ge=0, description="retries of a read answered 429 or 503 (with backoff)")
 
+    severity_fields: tuple[str, ...] = Field(
+        (), description="jsonPayload fields read as the severity of entries Cloud Logging left at DEFAULT "
+                        "(e.g. [\"level\"] for pino/winston); opt-in: Cloud Run reads only `severity`")
+
+    @field_validator("severity_fields")
+    @classmethod
+    def _field_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for index, name in enumerate(v):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}", name):
+                raise ValueError(f"[{index}] {name!r} is not a JSON field name (letters, digits, _ . -)")
+            if name in ("severity", "message"):
+                raise ValueError(f"[{index}] {name!r}: Cloud Logging already reads it")
+        return v
+
     @field_validator("severity_threshold")
     @classmethod
     def _severity(cls, v: str) -> str:

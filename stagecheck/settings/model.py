@@ -169,5 +169,8 @@ def check_sources(settings: Settings, services: Iterable[ServiceConfig] | None =
             problems.append(f"  {where}.source_dir: the build context {svc.source_dir.resolve()} {what}")
         elif not (svc.source_dir / svc.dockerfile).is_file():
             problems.append(f"  {where}.dockerfile: {svc.dockerfile!r} not found in {svc.source_dir.resolve()}")
+        ignore = svc.contract.ignore_file
+        if ignore is not None and not ignore.is_file():
+            problems.append(f"  {where}.contract.ignore_file: {ignore} is not a file")
     if problems:
         raise ConfigError("invalid configuration (build inputs):\n" + "\n".join(problems))

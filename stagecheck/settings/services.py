@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from stagecheck.settings.contract import ContractSettings
 from stagecheck.settings.probes import HealthChecks
 from stagecheck.settings.rules import (
     CPU_RE,
@@ -53,6 +54,7 @@ class ServiceConfig(Strict):
     env: dict[str, str] = Field(default_factory=dict)  # plain environment variables of the revision (credential-like names are redacted in output)
     secrets: dict[str, str] = Field(default_factory=dict, description="ENV_NAME -> secret:version")
     health: HealthChecks = HealthChecks()  # path and mode per URL kind: tagged, service, lb
+    contract: ContractSettings = ContractSettings()
     lb_path_prefix: str | None = Field(None, description="path prefix of this service on the LB (default /<name>)")
     smoke: tuple[SmokeCommand, ...] = ()  # commands run against the released revision, each must exit 0
     traffic: TrafficPlan | None = None  # this service's own [traffic] plan; unset: the top-level one

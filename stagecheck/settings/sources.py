@@ -173,6 +173,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for svc in out.get("services", []) or []:
         if isinstance(svc, dict) and "source_dir" in svc:
             svc = {**svc, "source_dir": str((base / svc["source_dir"]).resolve())}
+        contract = svc.get("contract") if isinstance(svc, dict) else None
+        if isinstance(contract, dict) and isinstance(contract.get("ignore_file"), str):
+            svc = {**svc, "contract": {**contract, "ignore_file": str((base / contract["ignore_file"]).resolve())}}
         services.append(svc)
     if services:
         out["services"] = services

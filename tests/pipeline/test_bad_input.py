@@ -136,7 +136,8 @@ CASES = [
          params={"traffic_steps": [50, 10, 100]}),
     Case("flow-config-directory", ("is a directory",), service(), params={"config": "."}),
     Case("flow-unknown-service", ("no service 'other'",), service(), params={"services": ["other"]}),
-    Case("flow-git-sha", ("git_sha", "7 to 40 lowercase hex digits"), service(), params={"git_sha": "HEAD"}),
+    # the flow's parameter pattern (the run form's, enforced by Prefect before the flow body runs)
+    Case("flow-git-sha", ("git_sha", "should match pattern '^[0-9a-f]{7,40}$'"), service(), params={"git_sha": "HEAD"}),
     Case("flow-dockerfile-missing", ("services.0.dockerfile", "not found"), service(), params={}, dockerfile=False),
 ]
 
@@ -204,7 +205,6 @@ def test_bad_input_is_refused_before_anything_moves(case: Case, tmp_path: Path, 
 
 
 def _run_flow(case: Case, config: Path, sandbox: Any) -> str:
-    from flows.params import ValidationRequest
     from flows.validate import validate
     from stagecheck.progress import current_progress
 
@@ -214,7 +214,7 @@ def _run_flow(case: Case, config: Path, sandbox: Any) -> str:
     recorder = StageRecorder()
     token = current_progress.set(recorder)  # type: ignore[arg-type]
     try:
-        state: Any = asyncio.run(validate(**ValidationRequest(**params).parameters(), return_state=True))  # type: ignore[arg-type]
+        state: Any = asyncio.run(validate(**params, return_state=True))  # type: ignore[arg-type]
     finally:
         current_progress.reset(token)
     assert state.is_failed(), state

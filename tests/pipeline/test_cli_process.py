@@ -119,3 +119,25 @@ def test_offline_defaults_keep_an_explicit_user_value() -> None:
     environ = {}
     offline_defaults(environ)
     assert environ == {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def test_format_json_prints_only_the_verdict_document_on_stdout(scenario: Scenario, sandbox: Any,
+                                                                 tmp_path: Path) -> None:
+    """Another repository, named by path and ref: stdout is one JSON document (verdict, report path), the progress
+    is on stderr."""
+    import json
+
+    config = _dry_run_config(scenario)
+    sha, branch = subprocess.run(["git", "-C", str(scenario.root), "rev-parse", "HEAD", "--abbrev-ref", "HEAD"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "validate", "--repository", str(scenario.root), "--git-ref", branch,
+         "--config", config.name, "--sandbox", "--state-dir", sandbox.state_dir, "--dry-run", "--format", "json"],
+        cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    document = json.loads(proc.stdout)
+    (service,) = document["services"]
+    assert document["verdict"] == "pass" and service["verdict"] == "pass" and service["service"] == "dryrun"
+    assert service["git_sha"] == sha and Path(service["report"]).is_file()
+    assert Path(service["report"]).is_relative_to(tmp_path)  # out of the run's deleted tree of the repository
+    assert "dryrun: PASS" in proc.stderr

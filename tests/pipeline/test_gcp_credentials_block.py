@@ -74,3 +74,32 @@ async def test_a_gcp_credentials_block_calls_cloud_run_logging_and_the_registry(
     # a block that does not exist is named, with what to do
     with pytest.raises(StageError, match="no GcpCredentials block named 'sc-missing'"):
         await CloudRun(_settings(sandbox, "sc-missing", None)).get_service("x")
+
+
+async def test_probe_id_tokens_come_from_the_same_block_as_the_api_calls(
+        prefect_api: None, sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes' ID tokens are minted by the block's identity, not the key file's or ADC's: a block holding the
+    deployer's key mints tokens for the deployer; a foreign key in the block fails although the key file works."""
+    from google.auth import jwt
+    from prefect_gcp import GcpCredentials
+
+    from stagecheck.clients.identity import IdTokens
+
+    deployer = _read_key(sandbox.credentials_file)
+    await GcpCredentials(service_account_file=Path(sandbox.credentials_file)).save("sc-probe-deployer", overwrite=True)
+    await GcpCredentials(service_account_info=_foreign_key(deployer)).save("sc-probe-foreign", overwrite=True)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    audience = "https://svc-abc.a.run.app"
+
+    token = await IdTokens(None, block="sc-probe-deployer").token(audience)
+    claims = jwt.decode(token, verify=False)
+    assert claims["aud"] == audience and claims["email"] == deployer["client_email"]
+    with pytest.raises(StageError) as refused:
+        await IdTokens(sandbox.credentials_file, block="sc-probe-foreign").token(audience)
+    assert "the GcpCredentials block 'sc-probe-foreign'" in str(refused.value)
+    assert deployer["private_key"] not in str(refused.value)
+
+    # without a block: Application Default Credentials, read as the API clients read them
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", sandbox.credentials_file)
+    adc = jwt.decode(await IdTokens(None).token(audience), verify=False)
+    assert adc["email"] == deployer["client_email"]

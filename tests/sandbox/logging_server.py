@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from sandbox.errors import ApiError, api_error_handler
 from sandbox.faults import FaultInjector, fault_routes
 from sandbox.iam import ApiAuthMiddleware, Iam, iam_routes
-from sandbox.logapi import ListQuota, logging_routes
+from sandbox.logapi import EmptyPages, ListQuota, logging_routes
 from sandbox.logstore import LogStore
 
 
@@ -33,6 +33,7 @@ class LoggingSandbox:
     endpoint: str
     requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request served
     credentials_file: str = ""  # a service-account key whose token_uri is this server's /token
+    pages: EmptyPages = field(default_factory=EmptyPages)  # the empty-page switch of entries.list
 
     def credentials(self) -> service_account.Credentials:
         return service_account.Credentials.from_service_account_file(self.credentials_file)
@@ -64,9 +65,9 @@ def _no_services(project: str, location: str, service_id: str) -> Any:
 def serve_logging(project: str, *, startup_timeout_s: float = 10.0,
                   quota: ListQuota | None = None) -> Iterator[LoggingSandbox]:
     """`quota`: the entries.list quota (default: Cloud Logging's 60 per minute per project)."""
-    store, faults, iam = LogStore(project), FaultInjector(), Iam(project)
+    store, faults, iam, pages = LogStore(project), FaultInjector(), Iam(project), EmptyPages()
     app = Starlette(
-        routes=[*logging_routes(store, faults, quota), *fault_routes(faults),
+        routes=[*logging_routes(store, faults, quota, pages), *fault_routes(faults),
                 *iam_routes(iam, _no_services, faults.apply)],
         exception_handlers={ApiError: api_error_handler},
     )
@@ -93,7 +94,7 @@ def serve_logging(project: str, *, startup_timeout_s: float = 10.0,
             time.sleep(0.01)
         endpoint = f"http://127.0.0.1:{port}"
         key_file = iam.write_key_files(keys, f"{endpoint}/token")["credentials_file"]
-        yield LoggingSandbox(store, faults, endpoint, seen, key_file)
+        yield LoggingSandbox(store, faults, endpoint, seen, key_file, pages)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

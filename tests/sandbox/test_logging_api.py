@@ -52,7 +52,9 @@ def test_filter_by_revision_and_severity(sandbox: LoggingSandbox) -> None:
     lines = [
         (REV_A, '{"severity": "ERROR", "message": "a-error"}'),
         (REV_A, '{"severity": "info", "message": "a-info"}'),
-        (REV_A, '{"level": "critical", "message": "a-critical"}'),
+        (REV_A, '{"severity": "critical", "message": "a-critical"}'),
+        (REV_A, '{"level": "error", "message": "a-level"}'),  # `level` is no severity in Cloud Logging
+        (REV_A, '{"severity": "WARN", "message": "a-warn"}'),  # nor are aliases: both DEFAULT
         (REV_A, "plain text is DEFAULT"),
         (REV_B, '{"severity": "ERROR", "message": "b-error"}'),
     ]
@@ -80,6 +82,9 @@ def test_filter_by_revision_and_severity(sandbox: LoggingSandbox) -> None:
         ("ERROR", None),
     ]
     assert {e.resource.labels["revision_name"] for e in found} == {REV_A}
+    defaults = listed(sandbox, filter_=f'resource.labels.revision_name="{REV_A}" AND severity=DEFAULT')
+    assert [e.payload if isinstance(e.payload, str) else e.payload.get("message") for e in defaults] == [
+        "a-level", "a-warn", "plain text is DEFAULT"]
 
 
 def test_order_desc_and_asc(sandbox: LoggingSandbox) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from deployments.definitions import Environment, Target
+from deployments.definitions import Definition, Environment, Target, recovery_entry
 from deployments.serve import Layout, api_url, down, start_server, start_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,9 +121,9 @@ class Project:
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory, sandbox: Any, sample_image: Any) -> Project:
-    # sample_image makes sure examples/sample-service/bin/busybox exists (it is gitignored)
+    # sample_image makes sure the sample Dockerfile's base image is in the engine
     root = tmp_path_factory.mktemp("project") / "repo"
-    shutil.copytree(SAMPLE, root / "svc", ignore=shutil.ignore_patterns("README.md"))
+    shutil.copytree(SAMPLE, root / "svc", ignore=shutil.ignore_patterns("README.md", "bin"))
     suffix = uuid.uuid4().hex[:6]
     services = {key: f"sc-{key}-{suffix}" for key in ("a", "b", "m", "nolimit", "r")}
     lines = [
@@ -204,12 +204,13 @@ def deployed(prefect_server: LocalServer, project: Project, webhook: WebhookRece
     async def prepare() -> list[Any]:
         from prefect import get_client
 
-        done = await setup(tuple(targets.values()), pool=POOL, repo_root=REPO_ROOT)
+        definitions = [*(t.definition() for t in targets.values()), Definition.model_validate(recovery_entry())]
+        done = await setup(definitions, pool=POOL, repo_root=REPO_ROOT)
         assert not done.without_services, done.without_services
         await Secret(value=webhook.url).asave(WEBHOOK_SECRET_BLOCK, overwrite=True)
         async with get_client() as client:
             await client.delete_global_concurrency_limit_by_name(limit_name(project.services["nolimit"]))
-        return done.deployment_ids
+        return done.deployment_ids[:len(targets)]
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         ids = asyncio.run(prepare())

@@ -20,13 +20,9 @@ import pytest
 
 from cli.commands import notify_merge
 from deployments.definitions import (
-    DEFAULT_TARGETS_FILE,
-    REPO_ROOT,
-    DefinitionError,
     Environment,
     Target,
     config_service_names,
-    load_targets,
     service_names,
 )
 from deployments.events import MERGE_EVENT, REF_LABEL, MergeEvent, MergeEventError
@@ -36,14 +32,6 @@ from localenv.processes import ProcessRecord, is_running, start_ticks
 from stagecheck.model import Rollback, ServiceReport, Verdict
 from stagecheck.notify import failure_summary
 from tasks.notify import post_summary, resolve_webhook_url
-
-
-def test_the_shipped_targets_file_loads_and_its_staging_target_is_scheduled_and_merge_triggered() -> None:
-    targets = load_targets(DEFAULT_TARGETS_FILE)
-    staging = next(t for t in targets if t.environment is Environment.STAGING)
-    assert staging.cron and staging.schedule_active and staging.triggered_by_merges
-    assert (REPO_ROOT / staging.request.config).is_file()
-    assert service_names(staging)  # the limits `make serve` creates
 
 
 def test_schedule_and_merge_trigger_are_on_for_staging_and_off_for_production_unless_said() -> None:
@@ -69,29 +57,13 @@ def test_merge_parameters_keep_the_defaults_and_template_sha_and_ref() -> None:
     assert only_main.merge_match() == {"prefect.resource.id": "git.repo.acme.shop", REF_LABEL: "main"}
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ('[[targets]]\nname = "s"\ncron = "61 * * * *"\n', "invalid cron expression"),
-    ('[[targets]]\nname = "s"\n[[targets]]\nname = "s"\n', "distinct"),
-    ('[[targets]]\nname = "Bad Name"\n', "targets.0.name"),
-    ('[[targets]]\nname = "s"\ncolour = "red"\n', "colour"),
-    ("targets = [", "targets.toml"),
-])
-def test_a_bad_targets_file_is_a_readable_error(tmp_path: Path, text: str, fragment: str) -> None:
-    path = tmp_path / "targets.toml"
-    path.write_text(text)
-    with pytest.raises(DefinitionError, match=r"targets\.toml") as err:
-        load_targets(path)
-    assert fragment in str(err.value)
-    with pytest.raises(DefinitionError, match="not found"):
-        load_targets(tmp_path / "missing.toml")
-
-
 def test_service_names_come_from_the_request_or_the_config(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('project = "x"\n[[services]]\nname = "api"\n[[services]]\nname = "web"\n')
     assert config_service_names(config) == ["api", "web"]
-    assert service_names(Target(name="s", request=ValidationRequest(config=str(config)))) == ["api", "web"]
-    assert service_names(Target(name="s", request=ValidationRequest(config=str(config), services=["web"]))) == ["web"]
+    assert service_names(Target(name="s", request=ValidationRequest(config=str(config))).definition()) == ["api", "web"]
+    assert service_names(Target(name="s", request=ValidationRequest(config=str(config), services=["web"]))
+                         .definition()) == ["web"]
     assert config_service_names(tmp_path / "missing.toml") == []
     (tmp_path / "broken.toml").write_text("[[services]\n")
     assert config_service_names(tmp_path / "broken.toml") == []

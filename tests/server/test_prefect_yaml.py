@@ -26,7 +26,7 @@ from uuid import UUID
 import pytest
 
 from cli.commands import notify_merge
-from deployments.definitions import load_targets, register_recovery
+from deployments.definitions import load_definitions, register_recovery
 from deployments.serve import Layout, down, start_worker
 from tests.server.conftest import POOL, REPO_ROOT, LocalServer
 from tests.server.test_deployments import client_for, poll
@@ -55,16 +55,13 @@ class YamlDeployed:
 
 
 def _copy_repository(dest: Path) -> None:
-    """This repository's tracked and new (not ignored) files, plus the sample service's busybox."""
+    """This repository's tracked and new (not ignored) files: nothing generated (the sample builds without)."""
     files = git(REPO_ROOT, "ls-files", "-co", "--exclude-standard", "-z").split("\0")
     for name in filter(None, files):
         src = REPO_ROOT / name
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    busybox = Path("examples/sample-service/bin/busybox")
-    (dest / busybox).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO_ROOT / busybox, dest / busybox)
 
 
 def _make_origin(root: Path) -> tuple[str, list[str]]:
@@ -130,7 +127,7 @@ def yaml_deployed(prefect_server: LocalServer, deployed: Any, sandbox: Any, samp
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         asyncio.run(_create_pool(pool))
     env = {**os.environ, "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": str(root / "prefect-home"),
-           "STAGECHECK_WORK_POOL": pool}
+           "PREFECT_DEFAULT_WORK_POOL_NAME": pool}  # the file names no pool: Prefect's default decides
     deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
                             cwd=fresh, env=env, capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
@@ -138,7 +135,8 @@ def yaml_deployed(prefect_server: LocalServer, deployed: Any, sandbox: Any, samp
         ids = asyncio.run(_deployments_in_pool(pool))
         assert ids, deploy.stdout[-3000:]
         validations = {name: i for name, i in ids.items() if name != "recover"}  # the recovery flow has its own
-        asyncio.run(_edit_defaults(validations, state_dir=sandbox.state_dir, dry_run=True))
+        asyncio.run(_edit_defaults(validations, config="examples/stagecheck.sandbox.toml", sandbox=True,
+                                   state_dir=sandbox.state_dir, dry_run=True))
     worker_layout = Layout(root / "worker-state")
     start_worker(worker_layout, prefect_server.url, pool, name="users-worker", query_seconds=1)
     try:
@@ -187,32 +185,31 @@ def _image_label(docker_client: Any, sha: str) -> str:
 async def test_prefect_deploy_all_from_a_fresh_clone_registers_the_targets_into_the_users_pool(
         yaml_deployed: YamlDeployed) -> None:
     d = yaml_deployed
-    targets = load_targets(d.fresh / "deployments" / "targets.toml")
-    assert set(d.ids) == {t.name for t in targets} | {"recover"}
+    definitions = load_definitions(d.fresh / "prefect.yaml")  # what `stagecheck serve` reads, too
+    assert set(d.ids) == {x.name for x in definitions}
     async with client_for(d.server.url) as client:
         automations = await client.read_automations()
         recovery = await client.read_deployment(d.ids["recover"])
         assert recovery.entrypoint == "flows/recover.py:recover" and recovery.work_pool_name == d.pool
         crash = [a for a in automations if any(getattr(x, "deployment_id", None) == recovery.id for x in a.actions)]
         assert len(crash) == 1 and crash[0].trigger.expect == {"prefect.flow-run.Crashed"}
-        for target in targets:
+        for target in (x for x in definitions if x.validates):
             deployment = await client.read_deployment(d.ids[target.name])
             assert deployment.work_pool_name == d.pool
             assert deployment.entrypoint == "flows/validate.py:validate"
-            assert set(deployment.tags) == set(target.all_tags())
-            expected = [(target.cron, target.timezone, target.schedule_active)] if target.cron else []
+            assert set(deployment.tags) == set(target.tags)
+            expected = [(s["cron"], s["timezone"], False) for s in target.schedules or []]  # shipped inactive
             assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in deployment.schedules] == expected
+            assert deployment.parameter_openapi_schema["properties"]["git_sha"]["anyOf"][0]["pattern"]
             # the pull step clones the deploying clone's origin and branch on the worker, then works there
             clone = deployment.pull_steps[0]["prefect.deployments.steps.git_clone"]
             assert (clone["repository"], clone["branch"]) == (d.origin_url, "main")
             assert "set_working_directory" in next(iter(deployment.pull_steps[1]))
             runs = [a for automation in automations for a in automation.actions
                     if getattr(a, "deployment_id", None) == deployment.id]
-            if target.triggered_by_merges:
-                assert [r.parameters for r in runs] == [{"git_sha": "{{ event.payload.sha }}",
-                                                         "git_ref": "{{ event.payload.ref }}"}]
-            else:
-                assert runs == []
+            assert [r.parameters for r in runs] == [t["parameters"] for t in target.triggers or []]
+            assert [r.parameters for r in runs] == [{"git_sha": "{{ event.payload.sha }}",
+                                                     "git_ref": "{{ event.payload.ref }}"}]
 
 
 async def test_a_run_started_through_the_api_with_one_parameter_changed_runs_on_the_worker(
@@ -272,3 +269,15 @@ async def test_two_merge_events_run_each_commit_on_a_worker_whose_clone_is_at_ne
     assert "checkout" in (bad.state.message or "")
     # every per-run checkout was removed at the end of its run
     assert list(d.checkouts.iterdir()) == []
+
+
+async def test_a_bad_sha_is_refused_before_a_run_starts(yaml_deployed: YamlDeployed) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    d = yaml_deployed
+    async with client_for(d.server.url) as client:
+        with pytest.raises(PrefectHTTPStatusError) as refused:  # the run form's pattern, enforced by the server
+            await client.create_flow_run_from_deployment(d.ids["staging"], parameters={"git_sha": "main;reboot"})
+        runs = [r for r in await client.read_flow_runs() if r.parameters.get("git_sha") == "main;reboot"]
+    assert refused.value.response.status_code == 409 and "git_sha" in refused.value.response.text
+    assert runs == []

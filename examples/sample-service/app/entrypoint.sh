@@ -32,6 +32,15 @@ case ${HEALTH_FAIL_AFTER_S:-0} in
     *[!0-9]*) fail "HEALTH_FAIL_AFTER_S must be a whole number of seconds (got '$HEALTH_FAIL_AFTER_S')" ;;
 esac
 
+# OPENAPI_VARIANT=name: GET /openapi.json serves /app/openapi/name.json (read once, here)
+if [ -n "${OPENAPI_VARIANT:-}" ]; then
+    case $OPENAPI_VARIANT in *[!a-z0-9-]*) fail "OPENAPI_VARIANT must be a name of lowercase letters, digits and hyphens (got '$OPENAPI_VARIANT')" ;; esac
+    document="${SAMPLE_APP_DIR:-/app}/openapi/$OPENAPI_VARIANT.json"
+    [ -f "$document" ] || fail "OPENAPI_VARIANT: no document $OPENAPI_VARIANT.json in ${SAMPLE_APP_DIR:-/app}/openapi"
+    OPENAPI_BODY=$(cat "$document")
+    export OPENAPI_BODY
+fi
+
 if [ "${CRASH_ON_START:-0}" = 1 ]; then
     # What a Python service that cannot import a dependency prints before dying.
     cat >&2 <<'TRACEBACK'
@@ -45,6 +54,12 @@ fi
 
 children=
 on_term() {
+    if [ "${SHUTDOWN_STYLE:-}" = npm ]; then
+        # what `npm start` prints when Cloud Run stops the instance (SIGTERM), then exit(143)
+        printf 'npm error path /app\nnpm error command failed\nnpm error signal SIGTERM\nnpm error command sh -c node server.js\n' >&2
+        [ -n "$children" ] && kill $children 2>/dev/null
+        exit 143
+    fi
     log INFO "received SIGTERM, shutting down"
     [ -n "$children" ] && kill $children 2>/dev/null
     exit 0

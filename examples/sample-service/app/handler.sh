@@ -1,6 +1,7 @@
 # One HTTP request: busybox nc runs this per connection with the socket on stdin/stdout.
 # Routes: GET /health, GET /api/health (JSON health), GET / (200 text), GET /slow (200 after
-# $SLOW_RESPONSE_S, default 2 s: holds a request slot), anything else 404.
+# $SLOW_RESPONSE_S, default 2 s: holds a request slot), GET /openapi.json (the document
+# $OPENAPI_VARIANT selected, read by entrypoint.sh; 404 without one), anything else 404.
 . "${SAMPLE_APP_DIR:-/app}/lib.sh"
 centiseconds; t0=$REPLY
 
@@ -49,6 +50,13 @@ case "$method $path" in
         sleep "${SLOW_RESPONSE_S:-2}"
         respond 200 OK "text/plain; charset=utf-8" "slow answer
 "
+        ;;
+    "GET /openapi.json" | "HEAD /openapi.json")
+        if [ -n "${OPENAPI_BODY:-}" ]; then
+            respond 200 OK application/json "$OPENAPI_BODY"
+        else
+            respond 404 "Not Found" application/json '{"error":"no API document"}'
+        fi
         ;;
     "GET /" | "HEAD /")
         respond 200 OK "text/plain; charset=utf-8" "$SAMPLE_SERVICE $SAMPLE_REVISION: hello from the stagecheck sample service
