@@ -9,7 +9,8 @@
 #   make lint | typecheck | pytest   (lint = ruff + the import contracts in pyproject [tool.importlinter])
 #   make demo       set up, start the sandbox, validate the example service end to end
 #   make clean-registry   untag what test sessions left in the local registry (older than an hour)
-#   make bench      the benchmarks (scripts printing figures; README "Performance"); BENCH=syntax_cache runs one
+#   make docs       docs/configuration.md from the settings model; the sample report + its UI picture (needs chromium)
+#   make bench      the benchmarks (scripts printing figures; docs/performance.md); BENCH=syntax_cache runs one
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -28,14 +29,14 @@ BIN := $(VENV)/bin
 STAGECHECK := $(BIN)/stagecheck
 SETUP_STAMP := $(VENV)/.setup-stamp
 APT_PACKAGES := docker.io docker-registry busybox-static postgresql debootstrap
-PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests benchmarks
+PY_PACKAGES := cli localenv stagecheck flows tasks deployments sandbox examples tests benchmarks tools
 # mypy refuses a directory without Python files: check only the packages that have some.
 MYPY_TARGETS = $(foreach d,$(PY_PACKAGES),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve clean-registry bench
+.PHONY: help setup system-packages up down infra-up test lint typecheck pytest demo serve clean-registry bench docs
 
 help:
 	@sed -n '/^#/!q; s/^# \{0,1\}//p' Makefile
@@ -121,3 +122,8 @@ bench: infra-up
 	  echo "== benchmarks/bench_$$b.py"; \
 	  STAGECHECK_STATE_DIR=$(STATE_DIR) $(BIN)/python benchmarks/bench_$$b.py; \
 	done
+
+# docs/configuration.md (generated; a test fails when it is stale) and the sample report with its picture
+docs: infra-up
+	$(BIN)/python -m tools.gen_config_doc
+	$(BIN)/python -m tools.refresh_docs --state-dir $(STATE_DIR)

@@ -85,7 +85,7 @@ class LbRoute(BaseModel):
 class LbConfig(BaseModel):
     routes: list[LbRoute] = Field(default_factory=list)
     # when no route matches: Host <service>.<anything> (path unchanged) and /<service>/... with the
-    # explicit rewrite of /<service> to / (the URL map the sandbox ships with; see README)
+    # explicit rewrite of /<service> to / (the URL map the sandbox ships with; see docs/sandbox.md)
     default_routes: bool = True
 
 

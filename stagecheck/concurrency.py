@@ -17,7 +17,7 @@ reaper (Prefect's temporary server) never expires.
 Why an artifact and not a Variable: creating an artifact is one INSERT on the server, while setting or
 deleting a Variable reads it first in the same transaction, and on a SQLite Prefect server such a write
 meets "database is locked" (503) whenever the server's own services commit in between — which costs the
-client's 2 s back-off at the end of every other run (README, Performance).
+client's 2 s back-off at the end of every other run (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -135,6 +135,17 @@ class BackgroundServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
+    @property
+    def ui_url(self) -> str:
+        """The Prefect UI it serves (a run's page: `{ui_url}/flow-runs/flow-run/<id>`)."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def ui_environment(port: int) -> dict[str, str]:
+    """Pure: what makes a background server serve the Prefect UI on its own port, talking to its own API."""
+    return {"PREFECT_UI_ENABLED": "1", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_UI_URL": f"http://127.0.0.1:{port}"}
+
 
 def _record_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / RECORD
@@ -211,8 +222,9 @@ def start_background_server(state_dir: str | Path, timeout_s: float, idle_s: flo
             raise TemporaryServerError(f"the background Prefect server (pid {running.pid}, recorded in "
                                        f"{_record_path(state)}) does not answer /api/health")
         # long-lived: it keeps none of the run's own settings or secrets (STAGECHECK_*) in its environment
+        # it serves the Prefect UI too (ui_environment, per port): the run's report is read there
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("STAGECHECK_")},
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+               "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false")):
             env.setdefault(key, value)
@@ -224,7 +236,8 @@ def start_background_server(state_dir: str | Path, timeout_s: float, idle_s: flo
                 process = subprocess.Popen(
                     [sys.executable, "-m", "stagecheck.prefect_server", "--port", str(port),
                      "--record", str(_record_path(state)), "--idle-s", f"{idle_s:g}"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**env, **ui_environment(port)},
+                    start_new_session=True)
             server = BackgroundServer(process.pid, port, idle_s, time.time())
             _record_path(state).write_text(json.dumps(asdict(server)))
             while time.monotonic() < deadline:
@@ -363,6 +376,20 @@ class _IdleWatch:
                 return
 
 
+class _WithUI:
+    """ASGI: `/api` (and the lifespan) to Prefect's server app, every other HTTP path to its UI app."""
+
+    def __init__(self, app: Any, ui: Any) -> None:
+        self.app, self.ui = app, ui
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and not (path == "/api" or path.startswith("/api/")):
+            await self.ui(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def _forget(record: Path) -> None:
     """Remove the record if it still names this process."""
     try:
@@ -389,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=args.port,
                     log_level="error", lifespan="on", timeout_graceful_shutdown=5)
         return 0
-    from prefect.server.api.server import create_app
+    from prefect.server.api.server import create_app, create_ui_app
 
     signal.signal(signal.SIGTERM, lambda *_: _shutdown())
+    # an ephemeral app (the light set of server services) does not serve the UI: its UI app comes beside it
+    app = _WithUI(create_app(), create_ui_app(ephemeral=False))
     try:  # Prefect's app behind the idle watch
-        uvicorn.run(_IdleWatch(create_app(), args.idle_s), host="127.0.0.1", port=args.port,
+        uvicorn.run(_IdleWatch(app, args.idle_s), host="127.0.0.1", port=args.port,
                     log_level="error", lifespan="on", timeout_graceful_shutdown=5)
     finally:
         _forget(args.record)

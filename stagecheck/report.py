@@ -23,6 +23,7 @@ from stagecheck.stages import Stage
 from stagecheck.verdict import collect_criteria
 
 REPORT_SCHEMA_VERSION = 1
+CELL_WIDTH = 60  # characters of text a table cell shows; the rest goes to a note below the table
 
 STATUS_LABEL = {
     Status.PASS: "✅ PASS",
@@ -61,6 +62,16 @@ class _Out:
         text = self.text(value).replace("\r\n", "\n").replace("\r", "\n").strip()
         return text.replace("|", "\\|").replace("\n", "<br>") or "—"
 
+    def short(self, value: Any, notes: list[str]) -> str:
+        """A table cell that stays narrow: text wider than CELL_WIDTH is cut at a word, marked `(note N)`,
+        and kept whole in `notes` for `_notes` to print below the table (the UI's artifact pane is narrow)."""
+        text = " ".join(self.text(value).split())
+        if len(text) <= CELL_WIDTH:
+            return self.cell(value)
+        notes.append(str(value))
+        cut = text[:CELL_WIDTH].rsplit(" ", 1)[0].rstrip(",;:")
+        return f"{cut.replace('|', chr(92) + '|')}… *(note {len(notes)})*"
+
     def code(self, value: Any, *, in_table: bool = False) -> str:
         text = " ".join(redact(str(value), self.secrets).split())
         if not text:
@@ -78,6 +89,12 @@ class _Out:
             return "—"
         safe = redact(url, self.secrets).replace(" ", "%20").replace(")", "%29").replace("|", "%7C")
         return f"[{self.text(label)}]({safe})"
+
+
+def _notes(notes: Sequence[str], out: _Out) -> list[str]:
+    """The whole text of each cut table cell, below its table, one paragraph each."""
+    return [line for n, note in enumerate(notes, start=1)
+            for line in ("", f"**Note {n}.** " + "<br>".join(out.text(note).strip().splitlines()))]
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -156,6 +173,7 @@ def _title(report: ServiceReport, out: _Out, h: str) -> list[str]:
 
 def _deployment(report: ServiceReport, out: _Out, h: str) -> list[str]:
     image, rev = report.image, report.revision
+    notes: list[str] = []
     rows: list[tuple[str, str]] = [
         ("Project", out.cell(report.project)),
         ("Region", out.cell(report.region)),
@@ -190,10 +208,10 @@ def _deployment(report: ServiceReport, out: _Out, h: str) -> list[str]:
         ),
         (
             "Traffic before → after",
-            out.cell(f"{_traffic(report.traffic_before)} → {_traffic(report.traffic_after)}"),
+            out.short(f"{_traffic(report.traffic_before)} → {_traffic(report.traffic_after)}", notes),
         ),
     ]
-    return [f"{h}# Deployment summary", "", *_table(("Field", "Value"), rows)]
+    return [f"{h}# Deployment summary", "", *_table(("Field", "Value"), rows), *_notes(notes, out)]
 
 
 def _performance(report: ServiceReport, out: _Out, h: str) -> list[str]:
@@ -432,19 +450,21 @@ def _criteria_table(report: ServiceReport, out: _Out, h: str) -> list[str]:
     lines = [f"{h}# Success criteria", ""]
     if not rows:
         return [*lines, "_No criteria were evaluated._"]
-    return lines + _table(
+    notes: list[str] = []
+    table = _table(
         ("Criterion", "Status", "Expected", "Observed", "Evidence"),
-        (
+        [
             (
                 out.cell(r["criterion"]),
                 r["status"],
-                out.cell(r["expected"]),
-                out.cell(r["observed"]),
-                out.cell(r["evidence"]),
+                out.short(r["expected"], notes),
+                out.short(r["observed"], notes),
+                out.short(r["evidence"], notes),
             )
             for r in rows
-        ),
+        ],
     )
+    return lines + table + _notes(notes, out)
 
 
 def merge_not_run(reasons: Sequence[str]) -> list[str]:
@@ -540,11 +560,12 @@ def _conclusion(report: ServiceReport, out: _Out, h: str) -> list[str]:
 
 
 def _stages_table(report: ServiceReport, out: _Out, h: str) -> list[str]:
-    rows = (
-        (out.cell(s.name), STATUS_LABEL[s.status], f"{s.duration_s:.1f} s", out.cell(s.summary))
+    notes: list[str] = []
+    rows = [
+        (out.cell(s.name), STATUS_LABEL[s.status], f"{s.duration_s:.1f} s", out.short(s.summary, notes))
         for s in report.stages
-    )
-    return [f"{h}# Stages", "", *_table(("Stage", "Status", "Duration", "Summary"), rows)]
+    ]
+    return [f"{h}# Stages", "", *_table(("Stage", "Status", "Duration", "Summary"), rows), *_notes(notes, out)]
 
 
 # ------------------------------------------------------------------------------------------- public API
@@ -582,20 +603,22 @@ def render_run_markdown(reports: Sequence[ServiceReport], *, secret_values: Iter
         if not failed
         else f"# ❌ Staging validation: {len(failed)} of {len(reports)} service(s) failed"
     )
-    rows = (
+    notes: list[str] = []
+    rows = [
         (
             out.cell(r.service),
             VERDICT_LABEL[r.verdict],
             out.cell(r.decided_by or "—"),
             out.code(r.revision.name, in_table=True) if r.revision else "—",
             out.code(r.image.digest, in_table=True) if r.image and r.image.digest else "—",
-            out.cell(
-                r.reasons[0] if r.reasons else (f"{len(r.warnings)} warning(s)" if r.warnings else "none")
+            out.short(
+                r.reasons[0] if r.reasons else (f"{len(r.warnings)} warning(s)" if r.warnings else "none"), notes
             ),
         )
         for r in reports
-    )
-    lines = [head, "", *_table(("Service", "Verdict", "Failed at", "Revision", "Digest", "Main issue"), rows)]
+    ]
+    lines = [head, "", *_table(("Service", "Verdict", "Failed at", "Revision", "Digest", "Main issue"), rows),
+             *_notes(notes, out)]
     body = [render_markdown(r, secret_values=out.secrets, level=2) for r in reports]
     return "\n".join(lines) + "\n\n" + "\n---\n\n".join(body)
 

@@ -87,6 +87,19 @@ def test_a_background_server_is_started_once_found_by_later_runs_and_stopped(
     assert status.returncode == 1 and "no background Prefect server recorded" in status.stdout
 
 
+def test_a_background_server_serves_the_prefect_ui_talking_to_its_own_api(state_dir: Path) -> None:
+    import httpx
+
+    server, _ = start_background_server(state_dir, timeout_s=240)
+    page = httpx.get(server.ui_url + "/", timeout=30, trust_env=False)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<html" in page.text.lower()
+    ui_settings = httpx.get(server.ui_url + "/ui-settings", timeout=30, trust_env=False).json()
+    assert ui_settings["api_url"] == server.api_url  # the UI in a browser reaches this server's API
+    status = _cli("prefect-server", "status", "--state-dir", str(state_dir))
+    assert f"Prefect UI: {server.ui_url}" in status.stdout
+
+
 def test_an_unused_background_server_stops_by_itself_and_forgets_its_record(state_dir: Path) -> None:
     server, _ = start_background_server(state_dir, timeout_s=240, idle_s=2.0)
     _await(lambda: not _alive(server.pid), 120, "the idle server stopped by itself")

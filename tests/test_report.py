@@ -21,6 +21,7 @@ from stagecheck.model import (
     TrafficTarget,
 )
 from stagecheck.report import (
+    CELL_WIDTH,
     console_logs_url,
     console_service_url,
     criteria_rows,
@@ -606,3 +607,26 @@ def test_bake_section_shows_the_window_counts_and_time_to_detect(pass_report: Se
     assert md.index("## Service health") < md.index("## Bake window") < md.index("## Logs analysis")
     assert "not watched after the traffic shift" in section(render_markdown(pass_report),
                                                              "Bake window (watched while serving)")
+
+
+def test_wide_text_goes_below_the_table_and_the_cells_stay_short(pass_report: ServiceReport) -> None:
+    long = ("the candidate answered 503 on /health for 60 s while the previous revision answered 200; "
+            "the container logged `connection refused` to the database at 10.0.0.5:5432 twelve times")
+    report = pass_report.model_copy(deep=True)
+    report.stages[0] = report.stages[0].model_copy(update={"summary": long})
+    report.criteria.append(Criterion(name="Health", stage="probe-tagged", status=Status.FAIL, expected="200",
+                                     observed=long))
+    md = render_markdown(report)
+    for title in ("Stages", "Success criteria"):
+        text = section(md, title)
+        cells = [c.strip() for row in table_rows(text) for c in row]
+        assert max(len(c) for c in cells) <= CELL_WIDTH + len("… *(note 9)*")
+        marked = next(c for c in cells if c.startswith("the candidate answered 503"))
+        note = re.fullmatch(r".*… \*\(note (\d+)\)\*", marked)
+        assert note, marked
+        assert f"**Note {note.group(1)}.** " + long in text  # the whole text, right below its table
+    stage_cell = table_rows(section(md, "Stages"))[0][3].strip()
+    assert stage_cell.startswith("the candidate answered 503") and stage_cell.endswith("*(note 1)*")
+    run = render_run_markdown([report.model_copy(update={"reasons": [long]})])
+    head = run.split("\n---\n")[0]
+    assert "*(note 1)*" in table_rows(head)[0][5] and "**Note 1.** " + long in head

@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
             return 1
         print(f"{'started' if started else 'already running'}: {server.api_url} (pid {server.pid}); "
               f"stops after {server.idle_s / 60:g} min unused or on `stagecheck prefect-server stop`")
+        print(f"Prefect UI: {server.ui_url}")
         return 0
     if args.action == "stop":
         stopped = stop_background_server(args.state_dir)
@@ -58,4 +59,5 @@ def main(argv: list[str]) -> int:
     healthy = find_background_server(args.state_dir) is not None
     print(f"{recorded.api_url} (pid {recorded.pid}, up {(time.time() - recorded.started_at) / 60:.1f} min, "
           f"{'healthy' if healthy else 'not answering'})")
+    print(f"Prefect UI: {recorded.ui_url}")
     return 0 if healthy else 1

@@ -221,6 +221,7 @@ def temporary_api(state_dir: str = ".stagecheck", keep: bool = False) -> Any:
     server = None
     if background is not None:
         os.environ["PREFECT_API_URL"] = background.api_url
+        os.environ.setdefault("PREFECT_UI_URL", background.ui_url)  # the report's and the console's run link
     else:
         server = start_temporary_server(timeout)
         os.environ["PREFECT_API_URL"] = server.api_url
@@ -261,6 +262,9 @@ def _run(args: argparse.Namespace, request: Any, settings: Any) -> int:
     if args.format == "json":
         print(json.dumps(verdict_document(display.reports, passed, None if display.reports
                                           else redact(str(state.message)))), flush=True)
+    else:
+        for link in dict.fromkeys(r.flow_run_url for r, _ in display.reports if r.flow_run_url):
+            print(f"Prefect UI: {link}", flush=True)
     if not display.reports:  # the flow died before any report: say why
         print(f"stagecheck validate: run failed before reporting: {redact(str(state.message))}", file=sys.stderr)
         return 1

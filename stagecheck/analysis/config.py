@@ -33,8 +33,8 @@ class _Strict(BaseModel):
 
 class RequestSpec(_Strict):
     path: str = Field(pattern=r"^/[^\s#]*$", description="a path on the service, with an optional query")
-    weight: float = Field(default=1.0, gt=0)
-    method: str = "GET"
+    weight: float = Field(default=1.0, gt=0, description="its share of the request mix, relative to the others")
+    method: str = Field(default="GET", description="HTTP method; other than GET/HEAD only with allow_unsafe")
     allow_unsafe: bool = False  # a method other than GET/HEAD must be opted in, per request
 
     @field_validator("path")
@@ -58,25 +58,34 @@ class RequestSpec(_Strict):
 
 class AnalysisSettings(_Strict):
     paths: tuple[RequestSpec, ...] = ()  # empty: the service's OpenAPI GET operations without required params
-    openapi_path: str = Field(default="/openapi.json", pattern=r"^/")
+    openapi_path: str = Field(default="/openapi.json", pattern=r"^/",
+                              description="where both arms serve their OpenAPI document, read when paths is empty")
     rps: float = Field(default=5.0, gt=0, le=MAX_RPS)  # per arm
-    max_in_flight: int = Field(default=32, ge=1, le=256)
-    request_timeout_s: float = Field(default=10.0, gt=0, le=60)
-    baseline: Baseline = Baseline.SERVING
-    metrics: tuple[Metric, ...] = tuple(Metric)
+    max_in_flight: int = Field(default=32, ge=1, le=256, description="requests outstanding at once, both arms")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=60,
+                                     description="a request not answered by then counts as an error")
+    baseline: Baseline = Field(default=Baseline.SERVING,
+                               description="the control arm: the revision that served before (tagged sc-base)")
+    metrics: tuple[Metric, ...] = Field(default=tuple(Metric), description="the metrics judged (all by default)")
     alpha: float = Field(default=0.01, gt=0, lt=0.5)  # family-wise, Bonferroni-split over `metrics`
     tolerance: float = Field(default=0.25, ge=0)  # Kayenta's NetflixACAJudge value
     min_samples: int = Field(default=50, ge=5)  # per arm, below which a metric is Nodata
-    min_tail_exceedances: float = Field(default=5.0, gt=0)
-    tail_min_shift_ms: float = Field(default=5.0, ge=0)
-    error_ceiling: float = Field(default=0.05, gt=0, le=1)
-    error_min_increase: float = Field(default=0.01, ge=0, le=1)
-    pass_score: float = Field(default=95.0, ge=0, le=100)
-    marginal_score: float = Field(default=75.0, ge=0, le=100)
+    min_tail_exceedances: float = Field(default=5.0, gt=0, description="expected samples above the pooled "
+                                        "quantile per arm a tail test needs (n >= this / (1 - q)), else Nodata")
+    tail_min_shift_ms: float = Field(default=5.0, ge=0,
+                                     description="a tail regression must also move the quantile by this much")
+    error_ceiling: float = Field(default=0.05, gt=0, le=1,
+                                 description="a candidate error share above this fails whatever the baseline")
+    error_min_increase: float = Field(default=0.01, ge=0, le=1,
+                                      description="an error-rate regression must add at least this share")
+    pass_score: float = Field(default=95.0, ge=0, le=100, description="score at or above which the analysis passes")
+    marginal_score: float = Field(default=75.0, ge=0, le=100,
+                                  description="score at or above which (below pass_score) it is Marginal")
     on_inconclusive: OnInconclusive = OnInconclusive.FAIL  # a Nodata outcome
     on_marginal: OnInconclusive = OnInconclusive.FAIL  # Spinnaker: a final score below `pass` fails the canary
     breaker_error_share: float = Field(default=0.8, gt=0, le=1)  # candidate failing this share trips it
-    breaker_min_requests: int = Field(default=20, ge=1)
+    breaker_min_requests: int = Field(default=20, ge=1,
+                                      description="candidate answers seen before the circuit breaker may trip")
 
     @model_validator(mode="after")
     def _thresholds(self) -> AnalysisSettings:

@@ -28,6 +28,8 @@ def test_keep_server_leaves_a_background_server_the_next_run_uses(scenario: Scen
         assert "dryrun: PASS" in first.stdout
         server = find_background_server(sandbox.state_dir)
         assert server is not None, "no background server recorded after --keep-server"
+        # the run's page in the UI that server serves, printed for the reader
+        assert f"Prefect UI: {server.ui_url}/flow-runs/flow-run/" in first.stdout, first.stdout
 
         second = subprocess.Popen(cmd, cwd=scenario.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, start_new_session=True)

@@ -1,5 +1,5 @@
 """Cloud Run's traffic, ingress, load balancer and capacity rules, as the sandbox enforces them, driven
-through the unmodified run_v2 / logging clients (README: Fidelity, "Traffic, ingress, load balancer
+through the unmodified run_v2 / logging clients (docs/sandbox.md: Fidelity, "Traffic, ingress, load balancer
 and capacity")."""
 
 from __future__ import annotations
