@@ -184,6 +184,7 @@ class ServiceValidation(RolloutSteps):
             self.clients.cloudrun, self.clients.http, self.clients.tokens, self.svc.name, self.svc.contract,
             self.settings.probes, baseline_revision=snapshot.previous.name if snapshot.previous else None,
             candidate_url=outcome.tag_url, timeout_s=self.settings.deploy_timeout_s, ingress=snapshot.ingress,
+            in_vpc=self.settings.worker_in_vpc,
             audience=probe_audience(UrlKind.TAGGED, outcome.service_url, self.settings.probes)))
         if not self.record(result):
             await self._rollback_if_moved(outcome.traffic_moved, revision, Stage.CONTRACT)

@@ -27,6 +27,17 @@ def logging_api() -> Iterator[LoggingSandbox]:
         yield running
 
 
+@pytest.fixture(autouse=True)
+def _no_prefect_api() -> Iterator[None]:
+    """These tests exercise the in-process read budget, the one a run without a Prefect API uses; a session-wide
+    test server of another test in this process (prefect_test_harness) must not switch them to the server's."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+
 def settings(endpoint: str, credentials_file: str | None = None, **logs: float) -> Settings:
     return Settings(project=PROJECT, region="europe-west1", registry="127.0.0.1:5000/x",
                     services=(ServiceConfig(name="shop"),), logs=LogRules(**logs),  # type: ignore[arg-type]

@@ -48,8 +48,11 @@ async def test_removed_operation_fails_at_contract_and_traffic_never_moves(
     assert "## Breaking changes audit" in md and "`api-removed-without-deprecation`" in md
 
 
+@pytest.mark.parametrize("tag_audience", ["service_url", "tag_url"])  # unsure: which audience a tag URL accepts
 async def test_added_optional_field_passes_with_an_info_finding(
-        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any,  # noqa: F811
+        fidelity: Any, tag_audience: str) -> None:
+    fidelity(tag_audience=tag_audience)
     service = created("contract")
     baseline(run_clients, service, sample_image.digest_ref, env={"OPENAPI_VARIANT": "base"})
     scenario.add_service("svc")

@@ -272,6 +272,9 @@ async def test_the_whole_flow_with_the_api_killed_mid_shift_reports_traffic_unkn
 
         # the first request to the candidate's tagged URL (probe-tagged: the deploy is over) consumes this
         clients.admin("POST", "/sandbox/v1/faults", {"method": f"proxy.tag.web.sc-{sha[:7]}", "latency_s": 0.01})
+        # ... and this the contract stage's read of the serving revision's document through the tag it added
+        # (sc-base): that tag's operation is over, so the next operation poll is the traffic shift's
+        clients.admin("POST", "/sandbox/v1/faults", {"method": "proxy.tag.web.sc-base", "latency_s": 0.01})
 
         def kill_at_the_shift() -> None:
             if processes.wait_until(lambda: not faults_left(), 120):

@@ -179,9 +179,17 @@ async def submit_and_wait(team: Team, project: TeamProject) -> Batch:
         batch = Batch(wall_s=time.monotonic() - began, refused=refused)
         for service, run in zip(plan, created, strict=True):
             final = finals[run.id]
-            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            spans = [(t.start_time, t.end_time) for t in tasks
-                     if t.name.endswith(f" · {service}") and t.start_time and t.end_time]
+            # task runs reach the server through events, after the flow run's own final state on a busy server:
+            # wait for them (a run's stages are what "one run at a time" is about), never guess without them
+            spans: list[tuple[datetime, datetime]] = []
+            seen_until = time.monotonic() + 60
+            while not spans and time.monotonic() < seen_until:
+                tasks = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                spans = [(t.start_time, t.end_time) for t in tasks
+                         if t.name.endswith(f" · {service}") and t.start_time and t.end_time]
+                if not spans:
+                    await asyncio.sleep(0.5)
             states = await client.read_flow_run_states(run.id)
             at = final.start_time or final.created
             work: tuple[datetime, datetime] = ((min(s for s, _ in spans), max(e for _, e in spans)) if spans

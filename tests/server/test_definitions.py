@@ -93,8 +93,13 @@ def test_notify_merge_refuses_bad_input_with_exit_2(argv: list[str], fragment: s
 
 
 def test_notify_merge_needs_an_api(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert notify_merge.main(["--sha", "abcdef1", "--ref", "main", "--repo", "r"]) == 2
+    # notify-merge reads the active profile as Prefect does: no API there either (a session-wide test server of
+    # another test, prefect_test_harness, sets it in this process's settings)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert notify_merge.main(["--sha", "abcdef1", "--ref", "main", "--repo", "r"]) == 2
     assert "PREFECT_API_URL" in capsys.readouterr().err
 
 
