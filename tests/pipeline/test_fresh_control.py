@@ -61,7 +61,7 @@ async def test_the_control_copies_the_serving_revision_and_gets_no_traffic(
     created = run_clients.revisions.get_revision(name=f"{run_clients.service_name(service)}/revisions/{control.revision}")
     original = run_clients.revisions.get_revision(name=f"{run_clients.service_name(service)}/revisions/{serving}")
     assert created.containers[0].image == original.containers[0].image == sample_image.digest_ref
-    assert control.image == sample_image.digest_ref and "@sha256:" in control.image
+    assert control.image == sample_image.digest_ref and "@sha256:" in str(control.image)
     assert {e.name: e.value for e in created.containers[0].env} == {"GREETING": "serving"}
     assert created.labels["team"] == "shop" and created.labels["stagecheck-role"] == "control"
     # no traffic and no tag: the split is the one that served, the control absent from it
