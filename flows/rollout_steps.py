@@ -170,15 +170,17 @@ class RolloutSteps(Endings):
 
     async def _analysis(self, snapshot: ServiceSnapshot, revision: str, seconds: float, stop: asyncio.Event,
                         label: str) -> StageResult:
-        """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before, under load
-        (the last bake, and canary holds long enough to decide: stagecheck.analysis.windows.analyses_window)."""
+        """The `analysis` stage (tasks/analysis.py): candidate vs the revision that served before (or its fresh
+        copy, `self.control`), under load (the last bake, and canary holds long enough to decide:
+        stagecheck.analysis.windows.analyses_window)."""
         from tasks.analysis import analyse_release  # scipy: loaded only when a run analyses
 
         assert self.settings.analysis is not None
         service_url = self.urls.get("service")
         return await gate_value(await analyse_release(
             self.clients.cloudrun, self.clients.http, service=self.svc.name,
-            baseline_revision=snapshot.previous.name if snapshot.previous else None,
+            baseline_revision=self.control.revision if self.control else
+            snapshot.previous.name if snapshot.previous else None, control=self.control,
             candidate_url=self.urls.get("tagged"), audience=probe_audience(UrlKind.SERVICE, service_url,
                                                                          self.settings.probes),
             settings=self.settings.analysis, duration_s=seconds, timeout_s=self.settings.deploy_timeout_s,

@@ -23,6 +23,7 @@ from stagecheck.settings import (
     TrafficPlan,
 )
 from tasks.common import Clients
+from tasks.control import Control
 from tasks.inspect import ServiceSnapshot
 
 
@@ -50,6 +51,7 @@ class ServiceRun:
         self.rollout: RolloutRecord | None = None  # the record on the service while traffic may be moved
         self.failed_at: datetime | None = None  # when the first failed gate saw its failure
         self.contract: ContractAudit | None = None  # the breaking-changes audit, when it compared
+        self.control: Control | None = None  # `[analysis] baseline = "fresh"`: the control revision deployed
 
     @property
     def tag(self) -> str:

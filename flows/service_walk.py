@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from flows.gates import gate_value
 from flows.rollout_steps import RolloutSteps
+from stagecheck.analysis.config import Baseline
 from stagecheck.concurrency import (
     ServiceLockError,
     lock_failed,
@@ -31,6 +32,7 @@ from stagecheck.settings import (
 from stagecheck.stages import Stage
 from tasks.build import build_image
 from tasks.contract import audit_contract
+from tasks.control import deploy_control
 from tasks.deploy import DeployOutcome, deploy_revision
 from tasks.inspect import ServiceSnapshot, inspect_service
 from tasks.logs import analyse_logs
@@ -135,7 +137,10 @@ class ServiceValidation(RolloutSteps):
         return self.record(result), image
 
     async def _deploy(self, pinned: str, snapshot: ServiceSnapshot) -> tuple[bool, DeployOutcome]:
-        """The candidate revision, no traffic; a failed deploy puts the split back as it was (or says why not)."""
+        """The candidate revision, no traffic; a failed deploy puts the split back as it was (or says why not).
+        With `[analysis] baseline = "fresh"`, the control revision first (tasks.control): both start cold."""
+        if not await self._deploy_control(snapshot):
+            return False, DeployOutcome()
         self.starting(Stage.DEPLOY)
         result, outcome = await gate_value(await self._api(deploy_revision)(
             self.clients.cloudrun, self.settings, self.svc, image=pinned, git_sha=self.git_sha, tag=self.tag, snapshot=snapshot))
@@ -158,6 +163,17 @@ class ServiceValidation(RolloutSteps):
                 await self._clean_up_failed_deploy(snapshot, outcome.revision.name)
             return False, outcome
         return True, outcome
+
+    async def _deploy_control(self, snapshot: ServiceSnapshot) -> bool:
+        """The fresh control, when configured and a revision serves (False: it failed; nothing moved)."""
+        analysis = self.settings.analysis
+        if analysis is None or analysis.baseline is not Baseline.FRESH or snapshot.previous is None:
+            return True
+        self.starting("deploy control")
+        result, self.control = await gate_value(await self._api(deploy_control)(
+            self.clients.cloudrun, self.svc.name, serving=snapshot.previous.name, split=snapshot.serving,
+            timeout_s=self.settings.deploy_timeout_s))
+        return self.control is not None or self.record(result)
 
     async def _probe_tagged(self, snapshot: ServiceSnapshot, outcome: DeployOutcome, revision: str) -> bool:
         """The candidate answers on its tag URL before it gets any traffic (skipped when the tagged probe is off)."""

@@ -1,7 +1,7 @@
 """Stage `analysis`: the candidate against the baseline under the same load, judged with statistics.
 
-Runs beside the bake. The revision that served before the release answers on the `sc-base` tag for the
-duration (a 0 % target: traffic unchanged; removed afterwards, also on failure); the candidate on its own
+Runs beside the bake. The revision that served before the release (or, with `baseline = "fresh"`, its copy
+deployed beside the candidate: tasks/control.py) answers on the `sc-base` tag for the duration (a 0 % target: traffic unchanged; removed afterwards, also on failure); the candidate on its own
 tag URL. Decisions: stagecheck/analysis (judge, stage); load: stagecheck/analysis/load.py.
 """
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from stagecheck.clients.cloudlogging import LogReader
     from stagecheck.clients.cloudrun import CloudRun
     from stagecheck.clients.identity import IdTokens
+    from tasks.control import Control
 
 LOG_READ_WAIT_S = 20.0  # the cross-check's log reads give up (declined) rather than hold the verdict longer
 
@@ -70,8 +71,10 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
                           candidate_url: str | None, audience: str | None, settings: AnalysisSettings,
                           duration_s: float, timeout_s: float, label: str = "",
                           tokens: IdTokens | None = None, stop: asyncio.Event | None = None,
-                          reader: LogReader | None = None, candidate_revision: str | None = None) -> StageResult:
-    """Tag the baseline `sc-base`, send the same open-loop request mix to both arms for `duration_s` (or
+                          reader: LogReader | None = None, candidate_revision: str | None = None,
+                          control: Control | None = None) -> StageResult:
+    """Tag the baseline `sc-base` (`control`: the fresh copy of the serving revision, which `baseline_revision`
+    then names), send the same open-loop request mix to both arms for `duration_s` (or
     until `stop` is set: the bake failed), judge candidate vs baseline per metric
     (stagecheck.analysis.judge), remove the tag."""
     from stagecheck.clients.cloudrun import split_from_proto
@@ -104,6 +107,10 @@ async def analyse_release(cloudrun: CloudRun, http: httpx.AsyncClient, *, servic
             await cloudrun.set_traffic(service, without_base_tag(split_from_proto(current.traffic)), timeout_s)
         stopped = f"load stopped at {load.stopped_at_s:.1f} s: the bake failed" if stop and stop.is_set() else None
         result = _judged(load, settings, first, mix, base_url, candidate_url, baseline_revision, label, stopped)
+        if control is not None:
+            result.data["analysis"]["baseline"].update(kind="fresh", copied_from=control.copied_from,
+                                                       image=control.image)
+            result.evidence.insert(0, control.evidence)
         result.data["analysis"]["seed"] = seed
         if reader is not None and candidate_revision:
             await _cross_check(result, reader, service, {Arm.BASELINE: baseline_revision,
@@ -148,7 +155,7 @@ def _judged(load: LoadResult, settings: AnalysisSettings, first: dict[str, Any],
         "summary": summary, "stopped_early": load.breaker_tripped or stopped, "throttled": load.throttled,
         "rps": settings.rps, "duration_s": round(load.stopped_at_s, 2),
         "paths": [{"path": r.path, "weight": r.weight, "method": r.method} for r in mix],
-        "baseline": {"revision": baseline_revision, "url": base_url, "tag": BASE_TAG},
+        "baseline": {"revision": baseline_revision, "url": base_url, "tag": BASE_TAG, "kind": "serving"},
         "candidate": {"url": candidate_url},
         "first_answer": first,
         "latencies_ms": {"baseline": [round(v, 2) for v in base.latencies_ms],

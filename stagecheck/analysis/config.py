@@ -12,7 +12,7 @@ SAFE_METHODS = ("GET", "HEAD")
 
 class Baseline(StrEnum):
     SERVING = "serving"  # the revision that served before the release gets the `sc-base` tag
-    # "fresh" (a 0 % copy of the serving template deployed beside the candidate, both cold) is not built yet
+    FRESH = "fresh"  # a 0 % copy of the serving revision's template, deployed just before the candidate (tasks/control)
 
 
 class OnInconclusive(StrEnum):
@@ -65,7 +65,9 @@ class AnalysisSettings(_Strict):
     request_timeout_s: float = Field(default=10.0, gt=0, le=60,
                                      description="a request not answered by then counts as an error")
     baseline: Baseline = Field(default=Baseline.SERVING,
-                               description="the control arm: the revision that served before (tagged sc-base)")
+                               description="the control arm: `serving`, the revision that served before; `fresh`, a copy of "
+                               "its template (same image digest) deployed beside the candidate, so both start cold; "
+                               "either is tagged sc-base for the bake and never gets traffic")
     metrics: tuple[Metric, ...] = Field(default=tuple(Metric), description="the metrics judged (all by default)")
     alpha: float = Field(default=0.01, gt=0, lt=0.5)  # family-wise, Bonferroni-split over `metrics`
     tolerance: float = Field(default=0.25, ge=0)  # Kayenta's NetflixACAJudge value

@@ -60,8 +60,10 @@ def analysis_lines(stages: Sequence[StageResult], service: str, table: Callable[
         parts = [f"{arm} {f['seconds']:.2f} s (status {f['status']})" for arm, f in first.items()]
         lines += ["", "First answer of each arm before the load (includes a cold start if the arm had no "
                       "instance): " + ", ".join(parts) + "."]
-    lines += ["", f"Load: {data.get('summary', '')}; baseline {data['baseline']['revision']} on tag "
-                  f"`{data['baseline']['tag']}`."]
+    base = data["baseline"]
+    control = (f" (a fresh control: a copy of the serving revision {base['copied_from']}, image "
+               f"`{base.get('image')}`, deployed beside the candidate)" if base.get("kind") == "fresh" else "")
+    lines += ["", f"Load: {data.get('summary', '')}; baseline {base['revision']}{control} on tag `{base['tag']}`."]
     if data.get("stopped_early"):
         lines += ["", f"Stopped early: {data['stopped_early']}."]
     svg = picture(stages, service)

@@ -87,6 +87,24 @@ def test_report_lines_and_picture() -> None:
     assert "baseline: n=600" in svg and "candidate: n=600" in svg
 
 
+def test_report_names_a_fresh_control() -> None:
+    judgement, settings, base, cand = _judged(0)
+    facts = _facts(base, cand)
+    facts["baseline"].update(revision="svc-control-abc", kind="fresh", copied_from="svc-1", image="r/i@sha256:ab")
+    stage = analysis_result(judgement, settings, facts=facts)
+    from stagecheck.report import _table
+
+    text = "\n".join(analysis_lines([stage], "svc", _table, "#"))
+    assert ("baseline svc-control-abc (a fresh control: a copy of the serving revision svc-1, image `r/i@sha256:ab`, "
+            "deployed beside the candidate) on tag `sc-base`") in text
+
+
+def test_baseline_fresh_is_accepted_and_other_values_named() -> None:
+    assert AnalysisSettings.model_validate({"baseline": "fresh"}).baseline == "fresh"
+    with pytest.raises(ValueError, match="baseline"):
+        AnalysisSettings.model_validate({"baseline": "canary"})
+
+
 def test_no_analysis_stage_no_lines() -> None:
     assert analysis_lines([], "svc", lambda *a: [], "#") == []
 

@@ -120,3 +120,36 @@ async def test_analysis_in_a_canary_hold_stops_the_release_before_100_percent(
     traffic = [s for s in report["stages"] if s["name"] == "traffic"]
     assert len(traffic) == 1  # never shifted to 100 %
     _assert_tag_gone_and_picture_written(run_clients, scenario, service)
+
+
+async def test_analysis_with_a_fresh_control_passes_an_identical_candidate(
+        prefect_api: None, scenario: Any, run_clients: Any, created: Any, sample_image: Any) -> None:  # noqa: F811
+    """`baseline = "fresh"`: a copy of the serving revision (same image digest) is deployed just before the
+    candidate and judged against it; it never serves traffic and loses its `sc-base` tag afterwards."""
+    service = created("an-fresh")
+    before = baseline(run_clients, service, sample_image.digest_ref)
+    scenario.add_service("fresh")
+    config = scenario.config([{"name": service, "source_dir": "fresh", "env": {"GREETING": "hello"}}],
+                             steps="[100]", bake_s=BAKE_S, extra=ANALYSIS + '\nbaseline = "fresh"')
+    scenario.commit()
+
+    run = await run_flow(scenario, config)
+
+    report = run.report(service)
+    assert report["verdict"] == "pass", report["reasons"]
+    stage = run.stage(service, "analysis")
+    assert stage["status"] == "PASS"
+    arm = stage["data"]["analysis"]["baseline"]
+    control = arm["revision"]
+    assert arm["kind"] == "fresh" and arm["copied_from"] == before and control.startswith(f"{service}-control-")
+    rev = run_clients.revisions.get_revision(name=f"{run_clients.service_name(service)}/revisions/{control}")
+    original = run_clients.revisions.get_revision(name=f"{run_clients.service_name(service)}/revisions/{before}")
+    assert arm["image"] == rev.containers[0].image == original.containers[0].image
+    for metric in _metrics(stage).values():
+        assert metric["classification"] == "Pass", metric
+    assert f"baseline {control} (a fresh control: a copy of the serving revision {before}" in \
+        run.artifact(f"stagecheck-report-{service}").data
+    svc = run_clients.services.get_service(name=run_clients.service_name(service))
+    assert control not in {s.revision for s in svc.traffic_statuses}  # never served, no tag left
+    assert serving(run_clients, service) == {report["revision"]["name"]: 100}
+    _assert_tag_gone_and_picture_written(run_clients, scenario, service)
