@@ -15,6 +15,11 @@ from stagecheck.settings.endpoints import (
     Endpoints,
     SyntaxSettings,
 )
+from stagecheck.settings.files import (
+    _resolve_paths,
+    read_toml,
+    sandbox_overrides,
+)
 from stagecheck.settings.logs import (
     LogRules,
 )
@@ -66,13 +71,10 @@ from stagecheck.settings.services import (
 )
 from stagecheck.settings.sources import (
     _format_validation_error,
-    _resolve_paths,
     deep_merge,
     describe_error,
     env_overrides,
     load_settings,
-    read_toml,
-    sandbox_overrides,
 )
 from stagecheck.settings.traffic import (
     AfterPass,

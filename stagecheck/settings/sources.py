@@ -1,21 +1,33 @@
 """Where settings come from, lowest to highest precedence: defaults < TOML < `STAGECHECK_*` environment <
-sandbox endpoints < overrides; and the readable message for a bad value."""
+sandbox endpoints < overrides, layered by pydantic-settings' sources; and the readable message for a bad value."""
 
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import SkipValidation, ValidationError, create_model
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
+from stagecheck.settings.files import _resolve_paths, read_toml, sandbox_overrides
 from stagecheck.settings.model import Settings
-from stagecheck.settings.rules import BLOCK_SLUG_RE, MAX_CONFIG_BYTES, NOT_CONFIG_ENV, ConfigError
+from stagecheck.settings.rules import NOT_CONFIG_ENV, ConfigError
+
+ENV_PREFIX = "STAGECHECK_"
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, tables merged key by key (the rule the sources are layered by)."""
     out: dict[str, Any] = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -25,54 +37,68 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def env_overrides(environ: Mapping[str, str], prefix: str = "STAGECHECK_") -> dict[str, Any]:
-    """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces).
+class _Layers(BaseSettings):
+    """The sources, merged by pydantic-settings (a dict at any depth merged key by key, anything else replaced).
+
+    It reads only the sources `load_settings` hands it (none otherwise: never the process environment), and
+    keeps each of Settings' keys as read, so `Settings` validates and words every problem."""
+
+    model_config = SettingsConfigDict(
+        extra="allow", case_sensitive=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+
+    @classmethod
+    def settings_customise_sources(cls, *_: Any, **__: Any) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _SOURCES.get()
+
+
+_SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...]] = ContextVar("settings_sources", default=())
+# Settings' keys as raw fields: a dict type, so every key takes `__` nesting from the environment.
+_LAYERS = create_model(  # type: ignore[call-overload]
+    "SettingsLayers", __base__=_Layers,
+    **{name: (Annotated[dict[str, Any] | Any, SkipValidation], None) for name in Settings.model_fields})
+
+
+class _Environment(EnvSettingsSource):
+    """`STAGECHECK_PROBES__DEADLINE_S=90` -> {"probes": {"deadline_s": "90"}} (pydantic coerces), from `environ`.
 
     Only the documented keys are read: a variable whose first part names a Settings field. The
     variables stagecheck itself exports to smoke commands (STAGECHECK_BASE_URL, ..._LB_URL, ...) and
-    its runtime knobs (STAGECHECK_STATE_DIR, ...) are never configuration, nor is anything else."""
-    out: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(prefix) or key in NOT_CONFIG_ENV:
-            continue
-        path = key[len(prefix) :].lower().split("__")
-        if path[0] not in Settings.model_fields:
-            continue
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        if value.startswith(("[", "{")):
-            try:
-                node[path[-1]] = json.loads(value)
-                continue
-            except json.JSONDecodeError:
-                pass
-        node[path[-1]] = value
-    return out
+    its runtime knobs (STAGECHECK_STATE_DIR, ...) are never configuration, nor is anything else.
+    A value starting with `[` or `{` is read as JSON when it parses; anything else stays text."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, Any]:
+        return {ENV_PREFIX + key[len(ENV_PREFIX):].lower(): _json_or_text(value) for key, value in self._environ.items()
+                if key.startswith(ENV_PREFIX) and key not in NOT_CONFIG_ENV}
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        return value  # read in _load_env_vars, by the rule above
 
 
-def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
-    """Endpoints, project, region, registry and LB of a running sandbox (`stagecheck sandbox up`)."""
-    try:
-        info = json.loads(sandbox_json.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no sandbox running: {sandbox_json} not found (run `make up`)") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{sandbox_json} is not valid JSON: {exc}") from None
-    try:
-        return {
-            "project": info["project"],
-            "region": info["region"],
-            "registry": info["registry"],
-            "lb_url": info["lb_url"],
-            "docker_host": info.get("docker_host"),
-            "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"],
-                          "credentials_file": info["credentials_file"]},
-        }
-    except KeyError as exc:
-        hint = " (a sandbox from an older version: restart it with `make down && make up`)" \
-            if exc.args[0] == "credentials_file" else ""
-        raise ConfigError(f"{sandbox_json} lacks {exc.args[0]!r}{hint}") from None
+def _json_or_text(value: str) -> Any:
+    if value.startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    """`stagecheck.toml` by `read_toml` (a missing or bad file is a ConfigError naming it), its relative paths
+    (repo_root, source_dir, report_dir, ...) resolved against the file's folder."""
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        path = Path(files)
+        return _resolve_paths(read_toml(path, "config file"), path.resolve().parent)
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the `STAGECHECK_*` variables of `environ` give (see `_Environment`)."""
+    return _Environment(_LAYERS, environ)()
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -102,34 +128,6 @@ def describe_error(err: Mapping[str, Any]) -> str:
     return message
 
 
-def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file as a dict; ConfigError naming the file (and the line) when it is missing or malformed."""
-    try:
-        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
-            raise ConfigError(f"{what} {path} is not a regular file")
-        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a stagecheck config")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"{what} {path} is not readable (permission denied)") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path} is not a UTF-8 text file (binary?)") from None
-    except OSError as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
-    if "\x00" in text:
-        raise ConfigError(f"{what} {path} is not a text file (it contains NUL bytes)")
-    if not text.strip():
-        raise ConfigError(f"{what} {path} is empty")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
 def load_settings(
     config: Path | None = None,
     *,
@@ -142,41 +140,23 @@ def load_settings(
     Relative paths in the file (repo_root, source_dir, report_dir) are resolved against the file's folder.
     Raises ConfigError with a readable message for every problem.
     """
-    data: dict[str, Any] = {}
-    source = "defaults"
+    layers: list[PydanticBaseSettingsSource] = []  # lowest precedence first, each read in that order
     if config is not None:
-        source = str(config)
-        data = _resolve_paths(read_toml(config, "config file"), config.resolve().parent)
+        layers.append(_ConfigFile(_LAYERS, config))
     if environ is not None:
-        data = deep_merge(data, env_overrides(environ))
+        layers.append(_Environment(_LAYERS, environ))
     if sandbox_json is not None:
-        data = deep_merge(data, sandbox_overrides(sandbox_json))
+        layers.append(InitSettingsSource(_LAYERS, sandbox_overrides(sandbox_json)))
     if overrides:
-        data = deep_merge(data, overrides)
+        layers.append(InitSettingsSource(_LAYERS, dict(overrides)))
+
+    token = _SOURCES.set(tuple(reversed(layers)))  # pydantic-settings takes the highest first
+    try:
+        merged = _LAYERS()
+    finally:
+        _SOURCES.reset(token)
+    data = {key: value for key, value in merged if key in merged.model_fields_set}  # as read, in order
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
-
-
-def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    out = dict(data)
-    for key in ("repo_root", "report_dir"):
-        if key in out:
-            out[key] = str((base / out[key]).resolve())
-    storage = out.get("result_storage")
-    if isinstance(storage, str) and not BLOCK_SLUG_RE.match(storage):
-        out["result_storage"] = str((base / Path(storage).expanduser()).resolve())  # a folder, not a block slug
-    out.setdefault("repo_root", str(base))
-    out.setdefault("report_dir", str(base / "reports"))
-    services = []
-    for svc in out.get("services", []) or []:
-        if isinstance(svc, dict) and "source_dir" in svc:
-            svc = {**svc, "source_dir": str((base / svc["source_dir"]).resolve())}
-        contract = svc.get("contract") if isinstance(svc, dict) else None
-        if isinstance(contract, dict) and isinstance(contract.get("ignore_file"), str):
-            svc = {**svc, "contract": {**contract, "ignore_file": str((base / contract["ignore_file"]).resolve())}}
-        services.append(svc)
-    if services:
-        out["services"] = services
-    return out
+        raise ConfigError(_format_validation_error(exc, str(config) if config is not None else "defaults")) from None
