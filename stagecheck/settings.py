@@ -166,6 +166,11 @@ class ProbePolicy(Strict):
                                                             "none: no credentials (public services only)")
     lb_audience: str | None = Field(None, description="ID-token audience for load-balancer probes (one of the "
                                                       "service's custom_audiences); default: the service URL")
+    id_token_account: str | None = Field(
+        None, pattern=r"^[a-z][-a-z0-9]*@[-a-z0-9.]+\.iam\.gserviceaccount\.com$",
+        description="service account whose ID tokens the probes send when the run's identity cannot mint one "
+                    "(Workload Identity Federation, a person's credentials): minted through IAM Credentials "
+                    "generateIdToken; the run's identity needs roles/iam.serviceAccountTokenCreator on it")
 
     @field_validator("retry_statuses")
     @classmethod
@@ -399,9 +404,12 @@ class Endpoints(Strict):
 
     run_api: str | None = None
     logging_api: str | None = None
+    iam_credentials_api: str = Field("https://iamcredentials.googleapis.com",
+                                     description="IAM Credentials API (generateIdToken for probes.id_token_account)")
     credentials_file: str | None = Field(
-        None, description="service-account key file for the API calls and ID tokens (the sandbox writes one); "
-                          "unset: Application Default Credentials")
+        None, description="credentials file for the API calls and ID tokens: a service-account key (the sandbox "
+                          "writes one) or any Application Default Credentials file (external_account, "
+                          "authorized_user, impersonated_service_account); unset: Application Default Credentials")
     console_base: str = "https://console.cloud.google.com"
 
     @field_validator("credentials_file")
@@ -411,7 +419,7 @@ class Endpoints(Strict):
             raise ValueError(f"credentials file not found: {v}")
         return v
 
-    @field_validator("run_api", "logging_api")
+    @field_validator("run_api", "logging_api", "iam_credentials_api")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://", v):
@@ -633,7 +641,7 @@ def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
             "lb_url": info["lb_url"],
             "docker_host": info.get("docker_host"),
             "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"],
-                          "credentials_file": info["credentials_file"]},
+                          "iam_credentials_api": info["run_api"], "credentials_file": info["credentials_file"]},
         }
     except KeyError as exc:
         hint = " (a sandbox from an older version: restart it with `make down && make up`)" \

@@ -63,7 +63,9 @@ class Clients:
         if self._tokens is None:
             from stagecheck.clients.identity import IdTokens
 
-            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block)
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block,
+                                    account=self.settings.probes.id_token_account,
+                                    iam_api=self.settings.endpoints.iam_credentials_api)
         return self._tokens
 
     @property
