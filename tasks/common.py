@@ -78,11 +78,16 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
-        token: Callable[[], str] = google_access_token  # the registry token: ADC, or the block's credentials
+        # the registry token comes from the API calls' identity: the block, else the credentials file, else ADC
+        token: Callable[[], str] = google_access_token
         if settings.gcp_credentials_block:
             from stagecheck.clients.identity import block_access_token
 
             token = block_access_token(settings.gcp_credentials_block)
+        elif settings.endpoints.credentials_file:
+            from stagecheck.clients.identity import file_access_token
+
+            token = file_access_token(settings.endpoints.credentials_file)
         images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
         images.pushed = PushedImageRecords(settings.result_storage)
         return cls(settings=settings, images=images)

@@ -64,6 +64,26 @@ def block_access_token(block: str) -> Callable[[], str]:
     return token
 
 
+def file_access_token(credentials_file: str) -> Callable[[], str]:
+    """A registry token provider: an OAuth access token of `endpoints.credentials_file`'s identity — the one the
+    API calls use, never a second one (Artifact Registry takes it as the password of `oauth2accesstoken`)."""
+    def token() -> str:
+        from google.auth.credentials import with_scopes_if_required
+        from google.auth.transport.requests import Request
+
+        creds = api_credentials(credentials_file)
+        assert creds is not None  # a file is named
+        creds = with_scopes_if_required(creds, [CLOUD_PLATFORM])
+        try:
+            creds.refresh(Request())  # type: ignore[no-untyped-call]
+        except auth_exc.GoogleAuthError as exc:
+            raise StageError(f"registry auth: the credentials file {credentials_file} got no token "
+                             f"({type(exc).__name__})") from None
+        return str(creds.token)
+
+    return token
+
+
 def api_credentials(credentials_file: str | None, block: str | None = None) -> Credentials | None:
     """Credentials for the Cloud Run / Logging clients: a prefect-gcp GcpCredentials block when the
     settings name one (`gcp_credentials_block`), else the key file's service account, else None (the
