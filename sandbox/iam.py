@@ -253,6 +253,8 @@ class Iam:
         self.wif_audience = f"//iam.googleapis.com/{pool}/providers/sandbox"
         self.wif_member = f"principal://iam.googleapis.com/{pool}/subject/{WIF_SUBJECT}"
         self.project_roles[self.wif_member] = {"roles/run.admin"}
+        self.service_agent = f"serviceAccount:service-{self.project_number}@serverless-robot-prod.iam.gserviceaccount.com"
+        self.project_roles[self.service_agent] = set()
         # service accounts' own IAM policies: who holds roles/iam.serviceAccountTokenCreator on each (none at first)
         self.token_creators: dict[str, set[str]] = {p.email: set() for p in (self.deployer, self.outsider)}
         self.id_tokens_generated: list[dict[str, str]] = []  # generateIdToken calls that succeeded (tests read them)
@@ -402,17 +404,27 @@ class Iam:
         return 400, {"error": "invalid_scope",
                      "error_description": "Invalid OAuth scope or ID token audience provided."}
 
+    def access_member(self, token: str) -> str | None:
+        """The member of an OAuth access token the sandbox issued (cloud-platform scope, not expired), or None."""
+        if not token.startswith(ACCESS_TOKEN_PREFIX):
+            return None
+        claims = self._verify_issued(token[len(ACCESS_TOKEN_PREFIX):], "sandbox-access-token")
+        if claims is None or CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
+            return None
+        member = str(claims.get("member", ""))
+        return member if member in self.project_roles else None
+
+    def service_agent_token(self) -> str:
+        """An access token of the Cloud Run service agent, which pulls the revisions' images."""
+        return self.access_token(self.service_agent, [CLOUD_PLATFORM])
+
     def api_caller(self, authorization: str, api_audience: str) -> str | None:
         """The member behind an API call's credentials (self-signed JWT or access token), or None."""
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
         if token.startswith(ACCESS_TOKEN_PREFIX):
-            claims = self._verify_issued(token[len(ACCESS_TOKEN_PREFIX):], "sandbox-access-token")
-            if claims is None or CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
-                return None
-            member = str(claims.get("member", ""))
-            return member if member in self.project_roles else None
+            return self.access_member(token)
         verified = self._verify_assertion(token, None)
         if isinstance(verified, str):
             return None

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -438,6 +438,9 @@ class Settings(BaseModel):
     project: str
     region: str
     registry: str = Field(description="image registry, e.g. REGION-docker.pkg.dev/PROJECT/REPO")
+    registry_login: Literal["auto", "google"] = Field(
+        "auto", description="auto: `oauth2accesstoken` + an access token of the API calls' identity for Artifact "
+        "Registry and gcr.io hosts only; google: for this registry whatever its name (e.g. behind a proxy)")
     services: tuple[ServiceConfig, ...]
     lb_url: str | None = Field(None, description="load balancer base URL; LB probes are skipped without it")
     lb_tag_url: str | None = Field(

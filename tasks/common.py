@@ -88,7 +88,8 @@ class Clients:
             from stagecheck.clients.identity import file_access_token
 
             token = file_access_token(settings.endpoints.credentials_file)
-        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token,
+                        google_login=settings.registry_login == "google")
         images.pushed = PushedImageRecords(settings.result_storage)
         return cls(settings=settings, images=images)
 
