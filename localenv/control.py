@@ -50,6 +50,7 @@ class SandboxInfo(BaseModel):
     state_dir: str
     credentials_file: str  # service-account key (roles/run.admin: deploys and invokes); token_uri = the sandbox
     outsider_credentials_file: str  # a second service account with no role (authenticates, may not invoke)
+    external_account_file: str = ""  # Workload Identity Federation credentials (roles/run.admin; no ID tokens)
 
     @property
     def parent(self) -> str:
@@ -181,6 +182,7 @@ def start(
         lb_url=server["lb_url"], project=project, region=region, registry=registry, docker_host=host,
         pid=proc.pid, instance_id=instance_id, state_dir=str(state), credentials_file=server["credentials_file"],
         outsider_credentials_file=server["outsider_credentials_file"],
+        external_account_file=server.get("external_account_file", ""),
     )
     tmp = state / (INFO_FILE + ".tmp")
     tmp.write_text(info.model_dump_json(indent=2) + "\n")

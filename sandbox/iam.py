@@ -56,10 +56,18 @@ GOOGLE_ISSUER = "https://accounts.google.com"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 RUN_API_AUDIENCE = "https://run.googleapis.com/"
 LOGGING_API_AUDIENCE = "https://logging.googleapis.com/"
+IAM_CREDENTIALS_AUDIENCE = "https://iamcredentials.googleapis.com/"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 TOKEN_LIFETIME_S = 3600
 MAX_ASSERTION_LIFETIME_S = 3600
 ACCESS_TOKEN_PREFIX = "ya29."
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SUBJECT_TOKEN_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
+SANDBOX_IDP = "https://idp.sandbox.stagecheck.invalid"  # the external identity provider federated into the pool
+WIF_POOL = "stagecheck-ci"
+WIF_SUBJECT = "repo:acme/shop:ref:refs/heads/main"
+TOKEN_CREATOR = "roles/iam.serviceAccountTokenCreator"
+GET_OPENID_TOKEN = "iam.serviceAccounts.getOpenIdToken"
 
 INVOKE = "run.routes.invoke"
 _VIEW = {"run.services.get", "run.services.list", "run.services.getIamPolicy", "run.revisions.get",
@@ -154,7 +162,7 @@ class Principal:
         }
 
 
-def write_key_file(path: Path, data: Mapping[str, str]) -> None:
+def write_key_file(path: Path, data: Mapping[str, Any]) -> None:
     """Write a key file readable by its owner only (it holds a private key)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -238,6 +246,18 @@ class Iam:
         self._issuer_kid = secrets.token_hex(20)
         self._issuer = crypt.RSASigner.from_string(issuer_private, key_id=self._issuer_kid)
         self._policies: dict[str, Policy] = {}  # by service uid: a re-created service starts private again
+        # Workload Identity Federation: an external IdP's tokens exchanged at STS for a federated principal's
+        # access token; it holds roles/run.admin on the project but is no service account (no ID tokens of its own)
+        self.project_number = str(100000000000 + secrets.randbelow(10**11))
+        self._wif_pool = pool = f"projects/{self.project_number}/locations/global/workloadIdentityPools/{WIF_POOL}"
+        self.wif_audience = f"//iam.googleapis.com/{pool}/providers/sandbox"
+        self.wif_member = f"principal://iam.googleapis.com/{pool}/subject/{WIF_SUBJECT}"
+        self.project_roles[self.wif_member] = {"roles/run.admin"}
+        self.service_agent = f"serviceAccount:service-{self.project_number}@serverless-robot-prod.iam.gserviceaccount.com"
+        self.project_roles[self.service_agent] = set()
+        # service accounts' own IAM policies: who holds roles/iam.serviceAccountTokenCreator on each (none at first)
+        self.token_creators: dict[str, set[str]] = {p.email: set() for p in (self.deployer, self.outsider)}
+        self.id_tokens_generated: list[dict[str, str]] = []  # generateIdToken calls that succeeded (tests read them)
 
     # -- key files
 
@@ -248,33 +268,85 @@ class Iam:
                  "outsider_credentials_file": state_dir / OUTSIDER_KEY_FILE}
         write_key_file(paths["credentials_file"], self.deployer.key_file(self.project, token_uri))
         write_key_file(paths["outsider_credentials_file"], self.outsider.key_file(self.project, token_uri))
+        paths["external_account_file"] = state_dir / "external-account.json"
+        subject = state_dir / "external-subject-token"
+        write_key_file(subject, {})  # owner-only file, then the token itself
+        subject.write_text(self.subject_token())
+        write_key_file(paths["external_account_file"], {
+            "type": "external_account", "audience": self.wif_audience,
+            "subject_token_type": SUBJECT_TOKEN_TYPES[0], "token_url": token_uri.rsplit("/", 1)[0] + "/v1/token",
+            "credential_source": {"file": str(subject)}, "universe_domain": "googleapis.com"})
         return {k: str(v) for k, v in paths.items()}
+
+    def subject_token(self, lifetime_s: float = 24 * 3600) -> str:
+        """A token of the external identity provider (as a CI system hands its jobs one) for the pool's provider."""
+        now = int(self.clock())
+        return self._sign({"iss": SANDBOX_IDP, "aud": self.wif_audience, "sub": WIF_SUBJECT, "iat": now,
+                           "exp": int(now + lifetime_s)})
 
     # -- tokens
 
     def _sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(self._issuer, claims, header={"kid": self._issuer_kid}).decode()
 
-    def id_token(self, principal: Principal, audience: str, lifetime_s: float = TOKEN_LIFETIME_S) -> str:
+    def id_token(self, principal: Principal, audience: str, lifetime_s: float = TOKEN_LIFETIME_S, *,
+                 include_email: bool = True) -> str:
         now = int(self.clock())
+        email = {"email": principal.email, "email_verified": True} if include_email else {}
         return self._sign({"iss": GOOGLE_ISSUER, "aud": audience, "azp": principal.unique_id,
-                           "sub": principal.unique_id, "email": principal.email, "email_verified": True,
-                           "iat": now, "exp": int(now + lifetime_s)})
+                           "sub": principal.unique_id, **email, "iat": now, "exp": int(now + lifetime_s)})
 
-    def access_token(self, principal: Principal, scopes: list[str]) -> str:
+    def access_token(self, principal: Principal | str, scopes: list[str]) -> str:
+        """An OAuth access token of a service account, or of another member (a federated principal)."""
         now = int(self.clock())
-        return ACCESS_TOKEN_PREFIX + self._sign({"iss": GOOGLE_ISSUER, "aud": "sandbox-access-token",
-                                                 "sub": principal.unique_id, "email": principal.email,
+        who = ({"sub": principal.unique_id, "email": principal.email, "member": f"serviceAccount:{principal.email}"}
+               if isinstance(principal, Principal) else {"sub": principal, "member": principal})
+        return ACCESS_TOKEN_PREFIX + self._sign({"iss": GOOGLE_ISSUER, "aud": "sandbox-access-token", **who,
                                                  "scope": " ".join(scopes), "iat": now,
                                                  "exp": now + TOKEN_LIFETIME_S})
 
-    def _verify_issued(self, token: str, audience: str | list[str]) -> dict[str, Any] | None:
+    def exchange(self, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """STS token exchange (sts.googleapis.com/v1/token): an external IdP's token for the pool's provider
+        becomes an access token of the federated principal."""
+        if form.get("grant_type") != TOKEN_EXCHANGE:
+            return 400, {"error": "invalid_request", "error_description": "Invalid value for \"grant_type\"."}
+        if form.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+            return 400, {"error": "invalid_request", "error_description": "Invalid value for \"subject_token_type\"."}
+        if form.get("audience") != self.wif_audience:
+            return 400, {"error": "invalid_target", "error_description": "The target service indicated by the "
+                         "\"audience\" parameters is invalid. This might either be because the pool or provider is "
+                         "disabled or deleted or because it doesn't exist."}
+        claims = self._verify_issued(form.get("subject_token", ""), self.wif_audience, issuer=SANDBOX_IDP)
+        if claims is None:
+            return 400, {"error": "invalid_grant", "error_description": "The subject token could not be verified "
+                         "(signature, issuer, audience or expiry)."}
+        scopes = form.get("scope", "").split() or [CLOUD_PLATFORM]
+        member = f"principal://iam.googleapis.com/{self._wif_pool}/subject/{claims['sub']}"
+        return 200, {"access_token": self.access_token(member, scopes),
+                     "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                     "token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S - 1}
+
+    def generate_id_token(self, caller: str, account: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """IAM Credentials generateIdToken: the caller needs iam.serviceAccounts.getOpenIdToken (in
+        roles/iam.serviceAccountTokenCreator) on the service account; `includeEmail` adds email claims."""
+        target = next((p for p in self._by_kid.values() if account in (p.email, p.unique_id)), None)
+        if target is None or caller not in self.token_creators.get(target.email, set()):
+            raise ApiError(403, f"Permission '{GET_OPENID_TOKEN}' denied on resource (or it may not exist).",
+                           status="PERMISSION_DENIED")
+        audience = body.get("audience")
+        if not isinstance(audience, str) or not audience:
+            raise ApiError(400, "Request contains an invalid argument.", field="audience")
+        self.id_tokens_generated.append({"caller": caller, "service_account": target.email, "audience": audience})
+        return {"token": self.id_token(target, audience, include_email=body.get("includeEmail") is True)}
+
+    def _verify_issued(self, token: str, audience: str | list[str], *,
+                       issuer: str = GOOGLE_ISSUER) -> dict[str, Any] | None:
         try:
             claims = jwt.decode(token, certs={self._issuer_kid: self._issuer_public}, audience=audience,
                                 clock_skew_in_seconds=0)
         except (ValueError, auth_exc.GoogleAuthError):
             return None
-        return dict(claims) if claims.get("iss") == GOOGLE_ISSUER and claims.get("exp", 0) > self.clock() else None
+        return dict(claims) if claims.get("iss") == issuer and claims.get("exp", 0) > self.clock() else None
 
     def _verify_assertion(self, assertion: str, audience: str | None) -> tuple[Principal, dict[str, Any]] | str:
         """A JWT signed with a service-account key: (its principal, claims), or why it is refused."""
@@ -332,25 +404,37 @@ class Iam:
         return 400, {"error": "invalid_scope",
                      "error_description": "Invalid OAuth scope or ID token audience provided."}
 
-    def api_caller(self, authorization: str, api_audience: str) -> Principal | None:
-        """The principal behind an API call's credentials (self-signed JWT or access token), or None."""
+    def access_member(self, token: str) -> str | None:
+        """The member of an OAuth access token the sandbox issued (cloud-platform scope, not expired), or None."""
+        if not token.startswith(ACCESS_TOKEN_PREFIX):
+            return None
+        claims = self._verify_issued(token[len(ACCESS_TOKEN_PREFIX):], "sandbox-access-token")
+        if claims is None or CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
+            return None
+        member = str(claims.get("member", ""))
+        return member if member in self.project_roles else None
+
+    def service_agent_token(self) -> str:
+        """An access token of the Cloud Run service agent, which pulls the revisions' images."""
+        return self.access_token(self.service_agent, [CLOUD_PLATFORM])
+
+    def api_caller(self, authorization: str, api_audience: str) -> str | None:
+        """The member behind an API call's credentials (self-signed JWT or access token), or None."""
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
         if token.startswith(ACCESS_TOKEN_PREFIX):
-            claims = self._verify_issued(token[len(ACCESS_TOKEN_PREFIX):], "sandbox-access-token")
-            if claims is None or CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
-                return None
-            return next((p for p in self._by_kid.values() if p.email == claims.get("email")), None)
+            return self.access_member(token)
         verified = self._verify_assertion(token, None)
         if isinstance(verified, str):
             return None
         principal, claims = verified
+        member = f"serviceAccount:{principal.email}"
         if claims.get("sub") != principal.email:
             return None
         if "aud" in claims:
-            return principal if claims["aud"] == api_audience else None
-        return principal if CLOUD_PLATFORM in str(claims.get("scope", "")).split() else None
+            return member if claims["aud"] == api_audience else None
+        return member if CLOUD_PLATFORM in str(claims.get("scope", "")).split() else None
 
     # -- permissions and policies
 
@@ -433,8 +517,10 @@ class ApiAuthMiddleware:
         self.iam = iam
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v2/"):
-            audience = LOGGING_API_AUDIENCE if scope["path"].startswith("/v2/entries") else RUN_API_AUDIENCE
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/v2/") or (path.startswith("/v1/projects/") and path.endswith(":generateIdToken")):
+            audience = (LOGGING_API_AUDIENCE if path.startswith("/v2/entries") else
+                        IAM_CREDENTIALS_AUDIENCE if path.startswith("/v1/") else RUN_API_AUDIENCE)
             authorization = _header(scope, b"authorization")
             caller = self.iam.api_caller(authorization, audience) if authorization else None
             if caller is None:
@@ -443,7 +529,7 @@ class ApiAuthMiddleware:
                 response.headers["www-authenticate"] = 'Bearer realm="https://accounts.google.com/"'
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["principal"] = f"serviceAccount:{caller.email}"
+            scope.setdefault("state", {})["principal"] = caller
         await self.app(scope, receive, send)
 
 
@@ -512,8 +598,37 @@ def iam_routes(iam: Iam, lookup: ServiceLookup, fault: FaultApply) -> list[BaseR
         lifetime = float(body.get("lifetime_s", TOKEN_LIFETIME_S))
         return JSONResponse({"id_token": iam.id_token(who, audience, lifetime)})
 
+    async def sts_token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        status, body = iam.exchange(form)
+        return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
+
+    async def generate_id_token(request: Request) -> Response:
+        if request.path_params["project"] != "-":
+            raise ApiError(400, "The - wildcard character is required for the project in the resource name.",
+                           field="name")
+        caller = request.scope.get("state", {}).get("principal", "")
+        return JSONResponse(iam.generate_id_token(caller, request.path_params["account"], await body_of(request)))
+
+    async def put_token_creators(request: Request) -> Response:
+        """Sandbox admin: who holds roles/iam.serviceAccountTokenCreator on a service account (its IAM policy)."""
+        account = request.path_params["account"]
+        members = (await body_of(request)).get("members") or []
+        if account not in iam.token_creators or not isinstance(members, list):
+            raise ApiError(404, f"Unknown service account {account}.")
+        iam.token_creators[account] = {str(m) for m in members}
+        return JSONResponse({"role": TOKEN_CREATOR, "members": sorted(iam.token_creators[account])})
+
+    async def get_generated(request: Request) -> Response:
+        return JSONResponse({"generated": iam.id_tokens_generated, "federated_member": iam.wif_member,
+                             "deployer": iam.deployer.email})
+
     svc = "/v2/projects/{project}/locations/{location}/services/{service}"
     return [
+        Route("/v1/token", sts_token, methods=["POST"]),
+        Route("/v1/projects/{project}/serviceAccounts/{account}:generateIdToken", generate_id_token, methods=["POST"]),
+        Route("/sandbox/v1/iam/service-accounts/{account}/token-creators", put_token_creators, methods=["PUT"]),
+        Route("/sandbox/v1/iam/generated-id-tokens", get_generated, methods=["GET"]),
         Route(svc + ":getIamPolicy", get_policy, methods=["GET"]),
         Route(svc + ":setIamPolicy", set_policy, methods=["POST"]),
         Route(svc + ":testIamPermissions", test_permissions, methods=["POST"]),

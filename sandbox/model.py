@@ -220,7 +220,7 @@ def normalize_template(template: dict[str, Any]) -> dict[str, Any]:
         fld = f"service.template.containers[{i}]"
         if not isinstance(container, dict) or not container.get("image"):
             raise ApiError(400, f"{fld}.image: a container image is required.", field=f"{fld}.image")
-        if i == ingress_container(containers):
+        if len(containers) == 1:  # a multi-container template names its ingress container's port itself
             container.setdefault("ports", [{"name": "http1", "containerPort": DEFAULT_CONTAINER_PORT}])
         for port in container.get("ports", []):
             port.setdefault("containerPort", DEFAULT_CONTAINER_PORT)
@@ -328,6 +328,7 @@ def validate_template(tpl: dict[str, Any]) -> None:
     containers = tpl.get("containers") or []
     if not containers:
         raise ApiError(400, f"{base}.containers: at least one container is required.", field=f"{base}.containers")
+    validate_containers(containers)
     concurrency = as_int(tpl.get("maxInstanceRequestConcurrency"), f"{base}.max_instance_request_concurrency")
     if not 0 <= concurrency <= MAX_CONCURRENCY:
         raise ApiError(400, f"Violation in {base}.max_instance_request_concurrency: must be between 1 and "
@@ -383,17 +384,90 @@ def validate_template(tpl: dict[str, Any]) -> None:
                            f"{floor // 2**20} MiB minimum of {why}.", field=f"{fld}.limits.memory")
 
 
+MAX_CONTAINERS = 10  # "up to 10 containers" per instance (docs: deploying, sidecars)
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def validate_containers(containers: list[dict[str, Any]]) -> None:
+    """Multi-container (sidecar) rules: at most 10 containers; exactly one ingress container, the only one with
+    a port (and one port at most: "Only a single port can be specified"); with several containers each has a
+    unique DNS_LABEL name; `dependsOn` names other containers of the template, without cycles."""
+    base = "service.template.containers"
+    if len(containers) > MAX_CONTAINERS:
+        raise ApiError(400, f"Violation in {base}: a revision can have at most {MAX_CONTAINERS} containers, "
+                       f"got {len(containers)}.", field=base)
+    for i, c in enumerate(containers):
+        if len(c.get("ports") or []) > 1:
+            raise ApiError(400, f"Violation in {base}[{i}].ports: only a single port can be specified.",
+                           field=f"{base}[{i}].ports")
+    if len(containers) == 1:
+        if containers[0].get("dependsOn"):
+            raise ApiError(400, f"Violation in {base}[0].depends_on: container '{containers[0].get('name', '')}' "
+                           f"depends on '{containers[0]['dependsOn'][0]}', which is not another container of this "
+                           "revision.", field=f"{base}[0].depends_on")
+        return
+    with_port = [i for i, c in enumerate(containers) if c.get("ports")]
+    if len(with_port) != 1:
+        raise ApiError(400, f"Violation in {base}: exactly one container (the ingress container) must specify a "
+                       f"port when a revision has several containers; {len(with_port)} do.", field=base)
+    names: dict[str, int] = {}
+    for i, c in enumerate(containers):
+        name = c.get("name", "")
+        if not isinstance(name, str) or not _DNS_LABEL.match(name):
+            raise ApiError(400, f"Violation in {base}[{i}].name: each container of a multi-container revision "
+                           f"needs a name that is a DNS label (RFC 1123), got {name!r}.", field=f"{base}[{i}].name")
+        if name in names:
+            raise ApiError(400, f"Violation in {base}[{i}].name: container name '{name}' is used by "
+                           f"containers[{names[name]}] too; names must be unique.", field=f"{base}[{i}].name")
+        names[name] = i
+    graph: dict[str, list[str]] = {}
+    for i, c in enumerate(containers):
+        deps = [str(d) for d in c.get("dependsOn") or []]
+        for d in deps:
+            if d not in names or d == c["name"]:
+                raise ApiError(400, f"Violation in {base}[{i}].depends_on: container '{c['name']}' depends on "
+                               f"'{d}', which is not another container of this revision.",
+                               field=f"{base}[{i}].depends_on")
+        graph[c["name"]] = deps
+    start_order(graph)
+
+
+def start_order(graph: dict[str, list[str]]) -> list[str]:
+    """Containers in an order where each starts after the ones it depends on; a cycle is a 400."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*path[path.index(name):], name])
+            raise ApiError(400, f"Violation in service.template.containers: container dependencies form a cycle "
+                           f"({cycle}).", field="service.template.containers")
+        state[name] = 1
+        for dep in graph[name]:
+            visit(dep, [*path, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in graph:
+        visit(name, [])
+    return order
+
+
 def container_spec(template: dict[str, Any]) -> ContainerSpec:
-    """Validate a normalized template and extract the container to run."""
+    """Validate a normalized template and extract the container the sandbox runs: the ingress container.
+
+    Sidecars are validated and kept on the revision, but not run: every instance runs on the host's network,
+    where two instances' sidecars would collide on their ports (a stated limit of the sandbox)."""
     containers = template.get("containers") or []
     if not containers:
         raise ApiError(400, "service.template.containers: at least one container is required.",
                        field="service.template.containers")
-    if len(containers) > 1:
-        raise ApiError(501, "The sandbox runs one container per revision (sidecars are not supported).",
-                       field="service.template.containers")
-    c = containers[0]
-    fld = "service.template.containers[0]"
+    validate_containers(containers)
+    index = ingress_container(containers)
+    c = containers[index]
+    fld = f"service.template.containers[{index}]"
     env: list[EnvVar] = []
     seen: set[str] = set()
     for j, var in enumerate(c.get("env") or []):

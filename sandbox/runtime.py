@@ -89,6 +89,7 @@ class DockerRuntime:
         self.instance_id = instance_id
         self._client = docker_client(base_url)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
+        self.registry_auth: Callable[[str], dict[str, str] | None] | None = None  # registry host -> pull credentials
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -98,11 +99,13 @@ class DockerRuntime:
         return bool(await self._call(self._client.ping))
 
     async def pull(self, image: str) -> str:
-        """Pull `image` (tag or @sha256 digest) and return the local image id to run."""
+        """Pull `image` (tag or @sha256 digest) and return the local image id to run; a registry that wants
+        credentials (`registry_auth`) gets the service agent's."""
+        auth = self.registry_auth(image.split("/", 1)[0]) if self.registry_auth is not None else None
 
         def _pull() -> str:
             try:
-                return str(self._client.images.pull(image).id)
+                return str(self._client.images.pull(image, auth_config=auth).id)
             except docker.errors.APIError as exc:
                 raise ImagePullError(str(exc.explanation or exc)) from None
             except docker.errors.DockerException as exc:

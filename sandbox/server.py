@@ -28,6 +28,7 @@ from sandbox.logapi import EmptyPages, ListQuota, logging_routes
 from sandbox.logstore import LogStore
 from sandbox.orchestrator import Behavior, Orchestrator, SandboxConfig
 from sandbox.proxy import LbConfig, ProxyHub
+from sandbox.registry_gate import GOOGLE_USER, registry_gate
 from sandbox.runapi import run_routes
 from sandbox.runlog import RunLog
 from sandbox.runtime import DockerRuntime
@@ -96,6 +97,10 @@ class SandboxServer:
         self.orch = Orchestrator(self.config, self.runtime, self.log, self.hub)
         self.hub.attach(self.orch)
         self.iam = Iam(options.project)
+        self.registry_gates: dict[str, list[str]] = {}  # host -> members of its authenticated requests
+        self.runtime.registry_auth = lambda host: (
+            {"username": GOOGLE_USER, "password": self.iam.service_agent_token()} if host in self.registry_gates
+            else None)
         self.hub.invoker = self.iam.invoke_gate
         self.key_files: dict[str, str] = {}
         self.stopping = asyncio.Event()
@@ -179,6 +184,20 @@ class SandboxServer:
             self.orch.behaviors[request.path_params["service"]] = updated
             return JSONResponse(asdict(updated))
 
+        async def add_registry_gate(request: Request) -> Response:
+            """A registry that wants Google credentials, in front of the plain registry `upstream` (tests)."""
+            upstream = str((await _json(request)).get("upstream", ""))
+            if not upstream.startswith("http://127.0.0.1:"):
+                raise ApiError(400, "upstream must be a registry on http://127.0.0.1:PORT", field="upstream")
+            seen: list[str] = []
+            port = await self.pool.open(registry_gate(upstream, self.iam.access_member, seen), 0, proxy=True)
+            self.registry_gates[f"127.0.0.1:{port}"] = seen
+            return JSONResponse({"registry": f"127.0.0.1:{port}"})
+
+        async def get_registry_gates(request: Request) -> Response:
+            return JSONResponse({host: {"callers": sorted(set(seen)), "requests": len(seen)}
+                                 for host, seen in self.registry_gates.items()})
+
         async def get_fidelity(request: Request) -> Response:
             return JSONResponse(self.orch.fidelity.model_dump())
 
@@ -195,6 +214,8 @@ class SandboxServer:
             return JSONResponse(self.orch.fidelity.model_dump())
 
         return [
+            Route("/sandbox/v1/registry-gates", add_registry_gate, methods=["POST"]),
+            Route("/sandbox/v1/registry-gates", get_registry_gates, methods=["GET"]),
             Route("/sandbox/v1/fidelity", get_fidelity, methods=["GET"]),
             Route("/sandbox/v1/fidelity", put_fidelity, methods=["PUT"]),
             Route("/sandbox/v1/health", health, methods=["GET"]),

@@ -63,7 +63,9 @@ class Clients:
         if self._tokens is None:
             from stagecheck.clients.identity import IdTokens
 
-            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block)
+            self._tokens = IdTokens(self.settings.endpoints.credentials_file, block=self.settings.gcp_credentials_block,
+                                    account=self.settings.probes.id_token_account,
+                                    iam_api=self.settings.endpoints.iam_credentials_api)
         return self._tokens
 
     @property
@@ -76,12 +78,18 @@ class Clients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Clients:
-        token: Callable[[], str] = google_access_token  # the registry token: ADC, or the block's credentials
+        # the registry token comes from the API calls' identity: the block, else the credentials file, else ADC
+        token: Callable[[], str] = google_access_token
         if settings.gcp_credentials_block:
             from stagecheck.clients.identity import block_access_token
 
             token = block_access_token(settings.gcp_credentials_block)
-        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token)
+        elif settings.endpoints.credentials_file:
+            from stagecheck.clients.identity import file_access_token
+
+            token = file_access_token(settings.endpoints.credentials_file)
+        images = Images(settings.docker_host, registry_auth=registry_auth(os.environ), token_provider=token,
+                        google_login=settings.registry_login == "google")
         images.pushed = PushedImageRecords(settings.result_storage)
         return cls(settings=settings, images=images)
 

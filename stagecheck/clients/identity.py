@@ -23,6 +23,9 @@ from google.auth.credentials import Credentials
 from stagecheck.errors import StageError
 
 REFRESH_MARGIN_S = 300.0  # mint a new token when the cached one has less than this left
+IAM_CREDENTIALS_API = "https://iamcredentials.googleapis.com"
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+TOKEN_CREATOR = "roles/iam.serviceAccountTokenCreator"
 
 
 def block_credentials(block: str) -> Credentials:
@@ -61,6 +64,26 @@ def block_access_token(block: str) -> Callable[[], str]:
     return token
 
 
+def file_access_token(credentials_file: str) -> Callable[[], str]:
+    """A registry token provider: an OAuth access token of `endpoints.credentials_file`'s identity — the one the
+    API calls use, never a second one (Artifact Registry takes it as the password of `oauth2accesstoken`)."""
+    def token() -> str:
+        from google.auth.credentials import with_scopes_if_required
+        from google.auth.transport.requests import Request
+
+        creds = api_credentials(credentials_file)
+        assert creds is not None  # a file is named
+        creds = with_scopes_if_required(creds, [CLOUD_PLATFORM])
+        try:
+            creds.refresh(Request())  # type: ignore[no-untyped-call]
+        except auth_exc.GoogleAuthError as exc:
+            raise StageError(f"registry auth: the credentials file {credentials_file} got no token "
+                             f"({type(exc).__name__})") from None
+        return str(creds.token)
+
+    return token
+
+
 def api_credentials(credentials_file: str | None, block: str | None = None) -> Credentials | None:
     """Credentials for the Cloud Run / Logging clients: a prefect-gcp GcpCredentials block when the
     settings name one (`gcp_credentials_block`), else the key file's service account, else None (the
@@ -69,14 +92,30 @@ def api_credentials(credentials_file: str | None, block: str | None = None) -> C
         return block_credentials(block)
     if credentials_file is None:
         return None
+    import google.auth
+    from google.auth.credentials import with_scopes_if_required
     from google.oauth2 import service_account
 
     try:
-        creds: Credentials = service_account.Credentials.from_service_account_file(credentials_file)
-    except (OSError, ValueError, KeyError) as exc:
+        if _file_type(credentials_file) == "service_account":
+            creds: Credentials = service_account.Credentials.from_service_account_file(credentials_file)
+        else:  # external_account (Workload Identity Federation), authorized_user, impersonated_service_account
+            # scoped afterwards: loaded with scopes, external_account credentials look their project up at once
+            loaded, _ = google.auth.load_credentials_from_file(credentials_file)
+            creds = with_scopes_if_required(loaded, [CLOUD_PLATFORM])
+    except (OSError, ValueError, KeyError, auth_exc.GoogleAuthError) as exc:
         raise StageError(f"unusable credentials file {credentials_file}: {type(exc).__name__}",
-                         hint="point endpoints.credentials_file at a service-account key file") from None
+                         hint="point endpoints.credentials_file at a service-account key file or another "
+                              "Application Default Credentials file") from None
     return creds
+
+
+def _file_type(path: str) -> str | None:
+    try:
+        kind = json.loads(Path(path).read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(kind) if kind else None
 
 
 def identity_of(credentials_file: str | None) -> str:
@@ -88,6 +127,8 @@ def identity_of(credentials_file: str | None) -> str:
             email = None
         if email:
             return f"serviceAccount:{email}"
+        if _file_type(credentials_file):
+            return f"the {_file_type(credentials_file)} credentials of {credentials_file}"
     return "the Application Default Credentials identity"
 
 
@@ -122,22 +163,62 @@ def id_token_source(creds: Credentials, audience: str) -> Credentials:
         "(impersonate one: gcloud auth application-default login --impersonate-service-account SA)")
 
 
-def mint_id_token(creds: Credentials, audience: str) -> str:
-    """An ID token for `audience` of the identity of `creds` (blocking: call it in a worker thread)."""
+def mint_id_token(creds: Credentials, audience: str, *, account: str | None = None,
+                  iam_api: str = IAM_CREDENTIALS_API) -> str:
+    """An ID token for `audience` of the identity of `creds` (blocking: call it in a worker thread). An identity
+    that cannot mint one itself (Workload Identity Federation's external_account, a person's credentials) gets
+    one of `account` from IAM Credentials' generateIdToken when `account` is set."""
     from google.auth.transport.requests import Request
 
-    source = id_token_source(creds, audience)
+    try:
+        source = id_token_source(creds, audience)
+    except auth_exc.DefaultCredentialsError:
+        if account is None:
+            raise
+        return generate_id_token(creds, account, audience, iam_api=iam_api)
     source.refresh(Request())  # type: ignore[no-untyped-call]
     return str(source.token)
 
 
-def _mint_with_adc(audience: str) -> str:
+def generate_id_token(creds: Credentials, account: str, audience: str, *, iam_api: str = IAM_CREDENTIALS_API) -> str:
+    """`POST {iam_api}/v1/projects/-/serviceAccounts/{account}:generateIdToken` {audience, includeEmail} with the
+    caller's access token: the request google-auth's impersonated IDTokenCredentials sends, to an endpoint the
+    settings name (google-auth's is fixed to iamcredentials.googleapis.com). A 403 means the caller lacks
+    iam.serviceAccounts.getOpenIdToken (roles/iam.serviceAccountTokenCreator) on `account`: a StageError
+    naming the role and the fix."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    session = AuthorizedSession(creds)  # type: ignore[no-untyped-call]
+    try:
+        response = session.post(f"{iam_api.rstrip('/')}/v1/projects/-/serviceAccounts/{account}:generateIdToken",
+                                json={"audience": audience, "includeEmail": True}, timeout=30)
+    finally:
+        session.close()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    message = str((body.get("error") or {}).get("message", "")) if isinstance(body, dict) else ""
+    if response.status_code == 403:
+        raise StageError(f"could not get an ID token of {account} for audience {audience}: IAM Credentials "
+                         f"generateIdToken answered 403 ({message}); the run's identity needs {TOKEN_CREATOR} "
+                         f"on {account}",
+                         hint=f"gcloud iam service-accounts add-iam-policy-binding {account} "
+                              f"--role={TOKEN_CREATOR} --member=<the run's principal>")
+    if response.status_code != 200 or not isinstance(body, dict) or "token" not in body:
+        raise auth_exc.RefreshError(f"generateIdToken for {account} answered {response.status_code}: {message}")
+    return str(body["token"])
+
+
+def _mint_with_adc(audience: str, account: str | None = None, iam_api: str = IAM_CREDENTIALS_API) -> str:
     """Application Default Credentials, as the API clients read them (GOOGLE_APPLICATION_CREDENTIALS, gcloud's
     application-default file, impersonated or not, the metadata server): the same identity for both."""
     import google.auth
+    from google.auth.credentials import with_scopes_if_required
 
     creds, _ = google.auth.default()
-    return mint_id_token(creds, audience)
+    return mint_id_token(with_scopes_if_required(creds, [CLOUD_PLATFORM]), audience, account=account,
+                         iam_api=iam_api)
 
 
 def token_expiry(token: str) -> float:
@@ -155,20 +236,26 @@ class _Cached:
 class IdTokens:
     """Google ID tokens per audience, minted once and reused until REFRESH_MARGIN_S before expiry."""
 
-    def __init__(self, credentials_file: str | None, *, block: str | None = None,
-                 clock: Callable[[], float] = time.time, mint: Callable[[str], str] | None = None) -> None:
+    def __init__(self, credentials_file: str | None, *, block: str | None = None, account: str | None = None,
+                 iam_api: str = IAM_CREDENTIALS_API, clock: Callable[[], float] = time.time,
+                 mint: Callable[[str], str] | None = None) -> None:
         """The identity is the API clients' (`api_credentials`): the GcpCredentials `block` when set, else the
-        key file, else Application Default Credentials."""
+        credentials file, else Application Default Credentials. When it cannot mint ID tokens itself, `account`
+        (probes.id_token_account) mints them through IAM Credentials at `iam_api`."""
         self.credentials_file = credentials_file
         self.identity = f"the GcpCredentials block {block!r}" if block else identity_of(credentials_file)
         self._clock = clock
         if mint is None:
             if block:
-                mint = lambda aud: mint_id_token(block_credentials(block), aud)  # noqa: E731
-            elif credentials_file:
+                mint = lambda aud: mint_id_token(block_credentials(block), aud, account=account,  # noqa: E731
+                                                 iam_api=iam_api)
+            elif credentials_file and _file_type(credentials_file) == "service_account":
                 mint = lambda aud: _mint_with_key(credentials_file, aud)  # noqa: E731
+            elif credentials_file:
+                mint = lambda aud: mint_id_token(api_credentials(credentials_file), aud,  # type: ignore[arg-type]  # noqa: E731
+                                                 account=account, iam_api=iam_api)
             else:
-                mint = _mint_with_adc
+                mint = lambda aud: _mint_with_adc(aud, account, iam_api)  # noqa: E731
         self._mint = mint
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}

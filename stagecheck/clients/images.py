@@ -113,8 +113,10 @@ class Images:
     """Docker Engine (build/push) and registry (manifest) access for one target."""
 
     def __init__(self, docker_host: str | None, *, token_provider: Callable[[], str] = google_access_token,
-                 tail_lines: int = 40, registry_auth: tuple[str, str] | None = None) -> None:
+                 tail_lines: int = 40, registry_auth: tuple[str, str] | None = None,
+                 google_login: bool = False) -> None:
         self.docker_host = docker_host
+        self._google_login = google_login  # the registry is Artifact Registry under another name (settings)
         self._registry_auth = registry_auth  # (username, password) for a registry that is not Google's
         self.http = httpx.AsyncClient()  # registry manifests; one pool for the run (honours proxy env)
         self._token_provider = token_provider
@@ -143,8 +145,12 @@ class Images:
     def _where(self) -> str:
         return self.docker_host or "DOCKER_HOST / default socket"
 
+    def _google(self, host: str) -> bool:
+        """Does this registry take `oauth2accesstoken` + a Google access token (Artifact Registry, gcr.io)?"""
+        return self._google_login or bool(GOOGLE_REGISTRY.search(host.split(":")[0]))
+
     def _auth_config(self, host: str) -> dict[str, str] | None:
-        if GOOGLE_REGISTRY.search(host.split(":")[0]):
+        if self._google(host):
             return {"username": "oauth2accesstoken", "password": self._token_provider()}
         if self._registry_auth is not None:
             return {"username": self._registry_auth[0], "password": self._registry_auth[1]}
@@ -238,7 +244,7 @@ class Images:
         parsed = ImageRef.parse(ref)
         reference = parsed.digest or parsed.tag or "latest"
         headers = {"Accept": MANIFEST_TYPES}
-        if GOOGLE_REGISTRY.search(parsed.host.split(":")[0]):
+        if self._google(parsed.host):
             token = await asyncio.to_thread(self._token_provider)
             headers["Authorization"] = f"Bearer {token}"
         elif self._registry_auth is not None:

@@ -36,9 +36,12 @@ class Endpoints(Strict):
 
     run_api: str | None = None  # Cloud Run Admin API base URL; unset: Google's (the sandbox sets its own)
     logging_api: str | None = None  # Cloud Logging API base URL; unset: Google's (the sandbox sets its own)
+    iam_credentials_api: str = Field("https://iamcredentials.googleapis.com",
+                                     description="IAM Credentials API (generateIdToken for probes.id_token_account)")
     credentials_file: str | None = Field(
-        None, description="service-account key file for the API calls and ID tokens (the sandbox writes one); "
-                          "unset: Application Default Credentials")
+        None, description="credentials file for the API calls and ID tokens: a service-account key (the sandbox "
+                          "writes one) or any Application Default Credentials file (external_account, "
+                          "authorized_user, impersonated_service_account); unset: Application Default Credentials")
     console_base: str = "https://console.cloud.google.com"  # base of the Cloud console links in reports
 
     @field_validator("credentials_file")
@@ -48,7 +51,7 @@ class Endpoints(Strict):
             raise ValueError(f"credentials file not found: {v}")
         return v
 
-    @field_validator("run_api", "logging_api")
+    @field_validator("run_api", "logging_api", "iam_credentials_api")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://", v):

@@ -55,7 +55,7 @@ def sandbox_overrides(sandbox_json: Path) -> dict[str, Any]:
             "lb_url": info["lb_url"],
             "docker_host": info.get("docker_host"),
             "endpoints": {"run_api": info["run_api"], "logging_api": info["logging_api"],
-                          "credentials_file": info["credentials_file"]},
+                          "iam_credentials_api": info["run_api"], "credentials_file": info["credentials_file"]},
         }
     except KeyError as exc:
         hint = " (a sandbox from an older version: restart it with `make down && make up`)" \

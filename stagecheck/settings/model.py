@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,6 +31,9 @@ class Settings(BaseModel):
     project: str  # Google Cloud project ID of the staging environment
     region: str  # Cloud Run region of the services, e.g. europe-west1
     registry: str = Field(description="image registry, e.g. REGION-docker.pkg.dev/PROJECT/REPO")
+    registry_login: Literal["auto", "google"] = Field(
+        "auto", description="auto: `oauth2accesstoken` + an access token of the API calls' identity for Artifact "
+        "Registry and gcr.io hosts only; google: for this registry whatever its name (e.g. behind a proxy)")
     services: tuple[ServiceConfig, ...]  # the Cloud Run services to validate, one [[services]] table each
     lb_url: str | None = Field(None, description="load balancer base URL; LB probes are skipped without it")
     lb_tag_url: str | None = Field(

@@ -72,6 +72,11 @@ class ProbePolicy(Strict):
                                                             "none: no credentials (public services only)")
     lb_audience: str | None = Field(None, description="ID-token audience for load-balancer probes (one of the "
                                                       "service's custom_audiences); default: the service URL")
+    id_token_account: str | None = Field(
+        None, pattern=r"^[a-z][-a-z0-9]*@[-a-z0-9.]+\.iam\.gserviceaccount\.com$",
+        description="service account whose ID tokens the probes send when the run's identity cannot mint one "
+                    "(Workload Identity Federation, a person's credentials): minted through IAM Credentials "
+                    "generateIdToken; the run's identity needs roles/iam.serviceAccountTokenCreator on it")
 
     @field_validator("retry_statuses")
     @classmethod

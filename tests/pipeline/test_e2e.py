@@ -45,7 +45,7 @@ async def run_flow(scenario: Any, config: Path, **request: Any) -> Run:
 
     from stagecheck.concurrency import ensure_service_limits
 
-    req = ValidationRequest(config=str(config), sandbox=True, state_dir=scenario.sandbox.state_dir, **request)
+    req = ValidationRequest(config=str(config), sandbox=True, **{"state_dir": scenario.sandbox.state_dir, **request})
     await ensure_service_limits([s.name for s in req.load().services])  # the setup `stagecheck validate` does
     state = await validate(**req.parameters(), return_state=True)  # type: ignore[call-overload]
     reports = {p.name.removesuffix("-latest.json"): json.loads(p.read_text())

@@ -298,3 +298,57 @@ def test_the_token_endpoint_checks_the_assertion(sandbox: SandboxInfo) -> None:
                     "aud": "https://oauth2.googleapis.com/token",
                     "scope": "https://www.googleapis.com/auth/cloud-platform"})
     assert scoped.status_code == 200 and scoped.json()["access_token"] and scoped.json()["expires_in"] > 0
+
+
+def test_federated_credentials_call_the_apis_and_get_id_tokens_only_through_generate_id_token(
+        sandbox: SandboxInfo, run_clients: RunClients, private_svc: run_v2.Service) -> None:
+    """Workload Identity Federation: google-auth's external_account credentials exchange the provider's token at
+    STS for an access token that calls the APIs; fetch_id_token cannot use them, and IAM Credentials'
+    generateIdToken mints a service account's ID token only for a caller holding
+    roles/iam.serviceAccountTokenCreator on that account (403 PERMISSION_DENIED otherwise)."""
+    import google.auth
+    from google.auth.credentials import with_scopes_if_required
+    from google.auth.transport.requests import AuthorizedSession
+
+    loaded, _ = google.auth.load_credentials_from_file(sandbox.external_account_file)  # no scopes: no project look-up
+    creds = with_scopes_if_required(loaded, ["https://www.googleapis.com/auth/cloud-platform"])
+    assert type(creds).__module__ == "google.auth.identity_pool"
+    federated = run_v2.ServicesClient(transport="rest", credentials=creds,
+                                      client_options={"api_endpoint": sandbox.run_api})
+    assert federated.get_service(name=private_svc.name).uri == private_svc.uri  # an access token from STS
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(auth_exc.DefaultCredentialsError):
+        mp.setenv("GOOGLE_APPLICATION_CREDENTIALS", sandbox.external_account_file)
+        google_id_token.fetch_id_token(AuthRequest(), private_svc.uri)
+
+    deployer = json.loads(Path(sandbox.credentials_file).read_text())["client_email"]
+    url = f"{sandbox.run_api}/v1/projects/-/serviceAccounts/{deployer}:generateIdToken"
+    session = AuthorizedSession(creds)
+    body = {"audience": private_svc.uri, "includeEmail": True}
+    denied = session.post(url, json=body)
+    assert denied.status_code == 403 and denied.json()["error"]["status"] == "PERMISSION_DENIED"
+    assert "iam.serviceAccounts.getOpenIdToken" in denied.json()["error"]["message"]
+    member = run_clients.admin("GET", "/sandbox/v1/iam/generated-id-tokens")["federated_member"]
+    assert member.startswith("principal://iam.googleapis.com/projects/")
+    run_clients.admin("PUT", f"/sandbox/v1/iam/service-accounts/{deployer}/token-creators", {"members": [member]})
+    try:
+        minted = session.post(url, json=body)
+        assert minted.status_code == 200, minted.text
+        token = minted.json()["token"]
+        from google.auth import jwt as google_jwt
+
+        assert google_jwt.decode(token, verify=False)["email"] == deployer
+        assert get(f"{private_svc.uri}/health", token).status_code == 200  # the deployer may invoke
+        wildcard = session.post(url.replace("/projects/-/", f"/projects/{sandbox.project}/"), json=body)
+        assert wildcard.status_code == 400
+        unknown = session.post(url.replace(deployer, f"nobody@{sandbox.project}.iam.gserviceaccount.com"), json=body)
+        assert unknown.status_code == 403
+        no_creds = httpx.post(url, json=body, timeout=10, trust_env=False)
+        assert no_creds.status_code == 401
+    finally:
+        run_clients.admin("PUT", f"/sandbox/v1/iam/service-accounts/{deployer}/token-creators", {"members": []})
+        session.close()
+    bad = httpx.post(f"{sandbox.run_api}/v1/token", timeout=10, trust_env=False, data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": "not-a-jwt",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "audience": json.loads(Path(sandbox.external_account_file).read_text())["audience"]})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"

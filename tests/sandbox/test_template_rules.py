@@ -89,3 +89,42 @@ def test_cpu_idle_and_concurrency_defaults() -> None:
                                                    (2, 8192), (4, 16384), (6, 24576), (8, 32768)])
 def test_memory_ceiling_follows_the_cpu_table(cpus: float, ceiling_mib: int) -> None:
     assert model.memory_ceiling(cpus) == ceiling_mib * 2**20
+
+
+def _sidecar_template(*containers: dict[str, Any]) -> dict[str, Any]:
+    return model.normalize_template({"containers": list(containers)})
+
+
+SIDECAR = {"name": "otel", "image": "otel/collector:1"}
+INGRESS = {"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}], "dependsOn": ["otel"]}
+
+
+def test_a_multi_container_template_runs_its_ingress_container_and_keeps_the_sidecars() -> None:
+    """Cloud Run sidecars: one ingress container (the one with a port, wherever it stands), the others kept."""
+    tpl = _sidecar_template(SIDECAR, INGRESS)
+    model.validate_template(tpl)
+    spec = model.container_spec(tpl)
+    assert spec.image == "web:1" and spec.container_port == 8080
+    assert "ports" not in tpl["containers"][0]  # no default port is added to a sidecar
+    assert [c["name"] for c in tpl["containers"]] == ["otel", "web"]
+    assert model.start_order({"web": ["otel"], "otel": []}) == ["otel", "web"]
+
+
+@pytest.mark.parametrize(("containers", "field", "text"), [
+    ([SIDECAR, {**SIDECAR, "name": "log"}], "service.template.containers", "exactly one container"),
+    ([{**INGRESS, "dependsOn": []}, {**INGRESS, "name": "api", "dependsOn": []}], "service.template.containers",
+     "exactly one container"),
+    ([SIDECAR, {**INGRESS, "dependsOn": ["db"]}], "service.template.containers[1].depends_on", "'db'"),
+    ([{**SIDECAR, "dependsOn": ["web"]}, INGRESS], "service.template.containers", "cycle"),
+    ([SIDECAR, {**INGRESS, "name": "otel", "dependsOn": []}], "service.template.containers[1].name", "unique"),
+    ([{"image": "otel/collector:1"}, INGRESS], "service.template.containers[0].name", "DNS label"),
+    ([{**SIDECAR, "name": f"s{i}"} for i in range(10)] + [INGRESS], "service.template.containers", "at most 10"),
+    ([{**INGRESS, "ports": [{"containerPort": 8080}, {"containerPort": 9090}], "dependsOn": []}],
+     "service.template.containers[0].ports", "single port"),
+])
+def test_multi_container_templates_are_validated_like_cloud_run(containers: list[dict[str, Any]], field: str,
+                                                                text: str) -> None:
+    with pytest.raises(ApiError) as info:
+        model.validate_template(_sidecar_template(*containers))
+    assert info.value.http_status == 400 and info.value.field == field
+    assert text in str(info.value)
