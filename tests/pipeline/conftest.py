@@ -91,3 +91,29 @@ def scenario(tmp_path: Path, sandbox: Any, sample_image: Any) -> Iterator[Scenar
     for repository in scenario.repositories:
         remove_repository(infra_state_dir(), repository)
         remove_local_repository(sandbox.docker_host, f"{sandbox.registry}/{repository}")
+
+
+@pytest.fixture
+def cloudrun(sandbox: Any) -> Any:
+    """The pipeline's Cloud Run client (stagecheck.clients.cloudrun.CloudRun) on this worker's sandbox."""
+    from stagecheck.clients.cloudrun import CloudRun
+    from stagecheck.settings import load_settings
+
+    settings = load_settings(None, environ={}, sandbox_json=Path(sandbox.state_dir) / "sandbox.json",
+                             overrides={"services": [{"name": "unused"}]})
+    return CloudRun(settings)
+
+
+@pytest.fixture
+def service(run_clients: Any) -> Iterator[str]:
+    """A unique service id for one test; the service is deleted after it (when the test created it)."""
+    from google.api_core import exceptions as gexc
+
+    from tests.fixtures_sandbox import FAST_POLL, unique_name
+
+    name = unique_name("svc")
+    yield name
+    try:
+        run_clients.services.delete_service(name=run_clients.service_name(name)).result(polling=FAST_POLL, timeout=60)
+    except gexc.NotFound:
+        pass

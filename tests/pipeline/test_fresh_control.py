@@ -4,39 +4,19 @@ receives no traffic and no tag (the split stays exactly as it served)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from stagecheck.clients.cloudrun import CloudRun, split_from_proto
 from stagecheck.model import Status, TrafficTarget
-from stagecheck.settings import load_settings
 from tasks.control import deploy_control
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
 
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
 
-@pytest.fixture
-def cloudrun(sandbox: Any) -> CloudRun:
-    settings = load_settings(None, environ={}, sandbox_json=Path(sandbox.state_dir) / "sandbox.json",
-                             overrides={"services": [{"name": "unused"}]})
-    return CloudRun(settings)
-
-
-@pytest.fixture
-def service(run_clients: RunClients) -> Iterator[str]:
-    name = f"ctl-{uuid.uuid4().hex[:8]}"
-    yield name
-    try:
-        run_clients.services.delete_service(name=run_clients.service_name(name)).result(polling=FAST_POLL, timeout=60)
-    except gexc.NotFound:
-        pass
 
 
 async def test_the_control_copies_the_serving_revision_and_gets_no_traffic(

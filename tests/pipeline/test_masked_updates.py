@@ -5,14 +5,10 @@ operation is final (code 13 is no transient answer)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 
@@ -28,28 +24,13 @@ from stagecheck.clients.cloudrun import (
 from stagecheck.errors import StageError
 from stagecheck.model import Status, TrafficTarget
 from stagecheck.rollout import ANNOTATION_KEY, RolloutRecord
-from stagecheck.settings import AfterPass, load_settings
+from stagecheck.settings import AfterPass
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
 
 REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 TAG = "sc-abc1234"
 
 
-@pytest.fixture
-def cloudrun(sandbox: Any) -> CloudRun:
-    settings = load_settings(None, environ={}, sandbox_json=Path(sandbox.state_dir) / "sandbox.json",
-                             overrides={"services": [{"name": "unused"}]})
-    return CloudRun(settings)
-
-
-@pytest.fixture
-def service(run_clients: RunClients) -> Iterator[str]:
-    name = f"mask-{uuid.uuid4().hex[:8]}"
-    yield name
-    try:
-        run_clients.services.delete_service(name=run_clients.service_name(name)).result(polling=FAST_POLL, timeout=60)
-    except gexc.NotFound:
-        pass
 
 
 def after_a_deploy(run_clients: RunClients, service: str, image: str) -> tuple[str, str]:

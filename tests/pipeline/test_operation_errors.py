@@ -5,9 +5,6 @@ each unsure rule both ways (sandbox/fidelity.py)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +21,6 @@ from stagecheck.clients.cloudrun import (
     split_from_statuses,
 )
 from stagecheck.model import Status, TrafficTarget
-from stagecheck.settings import load_settings
 from stagecheck.traffic import serving_revisions
 from tests.fixtures_sandbox import FAST_POLL, RunClients, deploy
 
@@ -32,21 +28,6 @@ REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REV
 pytestmark = [pytest.mark.docker, pytest.mark.sandbox]
 
 
-@pytest.fixture
-def cloudrun(sandbox: Any) -> CloudRun:
-    settings = load_settings(None, environ={}, sandbox_json=Path(sandbox.state_dir) / "sandbox.json",
-                             overrides={"services": [{"name": "unused"}]})
-    return CloudRun(settings)
-
-
-@pytest.fixture
-def service(run_clients: RunClients) -> Iterator[str]:
-    name = f"operr-{uuid.uuid4().hex[:8]}"
-    yield name
-    try:
-        run_clients.services.delete_service(name=run_clients.service_name(name)).result(polling=FAST_POLL, timeout=60)
-    except gexc.NotFound:
-        pass
 
 
 def with_a_failed_revision(run_clients: RunClients, service: str, image: str, registry: str) -> tuple[str, str]:
