@@ -122,11 +122,12 @@ class RolloutSteps(Endings):
             # the optional WebSocket exchange runs once the new revision serves everything
             websocket = websocket_target(self.svc, service_url, probe_audience(
                 UrlKind.SERVICE, service_url, self.settings.probes)) if number == len(steps) else None
+            sent_from = datetime.now(UTC)  # request logs are stamped at arrival (a held request: long before its end)
             result = await gate_value(await probe_urls(
                                       self.clients.http, Stage.PROBE_SERVING, targets, self.settings.probes,
                                       websocket=websocket, label=f"[{percent} %] ", tokens=self.clients.tokens,
                                       service=self.svc.name, unprobed=missing))
-            self.last_probe_at = datetime.now(UTC)
+            self.last_probe_at = sent_from
             if not self.record(result):
                 await self._rollback_if_moved(True, revision, Stage.PROBE_SERVING)
                 return False

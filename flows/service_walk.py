@@ -182,9 +182,10 @@ class ServiceValidation(RolloutSteps):
         self.starting(Stage.PROBE_TAGGED)
         tagged, notes = tagged_targets(self.settings, self.svc, self.tag, outcome.tag_url, snapshot.ingress,
                                        outcome.service_url)
+        sent_from = datetime.now(UTC)  # request logs are stamped at arrival (a held request: long before its end)
         result = await gate_value(await probe_urls(self.clients.http, Stage.PROBE_TAGGED, tagged, self.settings.probes,
                                   tokens=self.clients.tokens, service=self.svc.name))
-        self.last_probe_at = datetime.now(UTC)
+        self.last_probe_at = sent_from
         result = with_advisories(result, notes, "the candidate was not probed before traffic (set lb_tag_url "
                                                 "to probe its tag through the load balancer)")
         if not self.record(result):

@@ -29,6 +29,14 @@ googleapis/python-run#123: a traffic-only change; googleapis/google-cloud-python
   Harald-U/knative-handson-workshop docs/7-Debugging.md); `clears`: the operation succeeds.
 - `tag_audience` — which ID-token audience a tag URL accepts. `service_url`: the service URL (the default URL
   "always remains an acceptable audience"); `tag_url`: the tag URL itself. No source says either.
+- `expired_token` — an ID token whose `exp` has passed. `reject`: 401 at once (google-auth's `verify_token`
+  defaults to `clock_skew_in_seconds=0`, googleapis/google-auth-library-python#894); `grace`: accepted up to
+  EXPIRED_TOKEN_GRACE_S past `exp`, as verifiers allowing clock skew do (the Java `IdTokenVerifier`'s
+  `DEFAULT_TIME_SKEW_SECONDS`). Which Cloud Run's front end does is not documented.
+- `cold_request` — a request that finds no instance ready (a cold start). `hold_then_429`: held up to the
+  service's cold-start hold, then 429 "no available instance" (503 when the start failed); `hold_until_served`:
+  held until an instance serves it, up to the revision's request timeout (`template.timeout`). An inference
+  either way: no source describes a cold request's answer.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+EXPIRED_TOKEN_GRACE_S = 300  # `expired_token="grace"`: a token this long past `exp` is still accepted
 
 
 class Fidelity(BaseModel):
@@ -50,6 +60,8 @@ class Fidelity(BaseModel):
     stale_target: Literal["sync_400", "operation_error"] = "sync_400"
     terminal_after_failed_revision: Literal["stays_failed", "clears"] = "stays_failed"
     tag_audience: Literal["service_url", "tag_url"] = "service_url"
+    expired_token: Literal["reject", "grace"] = "reject"
+    cold_request: Literal["hold_then_429", "hold_until_served"] = "hold_then_429"
 
     def update(self, changes: dict[str, object]) -> Fidelity:
         """A copy with `changes` applied (validated: unknown switches and values are errors)."""

@@ -15,10 +15,10 @@
 * Services are private: a request through a service URL, tag URL or the load balancer needs a Google ID
   token whose `aud` is the service URL (either slash form) or one of its `customAudiences`, of a principal
   with `run.routes.invoke` — unless `invokerIamDisabled` is set or `allUsers` holds `roles/run.invoker`.
-  No Authorization header: 403; a bad token, wrong audience or expired token: 401; a valid token of a
-  principal without the permission: 403. A tag URL accepts the same audiences as the service (the default
-  URL "always remains an acceptable audience"); the tag URL itself is NOT accepted as an audience (no source
-  says it is: the sandbox is the stricter one).
+  No Authorization header: 403; a bad token, wrong audience or expired token: 401 (an expired one: fidelity
+  `expired_token`); a valid token of a principal without the permission: 403. A tag URL accepts the same
+  audiences as the service (the default URL "always remains an acceptable audience"); the tag URL itself is
+  NOT accepted as an audience (no source says it is: the sandbox is the stricter one).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import model
 from sandbox.errors import ApiError
-from sandbox.fidelity import Fidelity
+from sandbox.fidelity import EXPIRED_TOKEN_GRACE_S, Fidelity
 from sandbox.statefiles import DEPLOYER_KEY_FILE, OUTSIDER_KEY_FILE
 
 OAUTH_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # the assertion's aud: a constant, not token_uri
@@ -340,13 +340,14 @@ class Iam:
         return {"token": self.id_token(target, audience, include_email=body.get("includeEmail") is True)}
 
     def _verify_issued(self, token: str, audience: str | list[str], *,
-                       issuer: str = GOOGLE_ISSUER) -> dict[str, Any] | None:
+                       issuer: str = GOOGLE_ISSUER, grace_s: float = 0) -> dict[str, Any] | None:
+        """The claims of a token the sandbox issued for `audience`, unexpired (`grace_s` past `exp` allowed)."""
         try:
             claims = jwt.decode(token, certs={self._issuer_kid: self._issuer_public}, audience=audience,
-                                clock_skew_in_seconds=0)
+                                clock_skew_in_seconds=int(grace_s))
         except (ValueError, auth_exc.GoogleAuthError):
             return None
-        return dict(claims) if claims.get("iss") == issuer and claims.get("exp", 0) > self.clock() else None
+        return dict(claims) if claims.get("iss") == issuer and claims.get("exp", 0) + grace_s > self.clock() else None
 
     def _verify_assertion(self, assertion: str, audience: str | None) -> tuple[Principal, dict[str, Any]] | str:
         """A JWT signed with a service-account key: (its principal, claims), or why it is refused."""
@@ -483,7 +484,8 @@ class Iam:
         if tag is not None and self.fidelity.tag_audience == "tag_url":
             url = svc.tag_uris.get(tag, "")
             audiences = [url, url + "/"] if url else []
-        claims = self._verify_issued(token, audiences) if scheme.lower() == "bearer" and token else None
+        grace = EXPIRED_TOKEN_GRACE_S if self.fidelity.expired_token == "grace" else 0  # UNSURE: both ways
+        claims = self._verify_issued(token, audiences, grace_s=grace) if scheme.lower() == "bearer" and token else None
         if claims is None:
             return unauthorized(path)
         member = f"serviceAccount:{claims.get('email', '')}"

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandbox import model
 from sandbox.faults import FaultInjector
+from sandbox.fidelity import Fidelity
 from sandbox.instances import NO_INSTANCE_MESSAGE, NoAvailableInstance, RevisionInstance
 from sandbox.listeners import ListenerPool
 from sandbox.orchestrator import Behavior
@@ -36,6 +37,7 @@ MAX_BODY = 32 * 2**20  # Cloud Run's request size limit (HTTP/1)
 
 class Backend(Protocol):
     services: dict[str, model.Service]
+    fidelity: Fidelity
 
     def instance(self, service_id: str, revision: str) -> RevisionInstance | None: ...
     def behavior(self, service_id: str) -> Behavior: ...
@@ -200,8 +202,9 @@ def _timed_out() -> Response:
 
 
 def cold_start_answer(starting: bool) -> Response:
-    """Cloud Run's answer to a request no instance took within the cold-start hold: 429 "no available
-    instance" while an instance is still starting, 503 when the start failed (nothing can serve)."""
+    """Cloud Run's answer to a request no instance took within the cold-start hold (fidelity `cold_request`:
+    the service's hold, or the request timeout): 429 "no available instance" while an instance is still
+    starting, 503 when the start failed (nothing can serve)."""
     return _no_instance() if starting else _unavailable()
 
 
@@ -390,9 +393,11 @@ class ProxyHub:
                 return
             instances = self.backend.instance(target.service, revision) if revision else None
             behavior = self.backend.behavior(target.service)
+            # a cold request is held the cold-start hold, or until served (fidelity `cold_request`, UNSURE)
+            hold = behavior.cold_start_hold_s if self.backend.fidelity.cold_request == "hold_then_429" \
+                else instances.request_timeout_s - (time.monotonic() - started) if instances else 0.0
             try:
-                instance = await instances.acquire(behavior.cold_start_hold_s, behavior.queue_timeout_s) \
-                    if instances else None
+                instance = await instances.acquire(hold, behavior.queue_timeout_s) if instances else None
             except NoAvailableInstance:
                 note.append(NO_INSTANCE_MESSAGE)
                 await _no_instance()(scope, receive, counting)

@@ -85,6 +85,20 @@ def test_an_expired_token_is_401(run_clients: RunClients, private_svc: run_v2.Se
     assert get(f"{uri}/health", admin_token(run_clients, uri, lifetime_s=-5)).status_code == 401
 
 
+def test_an_expired_token_within_the_clock_skew_is_accepted_when_the_switch_says_grace(
+    run_clients: RunClients, private_svc: run_v2.Service, fidelity: Callable[..., dict[str, str]]
+) -> None:
+    from sandbox.fidelity import EXPIRED_TOKEN_GRACE_S
+
+    uri = private_svc.uri
+    assert fidelity(expired_token="grace")["expired_token"] == "grace"
+    assert get(f"{uri}/health", admin_token(run_clients, uri, lifetime_s=-5)).status_code == 200
+    assert get(f"{uri}/health", admin_token(run_clients, uri, lifetime_s=-(EXPIRED_TOKEN_GRACE_S - 30))).status_code == 200
+    assert get(f"{uri}/health", admin_token(run_clients, uri, lifetime_s=-(EXPIRED_TOKEN_GRACE_S + 30))).status_code == 401
+    fidelity(expired_token="reject")
+    assert get(f"{uri}/health", admin_token(run_clients, uri, lifetime_s=-5)).status_code == 401
+
+
 def test_a_token_the_sandbox_did_not_issue_is_401(run_clients: RunClients, private_svc: run_v2.Service,
                                                   tmp_path: Path) -> None:
     # a key the sandbox does not know signs its own "ID token": not Google's signature

@@ -61,6 +61,25 @@ def test_cold_start_is_held_then_429_then_200(
     assert [i["state"] for i in instances_of(run_clients, name) if i["revision"] in svc.latest_ready_revision] == ["READY"]
 
 
+def test_a_cold_request_is_held_until_served_when_the_switch_says_so(
+    run_clients: RunClients, sample_image, new_service: Callable[[str], str], fidelity: Any
+) -> None:
+    """Fidelity `cold_request="hold_until_served"`: no 429 after the cold-start hold; the request waits for the
+    starting instance (up to the request timeout) and is answered by it."""
+    name = new_service("coldhold")
+    run_clients.admin("PUT", f"/sandbox/v1/services/{name}/behavior",
+                      {"cold_start_hold_s": 0.3, "scale_to_zero_after_s": 0.5})
+    svc = deploy(run_clients, name, sample_image.ref, env={"STARTUP_DELAY_S": "1.5"})
+    fidelity(cold_request="hold_until_served")
+    wait_for(lambda: all(i["state"] == "STOPPED" for i in instances_of(run_clients, name)), timeout=10)
+
+    started = time.monotonic()
+    first = httpx.get(f"{svc.uri}/health", headers=run_clients.invoke_headers(svc.uri), timeout=30, trust_env=False)
+    held = time.monotonic() - started
+    assert first.status_code == 200 and first.json()["revision"] == svc.latest_ready_revision.rsplit("/", 1)[-1]
+    assert held >= 1.0  # held past the 0.3 s hold, through the instance's 1.5 s start
+
+
 def test_a_revision_is_ready_once_its_first_instance_is_while_the_second_still_warms_up(
     run_clients: RunClients, sample_image, new_service: Callable[[str], str]
 ) -> None:
