@@ -16,9 +16,9 @@
   token whose `aud` is the service URL (either slash form) or one of its `customAudiences`, of a principal
   with `run.routes.invoke` — unless `invokerIamDisabled` is set or `allUsers` holds `roles/run.invoker`.
   No Authorization header: 403; a bad token, wrong audience or expired token: 401 (an expired one: fidelity
-  `expired_token`); a valid token of a principal without the permission: 403. A tag URL accepts the same
-  audiences as the service (the default URL "always remains an acceptable audience"); the tag URL itself is
-  NOT accepted as an audience (no source says it is: the sandbox is the stricter one).
+  `expired_token`); a valid token of a principal without the permission: 403. Which audience a tag URL
+  accepts is unsure (no source says): the service's (the default URL "always remains an acceptable audience")
+  or the tag URL itself, as the fidelity switch `tag_audience` says.
 """
 
 from __future__ import annotations
