@@ -48,18 +48,21 @@ def block_credentials(block: str) -> Credentials:
     return creds
 
 
+def _access_token(creds: Credentials, source: str) -> str:
+    """An OAuth access token of `creds` (a registry password; never logged); StageError naming `source`."""
+    from google.auth.transport.requests import Request
+
+    try:
+        creds.refresh(Request())  # type: ignore[no-untyped-call]
+    except auth_exc.GoogleAuthError as exc:
+        raise StageError(f"registry auth: {source} got no token ({type(exc).__name__})") from None
+    return str(creds.token)
+
+
 def block_access_token(block: str) -> Callable[[], str]:
     """A registry token provider: an OAuth access token of the block's credentials (never logged)."""
     def token() -> str:
-        from google.auth.transport.requests import Request
-
-        creds = block_credentials(block)
-        try:
-            creds.refresh(Request())  # type: ignore[no-untyped-call]
-        except auth_exc.GoogleAuthError as exc:
-            raise StageError(f"registry auth: the GcpCredentials block {block!r} got no token "
-                             f"({type(exc).__name__})") from None
-        return str(creds.token)
+        return _access_token(block_credentials(block), f"the GcpCredentials block {block!r}")
 
     return token
 
@@ -69,17 +72,11 @@ def file_access_token(credentials_file: str) -> Callable[[], str]:
     API calls use, never a second one (Artifact Registry takes it as the password of `oauth2accesstoken`)."""
     def token() -> str:
         from google.auth.credentials import with_scopes_if_required
-        from google.auth.transport.requests import Request
 
         creds = api_credentials(credentials_file)
         assert creds is not None  # a file is named
-        creds = with_scopes_if_required(creds, [CLOUD_PLATFORM])
-        try:
-            creds.refresh(Request())  # type: ignore[no-untyped-call]
-        except auth_exc.GoogleAuthError as exc:
-            raise StageError(f"registry auth: the credentials file {credentials_file} got no token "
-                             f"({type(exc).__name__})") from None
-        return str(creds.token)
+        return _access_token(with_scopes_if_required(creds, [CLOUD_PLATFORM]),
+                             f"the credentials file {credentials_file}")
 
     return token
 

@@ -1,6 +1,6 @@
 """Revision templates, update masks, conflicts and names in the sandbox, through the unmodified
 google-cloud-run REST clients: what Cloud Run keeps, what it rejects and with which words
-(../shared/reference/cloud-run-facts.md §2, §3, §7)."""
+(docs/sandbox.md: the fidelity table's Templates rows and their public sources)."""
 
 from __future__ import annotations
 
