@@ -218,7 +218,7 @@ class ServiceValidation(RolloutSteps):
         self.starting(Stage.SMOKE)
         env.update(await self._smoke_token(outcome.service_url))
         return self.record(await gate_value(
-            await run_smoke(list(self.svc.smoke), env, self.settings.repo_root)))
+            await run_smoke(list(self.svc.smoke), env, self.settings.repo_root, service=self.svc.name)))
 
     async def _smoke_token(self, service_url: str | None) -> dict[str, str]:
         """STAGECHECK_ID_TOKEN (audience: the service URL) for smoke commands against a private service."""

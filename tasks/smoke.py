@@ -17,7 +17,7 @@ from stagecheck.model import Criterion, Evidence, StageResult, Status
 from stagecheck.redact import redact
 from stagecheck.settings import SmokeCommand
 from stagecheck.stages import Stage
-from tasks.common import gate, guarded
+from tasks.common import gate, guarded, stage_run_name
 
 TAIL_CHARS = 2000
 
@@ -40,9 +40,10 @@ async def run_command(cmd: SmokeCommand, env: Mapping[str, str], cwd: Path) -> t
     return proc.returncode, out.decode(errors="replace")[-TAIL_CHARS:], time.monotonic() - started
 
 
-@task(name="smoke", cache_policy=NO_CACHE, task_run_name=Stage.SMOKE)
-async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: Path) -> StageResult:
-    """Run the configured smoke commands against the released revision (URLs in their env); a non-zero exit fails."""
+@task(name="smoke", cache_policy=NO_CACHE, task_run_name=stage_run_name(Stage.SMOKE))
+async def run_smoke(commands: Sequence[SmokeCommand], env: dict[str, str], cwd: Path, service: str = "") -> StageResult:
+    """Run the configured smoke commands against the released revision (URLs in their env); a non-zero exit fails.
+    `service` names the task run (`smoke · <service>`) in the UI."""
     async def body() -> tuple[StageResult, None]:
         if not commands:
             return StageResult(name=Stage.SMOKE, status=Status.SKIP, summary="no smoke commands configured"), None

@@ -48,7 +48,8 @@ async def poll(condition: Any, within_s: float, interval: float = 0.5) -> Any:
 
 @dataclass
 class Window:
-    """When a run did its per-service work: its service-tagged task runs, first start to last end."""
+    """When a run did its per-service work: its service-tagged task runs (`<stage> · <service>`, the smoke
+    stage included: that is where `a` and `b` meet), first start to last end."""
 
     start: datetime
     end: datetime
