@@ -159,3 +159,45 @@ def test_a_target_of_another_repository_takes_only_merges_of_its_url() -> None:
     assert trigger["parameters"] == {"git_sha": "{{ event.payload.sha }}", "git_ref": "{{ event.payload.ref }}"}
     assert entry["entrypoint"] == ENTRYPOINT and entry["parameters"]["repository"] == "https://github.com/acme/shop.git"
     assert service_names(shop.definition()) == []  # its config is in the other repository: runs create limits
+
+
+DOCKER_POOL_FILE = Path(__file__).resolve().parents[1] / "examples" / "docker-pool" / "prefect.yaml"
+
+
+def test_the_docker_pool_file_runs_the_image_and_takes_merges_of_its_repository_only() -> None:
+    """examples/docker-pool/prefect.yaml: the flow from the worker image (its WORKDIR), the run form's own
+    parameter names, and a trigger of the merge event on the URL label (the end-to-end run of this file:
+    tests/server/test_docker_worker.py)."""
+    from deployments.events import MERGE_EVENT, REF_LABEL, URL_LABEL
+
+    doc = yaml.safe_load(DOCKER_POOL_FILE.read_text())
+    workdir = [line.split()[1] for line in (Path(__file__).resolve().parents[1] / "Dockerfile").read_text().splitlines()
+               if line.startswith("WORKDIR ")]
+    assert doc["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": workdir[-1]}}]
+    [entry] = doc["deployments"]
+    assert entry["entrypoint"] == ENTRYPOINT
+    assert set(entry["parameters"]) <= set(ValidationRequest.model_fields)
+    assert entry["parameters"]["repository"] == "{{ $DEPLOY_REPOSITORY }}"
+    [trigger] = entry["triggers"]
+    assert trigger["expect"] == [MERGE_EVENT]
+    assert trigger["match"][URL_LABEL] == entry["parameters"]["repository"]  # an event of another URL starts nothing
+    assert trigger["match"][REF_LABEL] == "{{ $DEPLOY_BRANCH }}"
+    assert set(trigger["parameters"]) == {"git_sha", "git_ref"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "DEPLOY_NAME is not set"),
+    ({"DEPLOY_NAME": "shop", "DEPLOY_REPOSITORY": "https://git.example.com/acme/shop.git", "DEPLOY_CONFIG": "s.toml",
+      "DEPLOY_BRANCH": "main", "DEPLOY_POOL": "p", "DEPLOY_IMAGE": "i"}, "drop the trailing .git"),
+    ({"DEPLOY_NAME": "shop", "DEPLOY_REPOSITORY": "https://git.example.com/acme/shop", "DEPLOY_CONFIG": "s.toml",
+      "DEPLOY_BRANCH": "main", "DEPLOY_POOL": "p", "DEPLOY_IMAGE": "i"}, ""),
+])
+def test_the_docker_pool_files_check_step_stops_prefect_deploy_on_a_missing_value(env: dict[str, str],
+                                                                                    message: str) -> None:
+    import shlex
+
+    step = yaml.safe_load(DOCKER_POOL_FILE.read_text())["build"][0]["prefect.deployments.steps.run_shell_script"]
+    done = subprocess.run(shlex.split(step["script"]), env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True)
+    assert (done.returncode != 0) == bool(message)
+    assert message in done.stderr
