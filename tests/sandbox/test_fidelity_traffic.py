@@ -223,8 +223,15 @@ def test_two_instances_serve_a_revision_and_log_their_instance_ids(
 ) -> None:
     name = new_service("multi")
     svc = deploy(run_clients, name, sample_image.ref)
-    instances = next(i for i in run_clients.admin("GET", "/sandbox/v1/status")["instances"] if i["service"] == name)
-    ports = {i["port"] for i in instances["instances"] if i["state"] == "READY"}
+
+    def ready_ports() -> set[int]:
+        status = run_clients.admin("GET", "/sandbox/v1/status")["instances"]
+        instances = next(i for i in status if i["service"] == name)
+        return {i["port"] for i in instances["instances"] if i["state"] == "READY"}
+
+    # the revision is Ready with its first instance; the second warms up after it, in the background
+    # (test_lifecycle.py::test_a_revision_is_ready_once_its_first_instance_is_while_the_second_still_warms_up)
+    ports = wait_for(lambda: (found := ready_ports()) and len(found) == 2 and found, timeout=30)
     assert len(ports) == 2  # two containers, each on its own port
     with httpx.Client(timeout=10, trust_env=False, headers=run_clients.invoke_headers(svc.uri)) as client:
         for _ in range(10):
