@@ -179,15 +179,18 @@ def start_server(layout: Layout, port: int, *, timeout_s: float = SERVER_READY_T
 
 
 def start_worker(layout: Layout, url: str, pool: str = DEFAULT_POOL, *, name: str = "stagecheck-local",
-                 query_seconds: float = WORKER_QUERY_SECONDS, worker_type: str = "process") -> ProcessRecord:
-    """Start `prefect worker start --pool POOL --type process` (or `worker_type`, e.g. docker; or reuse ours)."""
+                 query_seconds: float = WORKER_QUERY_SECONDS, worker_type: str = "process",
+                 limit: int | None = None) -> ProcessRecord:
+    """Start `prefect worker start --pool POOL --type process` (or `worker_type`, e.g. docker; or reuse ours);
+    `limit`: at most that many flow runs at once on this worker (`--limit`; the others stay for other workers)."""
     existing = read_record(layout.worker_record)
     if existing is not None and is_running(existing):
         return existing
     env = prefect_env(layout, url, os.environ, PREFECT_WORKER_QUERY_SECONDS=f"{query_seconds:g}",
                       PREFECT_WORKER_PREFETCH_SECONDS="1")
     argv = _env_argv(env, os.environ) + _prefect_argv("worker", "start", "--pool", pool, "--type", worker_type,
-                                                       "--name", name)
+                                                       "--name", name,
+                                                       *(("--limit", str(limit)) if limit is not None else ()))
     record = spawn_detached("prefect-worker", argv, layout.worker_log)
     write_record(layout.worker_record, record)
     return record

@@ -24,6 +24,7 @@ POOL = "stagecheck-team"
 WORKERS = 3
 SERVICES = 6
 RUNS_PER_SERVICE = 2
+RUNS_PER_WORKER = -(-SERVICES * RUNS_PER_SERVICE // WORKERS)  # 4: together the workers can hold every run at once
 RUNS_DEADLINE_S = 600.0
 
 
@@ -84,7 +85,10 @@ def start_team(base: Path, port: int, project: TeamProject, *, database_url: str
                         cron=None, merge_trigger=False)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             done = asyncio.run(setup((target.definition(),), pool=POOL, repo_root=REPO_ROOT))
-            records = [start_worker(layout, url, POOL, name=f"team-worker-{n}", query_seconds=1)
+            # each worker takes at most its share at once (`prefect worker start --limit`), as a team caps what one
+            # machine builds at a time: the runs it cannot take stay for the other workers
+            records = [start_worker(layout, url, POOL, name=f"team-worker-{n}", query_seconds=1,
+                                    limit=RUNS_PER_WORKER)
                        for n, layout in enumerate(workers)]
             for layout, record in zip(workers, records, strict=True):
                 asyncio.run(wait_worker_online(POOL, record, layout.worker_log))
