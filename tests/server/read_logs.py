@@ -4,7 +4,7 @@ worker would), for tests/server/test_log_read_budget.py:
     python -m tests.server.read_logs ENDPOINT CREDENTIALS_FILE PROJECT READS GO_FILE
 
 It prints `ready` once its reader exists, waits for GO_FILE (so that the processes read at the same time),
-then prints one JSON line: the time.monotonic() at which each read returned. PREFECT_API_URL comes from
+then prints one JSON line: the time.monotonic() at which it began reading and at which each read returned. PREFECT_API_URL comes from
 the environment (without it the reader paces itself with its in-process budget)."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main(endpoint: str, credentials_file: str, project: str, reads: int, go: Pat
     while not go.exists():
         time.sleep(0.01)
 
+    began = time.monotonic()
+
     async def read_all() -> list[float]:
         done = []
         for _ in range(reads):
@@ -37,7 +39,8 @@ def main(endpoint: str, credentials_file: str, project: str, reads: int, go: Pat
             done.append(time.monotonic())
         return done
 
-    print(json.dumps({"done": asyncio.run(read_all()), "server": reader.server_budget is not None}), flush=True)
+    done = asyncio.run(read_all())
+    print(json.dumps({"began": began, "done": done, "server": reader.server_budget is not None}), flush=True)
     return 0
 
 

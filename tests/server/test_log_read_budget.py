@@ -57,8 +57,9 @@ def test_two_reader_processes_share_the_projects_budget_on_the_server(prefect_se
 
     assert [o["server"] for o in outputs] == [True, True]
     assert len(starts) == 2 * READS_EACH
-    # both processes were reading at once (each one's reads overlap the other's)
-    assert min(max(o["done"]) for o in outputs) > max(min(o["done"]) for o in outputs)
+    # both processes were reading at once: each began before the other had finished (which of them the server
+    # grants a freed slot to is its business: one may well finish all its reads before the other's first)
+    assert max(o["began"] for o in outputs) < min(max(o["done"]) for o in outputs)
     # in any window, at most the burst plus what the decay frees (plus half a slot for the hop from the
     # Prefect server's grant to the Logging API); two in-process budgets would start 10 reads in ~2 s
     for i, first in enumerate(starts):
