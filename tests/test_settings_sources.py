@@ -8,21 +8,7 @@ from pathlib import Path
 import pytest
 
 from stagecheck.settings import ConfigError, Settings, env_overrides, load_settings
-
-MINIMAL = """
-project = "demo-project"
-region = "europe-west1"
-registry = "europe-west1-docker.pkg.dev/demo-project/apps"
-[[services]]
-name = "web"
-source_dir = "web"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "stagecheck.toml"
-    path.write_text(text)
-    return path
+from tests.test_settings import MINIMAL, write
 
 
 def test_a_section_given_whole_and_by_key_merges_in_either_order(tmp_path: Path) -> None:

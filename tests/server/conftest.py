@@ -14,7 +14,8 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,14 +69,15 @@ class WebhookReceiver:
     received: list[Received] = field(default_factory=list)
 
 
-@pytest.fixture(scope="session")
-def webhook() -> Iterator[WebhookReceiver]:
-    received: list[Received] = []
+@contextmanager
+def serve_posts(on_post: Callable[[str, Any], None]) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 that hands each POST's path and JSON body to `on_post` and answers 200 `ok`
+    (a local stand-in for a webhook: nothing else can receive here); yields its port, stopped on exit."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
-            received.append(Received(path=self.path, body=json.loads(self.rfile.read(length) or b"{}")))
+            on_post(self.path, json.loads(self.rfile.read(length) or b"{}"))
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -85,15 +87,20 @@ def webhook() -> Iterator[WebhookReceiver]:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    token = secrets.token_hex(16)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        yield WebhookReceiver(url=f"http://127.0.0.1:{httpd.server_port}/services/T0/B0/{token}", token=token,
-                              received=received)
+        yield httpd.server_port
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[WebhookReceiver]:
+    received: list[Received] = []
+    token = secrets.token_hex(16)
+    with serve_posts(lambda path, body: received.append(Received(path=path, body=body))) as port:
+        yield WebhookReceiver(url=f"http://127.0.0.1:{port}/services/T0/B0/{token}", token=token, received=received)
 
 
 def _git(repo: Path, *args: str) -> str:

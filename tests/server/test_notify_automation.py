@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from deployments.automations import NOTIFICATION_BLOCK, register_automations
 from stagecheck.model import ServiceReport, Verdict
 from stagecheck.verdict_events import FAILED_VERDICTS_AUTOMATION, emit, verdict_event
 from tasks.notify import automation_notifies
-from tests.server.conftest import REPO_ROOT, LocalServer
+from tests.server.conftest import REPO_ROOT, LocalServer, serve_posts
 
 pytestmark = pytest.mark.server
 
@@ -36,27 +35,13 @@ class Receiver:
 def receiver() -> Iterator[tuple[Receiver, int]]:
     got = Receiver()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-            with got.arrived:
-                got.posts.append((self.path, body))
-                got.arrived.notify_all()
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+    def arrived(path: str, body: Any) -> None:
+        with got.arrived:
+            got.posts.append((path, body))
+            got.arrived.notify_all()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield got, httpd.server_port
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_posts(arrived) as port:
+        yield got, port
 
 
 def report(service: str, verdict: Verdict) -> ServiceReport:
